@@ -1,0 +1,48 @@
+# gptlab -- `make help` lists the targets.
+# TORCH picks the PyTorch build installed first (see README, "Installing: CPU or CUDA torch").
+PYTHON ?= python3
+VENV   ?= .venv
+TORCH  ?= torch==2.13.0
+TORCH_INDEX ?=
+BIN    := $(VENV)/bin
+ARGS   ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install prepare train sample test test-all lint tensorboard clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@echo "  (pass overrides with ARGS=\"max_iters=500 learning_rate=5e-3\")"
+
+$(BIN)/.installed: pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(BIN)/.installed ## create .venv and install gptlab with the chosen torch build
+
+prepare: install ## prepare Tiny Shakespeare, char-level (ARGS="data=shakespeare" for BPE)
+	$(BIN)/python -m gptlab.prepare $(ARGS)
+
+train: install ## train the default model (CPU recipe without a GPU) and print a sample
+	$(BIN)/python -m gptlab.train $(ARGS)
+
+sample: install ## sample from a run: make sample ARGS="ckpt=outputs/<date>/<time>"
+	$(BIN)/python -m gptlab.sample $(ARGS)
+
+test: install ## run the tests, without the slow ones (what CI runs)
+	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+
+test-all: install ## run every test, slow ones included
+	$(BIN)/python -m pytest -q $(ARGS)
+
+lint: install ## ruff
+	$(BIN)/ruff check src tests
+
+tensorboard: install ## serve TensorBoard over outputs/
+	$(BIN)/tensorboard --logdir outputs
+
+clean: ## remove outputs and prepared data (keeps .venv)
+	rm -rf outputs/* data/*

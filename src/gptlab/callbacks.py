@@ -1,0 +1,178 @@
+"""Lightning callbacks, one job each: the training.log writer, progress lines, the final
+evaluation, and the non-finite loss guard."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+
+from gptlab.errors import NonFiniteLossError
+
+log = logging.getLogger("gptlab")
+
+# The line format of training.log. The guide's plot_loss.py reads it with
+# r'step (\d+): train loss ([\d.]+), val loss ([\d.]+)' -- keep the two in step.
+EVAL_LINE = "step {step}: train loss {train:.4f}, val loss {val:.4f}"
+
+
+class TrainingLog(L.Callback):
+    """After every evaluation: one line in <run dir>/training.log and on the console, and the
+    history kept for metrics.json."""
+
+    def __init__(self, path: str | Path, append: bool = False):
+        self.path = Path(path)
+        self.append = append
+        self.history: list[dict] = []
+
+    @rank_zero_only
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if not self.append and not self.history:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text("")
+            self.append = True  # fit after the step-0 validate: keep appending
+
+    @rank_zero_only
+    def on_validation_end(self, trainer, pl_module) -> None:
+        ev = pl_module.last_eval
+        if "train" not in ev or "val" not in ev or trainer.sanity_checking:
+            return
+        rec = {"step": int(trainer.global_step), "train_loss": ev["train"], "val_loss": ev["val"]}
+        self.history.append(rec)
+        line = EVAL_LINE.format(step=rec["step"], train=rec["train_loss"], val=rec["val_loss"])
+        with open(self.path, "a") as f:
+            f.write(line + "\n")
+        log.info(line)
+
+    def best(self) -> dict | None:
+        finite = [r for r in self.history if math.isfinite(r["val_loss"])]
+        return min(finite, key=lambda r: r["val_loss"]) if finite else None
+
+
+class ProgressLog(L.Callback):
+    """Every log_interval optimizer steps: loss, ms per step, tokens/s and learning rate, to the
+    console and the logger. The loss is read from the device only here, so training does not
+    wait on a host sync every step; time spent evaluating is not counted as step time."""
+
+    def __init__(self, log_interval: int, tokens_per_step: int):
+        self.log_interval = max(1, int(log_interval))
+        self.tokens_per_step = tokens_per_step
+        self._t0 = None
+        self._steps_at_t0 = 0
+        self._eval_time = 0.0
+        self._eval_t0 = None
+        self._last_logged = -1
+        self.train_time = 0.0  # seconds in training steps, evaluation excluded
+        self.trained_steps = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._t0 = time.perf_counter()
+        self._steps_at_t0 = trainer.global_step
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.training or trainer.state.fn == "fit":
+            self._eval_t0 = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._eval_t0 is not None:
+            self._eval_time += time.perf_counter() - self._eval_t0
+            self._eval_t0 = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        # act once per optimizer step, after its last micro-batch
+        if step == self._last_logged or step % self.log_interval != 0 or step == 0:
+            return
+        if (batch_idx + 1) % trainer.accumulate_grad_batches != 0:
+            return
+        self._last_logged = step
+        loss_t = pl_module.pop_train_loss()
+        if loss_t is None:
+            return
+        loss = float(loss_t)  # the one host sync per log_interval
+        now = time.perf_counter()
+        steps = step - self._steps_at_t0
+        elapsed = now - self._t0 - self._eval_time
+        self.train_time += elapsed
+        self.trained_steps += steps
+        self._t0, self._steps_at_t0, self._eval_time = now, step, 0.0
+        ms = 1000.0 * elapsed / max(steps, 1)
+        tok_s = self.tokens_per_step * steps / max(elapsed, 1e-9)
+        lr = trainer.optimizers[0].param_groups[0]["lr"]
+        metrics = {"train/batch_loss": loss, "train/lr": lr, "perf/tokens_per_s": tok_s, "perf/ms_per_step": ms}
+        if trainer.logger is not None:
+            trainer.logger.log_metrics(metrics, step=step)
+        if trainer.is_global_zero:
+            log.info(f"iter {step}: loss {loss:.4f}, {ms:.1f} ms/step, {tok_s:,.0f} tok/s, lr {lr:.2e}")
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        if self.trained_steps == 0 or self.train_time <= 0:
+            return None
+        return self.tokens_per_step * self.trained_steps / self.train_time
+
+
+class FinalEvaluation(L.Callback):
+    """Evaluate once more when training ends between two eval_interval marks, so the last
+    reported val loss belongs to the final weights."""
+
+    def __init__(self, max_iters: int, eval_interval: int):
+        self.max_iters, self.eval_interval = max_iters, eval_interval
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step >= self.max_iters and trainer.global_step % self.eval_interval != 0:
+            # Lightning validates when a stop is requested, then ends the fit
+            trainer.should_stop = True
+
+
+class NonFiniteGuard(L.Callback):
+    """Stop at a NaN/inf training loss before it can reach a checkpoint.
+
+    Each micro-batch's loss is folded into one device flag (no sync); the flag is read every
+    check_interval steps and before every evaluation, which is when checkpoints are written.
+    """
+
+    def __init__(self, check_interval: int, learning_rate: float, dtype: str):
+        self.check_interval = max(1, int(check_interval))
+        self.learning_rate, self.dtype = learning_rate, dtype
+        self._bad: torch.Tensor | None = None
+        self._first_bad_step: torch.Tensor | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
+        bad = ~torch.isfinite(loss.detach())
+        # torch.full launches a fill kernel; torch.tensor(...) would copy from the host and may sync
+        step = torch.full((), trainer.global_step, dtype=torch.long, device=bad.device)
+        if self._bad is None:
+            self._bad, self._first_bad_step = bad, torch.where(bad, step, torch.full_like(step, -1))
+        else:
+            self._first_bad_step = torch.where(bad & ~self._bad, step, self._first_bad_step)
+            self._bad = self._bad | bad
+        if trainer.global_step % self.check_interval == 0:
+            self.check(trainer)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "fit":
+            self.check(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.check(trainer)
+
+    def check(self, trainer) -> None:
+        if self._bad is None or not bool(self._bad):
+            return
+        step = int(self._first_bad_step)
+        fixes = [f"learning_rate={self.learning_rate / 10:g} (a tenth of now)", "grad_clip=1.0"]
+        if self.dtype == "float16":
+            fixes.append("dtype=bfloat16 or dtype=float32 instead of float16")
+        raise NonFiniteLossError(
+            f"the training loss became NaN/inf at step {step}; training stopped and no checkpoint was "
+            f"written after it. Try: {', '.join(fixes)}."
+        )

@@ -1,0 +1,129 @@
+"""Checkpoint files: written atomically, read without executing pickled code.
+
+A gptlab checkpoint is a Lightning checkpoint (weights, optimizer, loop state) with one extra
+entry, ``"gptlab"``: the model's shape, the tokenizer, the step and the run's settings, all plain
+values. That is enough for ``sample`` and the analysis tools to rebuild the model without the
+config files or the dataset that produced it.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from gptlab.errors import CheckpointError
+from gptlab.model import GPT, GPTConfig
+
+BEST, LAST = "best.ckpt", "last.ckpt"
+MODEL_PREFIX = "model."  # the LightningModule holds the GPT as self.model
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's TorchCheckpointIO, but the file appears only once it is complete.
+
+    Lightning writes the final path directly; a run killed mid-write would leave a truncated
+    last.ckpt behind and lose the previous good one. Here the bytes go to a temporary file in the
+    same folder, are flushed to disk, and replace the target with one atomic rename.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
+        save_atomic(checkpoint, Path(path))
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def resolve_checkpoint(ref: str | Path) -> Path:
+    """A checkpoint file, or a run folder (its best.ckpt, else its last.ckpt)."""
+    p = Path(ref).expanduser()
+    if p.is_dir():
+        for name in (BEST, LAST):
+            if (p / name).is_file():
+                return p / name
+        raise CheckpointError(f"run folder '{p}' holds no {BEST} or {LAST}; did its training reach the first evaluation?")
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint '{p}' does not exist; give a .ckpt file or a run folder under outputs/")
+    return p
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint dict with ``weights_only=True``: only tensors and plain Python values
+    are accepted, so a file crafted to run code when unpickled is refused instead of obeyed."""
+    path = resolve_checkpoint(path)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"refused to load '{path}': it contains Python objects other than tensors and plain values, "
+            f"which could run code when loaded ({str(e).splitlines()[0]}). Only load checkpoints written by gptlab."
+        ) from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        raise CheckpointError(
+            f"'{path}' is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            "it may be truncated or corrupt. Use another checkpoint of the run (best.ckpt / last.ckpt)."
+        ) from e
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "gptlab" not in ckpt:
+        raise CheckpointError(f"'{path}' is not a gptlab checkpoint (no 'state_dict' / 'gptlab' entries)")
+    return ckpt
+
+
+def model_state_dict(ckpt: dict) -> dict[str, torch.Tensor]:
+    """The GPT's own weights from a checkpoint: Lightning's 'model.' prefix and torch.compile's
+    '_orig_mod.' removed, so the weights load into a plain GPT whether or not it was compiled."""
+    out = {}
+    for k, v in ckpt["state_dict"].items():
+        if k.startswith(MODEL_PREFIX):
+            k = k[len(MODEL_PREFIX) :]
+        out[k.replace("_orig_mod.", "")] = v
+    return out
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[GPT, dict]:
+    """Rebuild the GPT stored in a checkpoint; returns (model in eval mode, the 'gptlab' entry)."""
+    ckpt = load_checkpoint(path, map_location)
+    info = ckpt["gptlab"]
+    model = GPT(GPTConfig(**info["model_config"]))
+    try:
+        model.load_state_dict(model_state_dict(ckpt))
+    except RuntimeError as e:
+        raise CheckpointError(f"weights in '{path}' do not match the model shape it records: {e}") from e
+    model.to(map_location)
+    model.eval()
+    return model, info
+
+
+def check_compatible(info: dict, model_config: dict, what: str) -> None:
+    """Raise unless a checkpoint's model shape equals the one configured (resume / fine-tune)."""
+    saved = info.get("model_config", {})
+    diffs = [
+        f"{k}: checkpoint {saved.get(k)} vs {what} {model_config.get(k)}"
+        for k in ("vocab_size", "n_layer", "n_head", "n_embd", "block_size", "bias")
+        if saved.get(k) != model_config.get(k)
+    ]
+    if diffs:
+        raise CheckpointError(
+            "the checkpoint does not fit this model/data (" + "; ".join(diffs) + "). "
+            "Use the settings and data the checkpoint was trained with, or start from scratch (init_from=scratch)."
+        )

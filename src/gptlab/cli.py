@@ -1,0 +1,126 @@
+"""What every entry point shares: where conf/ is, nanoGPT-style arguments, unknown-key checks,
+composing a config without a run folder, and turning errors into one line and an exit code."""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import logging
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from gptlab.errors import ConfigError, GptlabError
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+GROUPS = ("data", "model", "trainer", "experiment")
+
+log = logging.getLogger("gptlab")
+
+
+def translate_argv(args: list[str]) -> list[str]:
+    """Accept nanoGPT's command line: `--max_iters=1000` -> `max_iters=1000`; its config file
+    argument `config/train_shakespeare_char.py` is gptlab's default and is dropped."""
+    out = []
+    for a in args:
+        if a.endswith(".py") and "=" not in a:
+            if Path(a).name == "train_shakespeare_char.py":
+                continue
+            raise ConfigError(f"'{a}': nanoGPT config files are not read; pass its settings as key=value overrides or use experiment=...")
+        if a.startswith("--") and "=" in a and not a.startswith("--config"):
+            a = a[2:]
+        out.append(a)
+    return out
+
+
+def _yaml_keys(path: Path) -> set[str]:
+    if not path.is_file():
+        return set()
+    node = OmegaConf.load(path)
+    return {k for k in node.keys() if k not in ("defaults", "hydra")}
+
+
+def known_keys() -> dict[str, set[str]]:
+    """Top-level keys, and the keys under data. and trainer., that the shipped configs define."""
+    top = _yaml_keys(CONF_DIR / "train.yaml") | set(GROUPS)
+    for f in (CONF_DIR / "model").glob("*.yaml"):
+        top |= _yaml_keys(f)
+    nested = {
+        "data": set().union(*(_yaml_keys(f) for f in (CONF_DIR / "data").glob("*.yaml"))),
+        "trainer": _yaml_keys(CONF_DIR / "trainer" / "default.yaml"),
+    }
+    return {"": top, **nested}
+
+
+def check_override_keys(overrides: list[str]) -> None:
+    """An unknown key gets a 'did you mean' instead of Hydra's advice to append it with '+'."""
+    keys = known_keys()
+    for o in overrides:
+        if o.startswith(("-", "+", "~", "hydra.", "hydra/")) or "=" not in o:
+            continue
+        key = o.split("=", 1)[0]
+        head, _, rest = key.partition(".")
+        if head not in keys[""]:
+            _unknown(key, keys[""])
+        if rest and head in keys and rest.split(".")[0] not in keys[head]:
+            _unknown(key, {f"{head}.{k}" for k in keys[head]})
+
+
+def _unknown(key: str, known: set[str]) -> None:
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    raise ConfigError(f"unknown config key '{key}'.{hint} The keys are listed in conf/train.yaml and the README.")
+
+
+def explicit_keys(overrides: list[str]) -> set[str]:
+    """Keys the user set: named on the command line, or set by a chosen model or experiment file."""
+    keys: set[str] = set()
+    for o in overrides:
+        if "=" not in o or o.startswith(("~", "hydra")):
+            continue
+        key, value = o.lstrip("+").split("=", 1)
+        keys.add(key)
+        if key in ("model", "experiment"):
+            for v in value.split(","):  # a sweep over groups: each choice counts
+                keys |= _yaml_keys(CONF_DIR / key / f"{v.strip()}.yaml")
+    return keys
+
+
+def load_profile(name: str = "cpu") -> dict:
+    return OmegaConf.to_container(OmegaConf.load(CONF_DIR / "profiles" / f"{name}.yaml"))
+
+
+def compose(config_name: str, overrides: list[str]):
+    """Compose a config with Hydra's compose API: no run folder, no logging setup."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return hydra_compose(config_name=config_name, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(str(e).splitlines()[0]) from e
+
+
+def report_errors(fn):
+    """Run an entry point; a GptlabError becomes 'error: ...' on stderr and its exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except GptlabError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            sys.exit(e.exit_code)
+
+    return wrapper
+
+
+def setup_console_logging() -> None:
+    """For entry points that do not go through hydra.main: plain INFO lines on stdout."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    logging.getLogger("gptlab").setLevel(logging.INFO)

@@ -1,0 +1,180 @@
+"""From a composed config to validated settings: the CPU profile, up-front checks, the device
+and precision, and the small dataclasses the library takes. Knows OmegaConf, not Hydra."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from gptlab.data import DataSpec
+from gptlab.errors import ConfigError
+from gptlab.model import GPTConfig
+from gptlab.schedule import OptimConfig
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+# dtype -> Lightning precision. Mixed precision keeps float32 master weights; float16 also needs
+# a gradient scaler, which Lightning's 16-mixed plugin provides.
+PRECISION = {"float32": "32-true", "bfloat16": "bf16-mixed", "float16": "16-mixed"}
+
+
+def apply_profile(cfg: DictConfig, profile: dict, explicit: set[str], on_cpu: bool) -> list[str]:
+    """Apply the CPU recipe to the keys the user did not set. Returns what it changed."""
+    mode = cfg.profile
+    if mode not in ("auto", "cpu", "none"):
+        raise ConfigError(f"profile must be auto, cpu or none, got '{mode}'")
+    if mode == "none" or (mode == "auto" and not on_cpu):
+        return []
+    changed = []
+    with open_dict(cfg):
+        for key, value in profile.items():
+            if key in explicit or cfg.get(key) == value:
+                continue
+            changed.append(f"{key}={value}")
+            cfg[key] = value
+    return changed
+
+
+def _positive_int(cfg: DictConfig, key: str, minimum: int = 1) -> None:
+    v = cfg.get(key)
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise ConfigError(f"{key} must be an integer >= {minimum}, got {v!r}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Reject contradictory or impossible settings before any work starts."""
+    for key in ("batch_size", "block_size", "n_layer", "n_head", "n_embd", "eval_interval", "log_interval", "eval_iters", "gradient_accumulation_steps"):
+        _positive_int(cfg, key)
+    for key in ("max_iters", "warmup_iters", "lr_decay_iters"):
+        _positive_int(cfg, key, minimum=0)
+    if cfg.max_iters == 0 and not cfg.eval_only:
+        raise ConfigError("max_iters=0 trains nothing; give max_iters>0, or eval_only=true to only evaluate")
+    if cfg.n_embd % cfg.n_head != 0:
+        try:
+            GPTConfig(n_embd=cfg.n_embd, n_head=cfg.n_head)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    if not 0.0 <= float(cfg.dropout) < 1.0:
+        raise ConfigError(f"dropout must be in [0, 1), got {cfg.dropout}")
+    if not float(cfg.learning_rate) > 0:
+        raise ConfigError(f"learning_rate must be > 0, got {cfg.learning_rate}")
+    if float(cfg.min_lr) < 0 or float(cfg.min_lr) > float(cfg.learning_rate):
+        raise ConfigError(f"min_lr must be between 0 and learning_rate ({cfg.learning_rate}), got {cfg.min_lr}")
+    for key in ("beta1", "beta2"):
+        if not 0.0 <= float(cfg[key]) < 1.0:
+            raise ConfigError(f"{key} must be in [0, 1), got {cfg[key]}")
+    if float(cfg.weight_decay) < 0:
+        raise ConfigError(f"weight_decay must be >= 0, got {cfg.weight_decay}")
+    if float(cfg.grad_clip) < 0:
+        raise ConfigError(f"grad_clip must be >= 0 (0 disables clipping), got {cfg.grad_clip}")
+    if cfg.warmup_iters > cfg.max_iters and not cfg.eval_only:
+        raise ConfigError(
+            f"warmup_iters ({cfg.warmup_iters}) > max_iters ({cfg.max_iters}): training would end before the "
+            f"learning rate reaches its peak. Use warmup_iters<={cfg.max_iters} or more max_iters."
+        )
+    if cfg.decay_lr and cfg.lr_decay_iters < cfg.warmup_iters:
+        raise ConfigError(
+            f"lr_decay_iters ({cfg.lr_decay_iters}) < warmup_iters ({cfg.warmup_iters}): the decay would end "
+            f"before warmup does. Usually lr_decay_iters = max_iters ({cfg.max_iters})."
+        )
+    if cfg.dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got '{cfg.dtype}'")
+    if cfg.init_from not in ("scratch", "resume"):
+        raise ConfigError(f"init_from must be scratch or resume, got '{cfg.init_from}'")
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(cfg.device)):
+        raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got '{cfg.device}'")
+    if cfg.data.get("path") is None and cfg.data.get("source") is None:
+        raise ConfigError("this data config needs a text file: data.path=FILE (for example data=text data.path=my.txt)")
+
+
+@dataclass
+class DeviceChoice:
+    accelerator: str  # Lightning accelerator
+    devices: int | list[int]
+    precision: str  # Lightning precision
+    dtype: str  # the dtype name it came from
+
+    @property
+    def on_cpu(self) -> bool:
+        return self.accelerator == "cpu"
+
+
+def resolve_device(cfg: DictConfig) -> DeviceChoice:
+    device = str(cfg.device)
+    tr = cfg.trainer
+    accelerator, devices = tr.accelerator, tr.devices
+    has_cuda = torch.cuda.is_available()
+    if device.startswith("cuda"):
+        if not has_cuda:
+            raise ConfigError(
+                f"device={device} but no CUDA GPU is visible (torch {torch.__version__}, "
+                f"CUDA build: {torch.version.cuda is not None}); use device=cpu, or install a CUDA build of torch"
+            )
+        accelerator = "gpu"
+        if ":" in device:
+            devices = [int(device.split(":")[1])]
+    elif device in ("cpu", "mps"):
+        accelerator = device
+    elif accelerator == "auto":
+        accelerator = "gpu" if has_cuda else "cpu"
+    if accelerator == "gpu" and not has_cuda:
+        raise ConfigError("trainer.accelerator=gpu but no CUDA GPU is visible; use trainer=cpu or device=cpu")
+
+    dtype = str(cfg.dtype)
+    if dtype == "auto":
+        dtype = "bfloat16" if accelerator == "gpu" and torch.cuda.is_bf16_supported() else "float32"
+    if dtype == "float16" and accelerator == "cpu":
+        raise ConfigError("dtype=float16 needs a GPU (mixed float16 has no CPU kernels here); on CPU use dtype=bfloat16 or float32")
+    return DeviceChoice(accelerator, devices, PRECISION[dtype], dtype)
+
+
+def data_spec(cfg: DictConfig) -> DataSpec:
+    d = cfg.data
+    name = d.get("name")
+    if not name:
+        from pathlib import Path
+
+        name = f"text_{Path(str(d.path)).stem}_{d.tokenizer}"
+    return DataSpec(
+        name=str(name),
+        root=str(d.root),
+        source=d.get("source"),
+        path=d.get("path"),
+        tokenizer=str(d.tokenizer),
+        val_fraction=float(d.val_fraction),
+    )
+
+
+def model_config(cfg: DictConfig, vocab_size: int) -> GPTConfig:
+    try:
+        return GPTConfig(
+            vocab_size=vocab_size,
+            block_size=int(cfg.block_size),
+            n_layer=int(cfg.n_layer),
+            n_head=int(cfg.n_head),
+            n_embd=int(cfg.n_embd),
+            dropout=float(cfg.dropout),
+            bias=bool(cfg.bias),
+        )
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def optim_config(cfg: DictConfig) -> OptimConfig:
+    return OptimConfig(
+        learning_rate=float(cfg.learning_rate),
+        weight_decay=float(cfg.weight_decay),
+        beta1=float(cfg.beta1),
+        beta2=float(cfg.beta2),
+        decay_lr=bool(cfg.decay_lr),
+        warmup_iters=int(cfg.warmup_iters),
+        lr_decay_iters=int(cfg.lr_decay_iters),
+        min_lr=float(cfg.min_lr),
+    )
+
+
+def plain(cfg: DictConfig) -> dict:
+    """The config as plain, resolved Python values (safe to store in a checkpoint)."""
+    return OmegaConf.to_container(cfg, resolve=True)

@@ -1,0 +1,115 @@
+"""Batches for training: random (X, Y) windows read through ``np.memmap`` from a prepared
+dataset, so a dataset larger than memory trains the same way, wrapped in a LightningDataModule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from gptlab.data import DataError, load_meta, open_tokens
+from gptlab.tokenizer import tokenizer_from_meta
+
+
+class RandomWindows(IterableDataset):
+    """Endless batches of random windows, as nanoGPT's get_batch: X = w[:-1], Y = w[1:] for
+    windows w of block_size + 1 consecutive tokens starting at uniformly random offsets.
+
+    Yields whole (X, Y) batches (the DataLoader runs with batch_size=None), gathered in one
+    vectorised read from the memmap rather than a Python loop per row.
+    """
+
+    def __init__(self, path: Path, dtype: str, block_size: int, batch_size: int, seed: int):
+        super().__init__()
+        self.path, self.dtype = Path(path), np.dtype(dtype)
+        self.block_size, self.batch_size = block_size, batch_size
+        self.rng = np.random.default_rng(seed)
+        self._offsets = np.arange(block_size + 1)
+
+    def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
+        # a fresh memmap per batch: pages read through a long-lived map stay counted in the
+        # process's memory, which then looks like a leak over a long run (nanoGPT does the same)
+        data = np.memmap(self.path, dtype=self.dtype, mode="r")
+        starts = self.rng.integers(0, len(data) - self.block_size, size=self.batch_size)
+        w = torch.from_numpy(data[starts[:, None] + self._offsets].astype(np.int64))
+        return w[:, :-1], w[:, 1:]
+
+    def __iter__(self):
+        while True:
+            yield self.sample()
+
+
+class GPTDataModule(L.LightningDataModule):
+    """Train batches from train.bin; for evaluation, eval_iters batches from each of train.bin and
+    val.bin (validation dataloader 0 is the train split, 1 the val split)."""
+
+    SPLITS = ("train", "val")
+
+    def __init__(self, data_dir: str | Path, block_size: int, batch_size: int, seed: int = 1337):
+        super().__init__()
+        self.data_dir = Path(data_dir)
+        self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
+        self.meta = load_meta(self.data_dir)
+        self.tokenizer = tokenizer_from_meta(self.meta)
+        self.pin_memory = False
+        self._train: RandomWindows | None = None
+        self._eval: list[RandomWindows] | None = None
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.meta["vocab_size"])
+
+    def split_tokens(self, split: str) -> int:
+        return len(open_tokens(self.data_dir, split, self.meta))
+
+    def check_block_size(self) -> None:
+        for split in self.SPLITS:
+            n = self.split_tokens(split)
+            if self.block_size >= n:
+                raise DataError(
+                    f"block_size={self.block_size} is not shorter than the {split} split ({n:,} tokens): "
+                    f"a window needs block_size + 1 tokens. Use block_size<={n - 1} or a longer text."
+                )
+
+    def setup(self, stage: str | None = None) -> None:
+        self.check_block_size()
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        # one independent stream per (rank, role): DDP ranks draw different windows
+        seeds = np.random.SeedSequence([self.seed, rank]).spawn(3)
+        mk = lambda split, s: RandomWindows(  # noqa: E731
+            self.data_dir / f"{split}.bin", self.meta["dtype"], self.block_size, self.batch_size, s
+        )
+        if self._train is None:
+            self._train = mk("train", seeds[0])
+            self._eval = [mk("train", seeds[1]), mk("val", seeds[2])]
+        if self.trainer is not None:
+            self.pin_memory = self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator"
+
+    def _loader(self, ds: RandomWindows) -> DataLoader:
+        # batch_size=None: the dataset already yields whole batches; no workers: sampling is one
+        # vectorised read, cheaper than handing tensors across processes
+        return DataLoader(ds, batch_size=None, num_workers=0, pin_memory=self.pin_memory)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self._train)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [self._loader(ds) for ds in self._eval]
+
+    def state_dict(self) -> dict:
+        # the samplers' RNG positions, so that a resumed run draws the batches it would have drawn
+        if self._train is None:
+            return {}
+        return {
+            "train": self._train.rng.bit_generator.state,
+            "eval": [ds.rng.bit_generator.state for ds in self._eval],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state and self._train is not None:
+            self._train.rng.bit_generator.state = state["train"]
+            for ds, s in zip(self._eval, state["eval"]):
+                ds.rng.bit_generator.state = s

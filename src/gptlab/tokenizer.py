@@ -1,0 +1,147 @@
+"""Tokenizers: a character table, and GPT-2's byte-pair encoding through tiktoken.
+
+Both save to and load from the ``meta.json`` dict written beside a prepared dataset (JSON, so
+that opening a dataset can never run code, unlike nanoGPT's meta.pkl).
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from gptlab.errors import GptlabError
+
+
+class TokenizerError(GptlabError):
+    """Text the tokenizer cannot encode, or an encoding that cannot be loaded."""
+
+
+class CharTokenizer:
+    """One token per distinct character of the training text, ids in sorted character order."""
+
+    name = "char"
+
+    def __init__(self, chars: list[str]):
+        if not chars:
+            raise TokenizerError("a character vocabulary needs at least one character")
+        self.chars = list(chars)
+        self.stoi = {c: i for i, c in enumerate(self.chars)}
+        # encode through a lookup table indexed by code point: one numpy gather for the whole text
+        # instead of a Python dict lookup per character
+        self._table = np.full(max(map(ord, self.chars)) + 1, -1, dtype=np.int64)
+        self._table[[ord(c) for c in self.chars]] = np.arange(len(self.chars))
+        self._itos = np.array(self.chars, dtype=object)
+
+    @classmethod
+    def from_text(cls, text: str) -> CharTokenizer:
+        return cls(sorted(set(text)))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    @property
+    def eot_token(self) -> int | None:
+        return None
+
+    def encode(self, text: str) -> np.ndarray:
+        # UTF-32 gives one fixed-width code point per character, viewed directly as integers
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+        unknown = codes >= len(self._table)
+        ids = np.where(unknown, -1, self._table[np.minimum(codes, len(self._table) - 1)])
+        if (ids < 0).any():
+            missing = sorted({chr(c) for c in codes[ids < 0]})
+            shown = ", ".join(repr(c) for c in missing[:10])
+            raise TokenizerError(
+                f"text contains {len(missing)} character(s) not in this character vocabulary: {shown}. "
+                "Use only characters seen in the training text, or prepare the data with tokenizer=gpt2."
+            )
+        return ids
+
+    def decode(self, ids) -> str:
+        return "".join(self._itos[np.asarray(ids, dtype=np.int64)])
+
+    def to_meta(self) -> dict:
+        return {"tokenizer": "char", "vocab_size": self.vocab_size, "chars": self.chars}
+
+
+class TiktokenTokenizer:
+    """GPT-2 BPE (50,257 tokens, <|endoftext|> = 50256) or another tiktoken encoding."""
+
+    def __init__(self, encoding: str = "gpt2"):
+        import tiktoken
+
+        self.name = encoding
+        try:
+            self.enc = tiktoken.get_encoding(encoding)
+        except Exception as e:  # tiktoken downloads the BPE files on first use
+            raise TokenizerError(
+                f"could not load the tiktoken encoding '{encoding}': {e}. tiktoken downloads its BPE files "
+                "once; offline, point TIKTOKEN_CACHE_DIR at a directory that holds them."
+            ) from e
+
+    @property
+    def vocab_size(self) -> int:
+        return self.enc.n_vocab
+
+    @property
+    def eot_token(self) -> int | None:
+        return self.enc.eot_token
+
+    def encode(self, text: str) -> np.ndarray:
+        """Encode ordinary text (special-token strings are treated as plain text).
+
+        Large texts are cut into chunks (see _split_at_line_starts) that tiktoken encodes on
+        several threads; the ids equal those of one call on the whole text.
+        """
+        chunks = _split_at_line_starts(text, 1 << 16)
+        if len(chunks) == 1:
+            return np.asarray(self.enc.encode_ordinary(text), dtype=np.int64)
+        threads = min(8, os.cpu_count() or 1)
+        with ThreadPoolExecutor(threads) as pool:
+            parts = list(pool.map(self.enc.encode_ordinary, chunks))
+        return np.fromiter((i for p in parts for i in p), dtype=np.int64, count=sum(map(len, parts)))
+
+    def decode(self, ids) -> str:
+        return self.enc.decode([int(i) for i in ids])
+
+    def to_meta(self) -> dict:
+        return {"tokenizer": self.name, "vocab_size": self.vocab_size, "eot_token": self.eot_token}
+
+
+def _split_at_line_starts(text: str, target: int) -> list[str]:
+    """Cut text into chunks of about `target` characters, only after a newline that has a
+    non-space character on both sides: there GPT-2's pre-tokenizer always makes "\n" a token of
+    its own, so encoding the chunks separately gives the same ids as encoding the whole."""
+    chunks, start, n = [], 0, len(text)
+    while n - start > target:
+        cut = text.find("\n", start + target)
+        while cut != -1 and (cut + 1 >= n or text[cut + 1].isspace() or text[cut - 1].isspace()):
+            cut = text.find("\n", cut + 1)
+        if cut == -1:
+            break
+        chunks.append(text[start : cut + 1])
+        start = cut + 1
+    chunks.append(text[start:])
+    return chunks
+
+
+def build_tokenizer(kind: str, text: str | None = None):
+    """A fresh tokenizer for preparing data: 'char' (needs the text) or a tiktoken encoding name."""
+    if kind == "char":
+        if text is None:
+            raise TokenizerError("a char tokenizer is built from the training text")
+        return CharTokenizer.from_text(text)
+    return TiktokenTokenizer(kind)
+
+
+def tokenizer_from_meta(meta: dict):
+    """The tokenizer a dataset (or a checkpoint) was prepared with, from its meta dict."""
+    kind = meta.get("tokenizer")
+    if kind == "char":
+        return CharTokenizer(meta["chars"])
+    if kind:
+        return TiktokenTokenizer(kind)
+    raise TokenizerError(f"meta has no 'tokenizer' entry: {sorted(meta)}")

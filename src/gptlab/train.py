@@ -1,0 +1,243 @@
+"""Train a GPT: `python -m gptlab.train [key=value ...]`, or a sweep with `-m`.
+
+The one place where config, data, model, callbacks and Lightning's Trainer meet. ``train()``
+takes a composed config and a run folder, so tests and tools call it without Hydra's launcher.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from gptlab import cli
+from gptlab.callbacks import FinalEvaluation, NonFiniteGuard, ProgressLog, TrainingLog
+from gptlab.checkpoint import BEST, LAST, AtomicCheckpointIO, check_compatible, load_checkpoint
+from gptlab.config import apply_profile, data_spec, model_config, optim_config, plain, resolve_device, validate
+from gptlab.data import ensure_prepared
+from gptlab.datamodule import GPTDataModule
+from gptlab.errors import ConfigError, GptlabError
+from gptlab.module import GPTModule
+
+log = logging.getLogger("gptlab")
+
+
+def _quiet_lightning() -> None:
+    # Lightning's start-up banner (GPU/TPU available, ...) repeats what the run summary says
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda", "lightning.fabric.utilities.seed"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
+    warnings.filterwarnings("ignore", ".*LeafSpec.*is deprecated.*")
+
+
+def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()) -> dict:
+    """Train (or evaluate) as cfg says, writing into run_dir. Returns the metrics.json dict."""
+    _quiet_lightning()
+    run_dir = Path(run_dir)
+    device = resolve_device(cfg)
+    changed = apply_profile(cfg, cli.load_profile("cpu"), set(explicit), on_cpu=device.on_cpu)
+    if changed:
+        log.info(
+            "training on CPU: the CPU recipe (conf/profiles/cpu.yaml) sets "
+            + ", ".join(changed)
+            + " -- any key you set yourself wins; profile=none turns this off"
+        )
+    validate(cfg)
+
+    resume = cfg.init_from == "resume"
+    ckpt_path = None
+    if resume:
+        ckpt_path = Path(cfg.ckpt_path) if cfg.ckpt_path else run_dir / LAST
+        if not ckpt_path.is_file():
+            raise ConfigError(f"init_from=resume but there is no checkpoint at {ckpt_path}; give ckpt_path=FILE or train from scratch")
+    elif not cfg.overwrite and not cfg.eval_only and any((run_dir / n).exists() for n in (BEST, LAST)):
+        raise ConfigError(
+            f"{run_dir} already holds a run's checkpoints. Continue it with init_from=resume, "
+            "start over with overwrite=true, or choose another out_dir."
+        )
+
+    spec = data_spec(cfg)
+    ensure_prepared(spec, log=log.info)
+    dm = GPTDataModule(spec.dir, int(cfg.block_size), int(cfg.batch_size), seed=int(cfg.seed))
+    dm.check_block_size()
+    mconf = model_config(cfg, dm.vocab_size)
+    if ckpt_path is not None:
+        check_compatible(load_checkpoint(ckpt_path)["gptlab"], mconf.to_dict(), "config")
+
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    tokenizer_meta = {k: v for k, v in dm.meta.items() if k in ("tokenizer", "vocab_size", "chars", "eot_token")}
+    module = GPTModule(
+        mconf,
+        optim_config(cfg),
+        compile=bool(cfg.compile),
+        extra={"config": plain(cfg), "tokenizer": tokenizer_meta, "data_dir": str(spec.dir)},
+    )
+
+    tr = cfg.trainer
+    n_proc = (len(device.devices) if isinstance(device.devices, list) else int(device.devices)) * int(tr.num_nodes)
+    accum = int(cfg.gradient_accumulation_steps)
+    tokens_per_step = int(cfg.batch_size) * int(cfg.block_size) * accum * n_proc
+    log.info(
+        f"model: {cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} wide, vocab {mconf.vocab_size:,}, "
+        f"{module.model.num_params() / 1e6:.2f}M parameters | device {device.accelerator}, {device.dtype} ({device.precision})"
+    )
+    log.info(
+        f"tokens per optimizer step: {cfg.batch_size} batch x {cfg.block_size} block x {accum} accum x "
+        f"{n_proc} process(es) = {tokens_per_step:,} | run folder: {run_dir}"
+    )
+
+    training_log = TrainingLog(run_dir / "training.log", append=resume)
+    progress = ProgressLog(int(cfg.log_interval), tokens_per_step)
+    best_ckpt = ModelCheckpoint(
+        dirpath=run_dir,
+        filename=Path(BEST).stem,
+        monitor="val/loss",
+        mode="min",
+        save_top_k=1,
+        save_last=bool(cfg.always_save_checkpoint),  # last.ckpt at every evaluation
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
+    callbacks = [
+        training_log,
+        progress,
+        NonFiniteGuard(int(cfg.log_interval), float(cfg.learning_rate), device.dtype),
+        best_ckpt,
+        FinalEvaluation(int(cfg.max_iters), int(cfg.eval_interval)),
+    ]
+    logger = TensorBoardLogger(save_dir=str(run_dir), name="", version="", default_hp_metric=False)
+    trainer = L.Trainer(
+        accelerator=device.accelerator,
+        devices=device.devices,
+        strategy=tr.strategy,
+        num_nodes=int(tr.num_nodes),
+        precision=device.precision,
+        max_steps=int(cfg.max_iters),  # optimizer steps, as nanoGPT's max_iters
+        max_epochs=-1,  # the train loader never ends; max_steps stops the run
+        accumulate_grad_batches=accum,
+        gradient_clip_val=float(cfg.grad_clip) or None,
+        gradient_clip_algorithm="norm",
+        # val_check_interval counts micro-batches: eval_interval optimizer steps = x accum batches
+        val_check_interval=int(cfg.eval_interval) * accum,
+        check_val_every_n_epoch=None,
+        limit_val_batches=int(cfg.eval_iters),
+        num_sanity_val_steps=0,
+        log_every_n_steps=int(cfg.log_interval),
+        logger=logger,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=False,  # ProgressLog prints every log_interval steps instead
+        enable_model_summary=False,
+        deterministic=bool(tr.deterministic),
+        default_root_dir=str(run_dir),
+        use_distributed_sampler=False,  # each rank draws its own random windows (GPTDataModule)
+    )
+    if trainer.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+
+    t0 = time.time()
+    if cfg.eval_only:
+        trainer.validate(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True, verbose=False)
+    else:
+        if not resume:
+            logger.log_hyperparams(_hparams(cfg))
+            trainer.validate(module, datamodule=dm, verbose=False)  # the step-0 evaluation
+        trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True)
+        if not cfg.always_save_checkpoint:
+            trainer.save_checkpoint(run_dir / LAST, weights_only=False)  # full state: resumable
+    wall = time.time() - t0
+
+    metrics = _metrics(training_log, progress, trainer, module, wall)
+    if trainer.is_global_zero:
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        best = metrics.get("best_val_loss")
+        if best is not None and not cfg.eval_only:
+            # the HParams dashboard: one row per run of a sweep, with its best val loss
+            logger.log_hyperparams(_hparams(cfg), metrics={"hp/best_val_loss": best})
+            logger.save()
+            log.info(f"best val loss {best:.4f} at step {metrics['best_step']}; checkpoints in {run_dir}")
+        if int(cfg.sample_tokens) > 0 and not cfg.eval_only:
+            log.info("sample:\n" + _sample(module, dm, int(cfg.sample_tokens), int(cfg.seed)))
+    return metrics
+
+
+def _hparams(cfg: DictConfig) -> dict:
+    flat = {}
+    for k, v in plain(cfg).items():
+        if isinstance(v, dict):
+            flat.update({f"{k}.{kk}": vv for kk, vv in v.items() if not isinstance(vv, (dict, list))})
+        elif not isinstance(v, list):
+            flat[k] = v
+    return {k: ("None" if v is None else v) for k, v in flat.items()}
+
+
+def _metrics(training_log: TrainingLog, progress: ProgressLog, trainer, module, wall: float) -> dict:
+    best = training_log.best()
+    last = training_log.history[-1] if training_log.history else {}
+    return {
+        "iters": int(trainer.global_step),
+        "final_train_loss": last.get("train_loss"),
+        "final_val_loss": last.get("val_loss"),
+        "best_val_loss": best["val_loss"] if best else None,
+        "best_step": best["step"] if best else None,
+        "evals": training_log.history,
+        "tokens_per_s": progress.tokens_per_second,
+        "wall_time_s": round(wall, 2),
+        "params": module.model.num_params(),
+    }
+
+
+def _sample(module: GPTModule, dm: GPTDataModule, n_tokens: int, seed: int) -> str:
+    tok = dm.tokenizer
+    model = module.model.eval()
+    dev = next(model.parameters()).device
+    start = tok.eot_token if tok.eot_token is not None else int(tok.encode("\n")[0]) if "\n" in getattr(tok, "stoi", {}) else 0
+    idx = torch.tensor([[start]], device=dev)
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    out = model.generate(idx, n_tokens, temperature=0.8, top_k=200, generator=gen)
+    return tok.decode(out[0, 1:].tolist())
+
+
+@hydra.main(version_base="1.3", config_path=str(cli.CONF_DIR), config_name="train")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    overrides = list(hc.overrides.task)
+    try:
+        metrics = train(cfg, run_dir, cli.explicit_keys(overrides))
+        return metrics.get("best_val_loss")  # what a Hydra sweeper would minimise
+    except GptlabError as e:
+        # one line instead of Hydra's "Error executing job" and a traceback
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(e.exit_code)
+    finally:
+        # sequential multirun jobs share this process: free the last job's model and buffers
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+@cli.report_errors
+def main() -> None:
+    args = cli.translate_argv(sys.argv[1:])
+    cli.check_override_keys(args)
+    sys.argv = [sys.argv[0], *args]
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()
