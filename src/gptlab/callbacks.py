@@ -148,8 +148,12 @@ class NonFiniteGuard(L.Callback):
         if loss is None:
             return
         bad = ~torch.isfinite(loss.detach())
+        # 1-based number of the optimizer step this micro-batch belongs to (global_step has already
+        # counted it after the last micro-batch of an accumulation cycle)
+        stepped = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
+        n = trainer.global_step if stepped else trainer.global_step + 1
         # torch.full launches a fill kernel; torch.tensor(...) would copy from the host and may sync
-        step = torch.full((), trainer.global_step, dtype=torch.long, device=bad.device)
+        step = torch.full((), n, dtype=torch.long, device=bad.device)
         if self._bad is None:
             self._bad, self._first_bad_step = bad, torch.where(bad, step, torch.full_like(step, -1))
         else:
@@ -173,6 +177,7 @@ class NonFiniteGuard(L.Callback):
         if self.dtype == "float16":
             fixes.append("dtype=bfloat16 or dtype=float32 instead of float16")
         raise NonFiniteLossError(
-            f"the training loss became NaN/inf at step {step}; training stopped and no checkpoint was "
-            f"written after it. Try: {', '.join(fixes)}."
+            f"the training loss became NaN/inf in optimizer step {step}; training stopped there and no "
+            f"checkpoint was written after it (best.ckpt / last.ckpt hold the last good weights). "
+            f"Try: {', '.join(fixes)}."
         )

@@ -87,12 +87,16 @@ class GPTModule(L.LightningModule):
         # dataloader 0 samples the train split, 1 the val split (see GPTDataModule)
         names = {0: "train/loss", 1: "val/loss"}
         for idx, (total, count) in self._eval_sums.items():
-            # sync_dist: under DDP every rank evaluated its own batches; report their mean
-            self.log(names[idx], total / count, sync_dist=True, prog_bar=False)
+            # sync_dist: under DDP every rank evaluated its own batches; report their mean.
+            # logger=False: Lightning would stamp these with the micro-batch counter (one less than
+            # the optimizer step here); they are written below at the optimizer step instead.
+            self.log(names[idx], total / count, sync_dist=True, prog_bar=False, logger=False)
         metrics = self.trainer.callback_metrics
         self.last_eval = {
             split: float(metrics[name]) for name, split in (("train/loss", "train"), ("val/loss", "val")) if name in metrics
         }
+        if self.logger is not None and not self.trainer.sanity_checking:
+            self.logger.log_metrics({f"{k}/loss": v for k, v in self.last_eval.items()}, step=self.global_step)
 
     # ------------------------------------------------------------------ optimizer
 

@@ -1,0 +1,91 @@
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from gptlab import cli
+from gptlab.config import apply_profile, validate
+from gptlab.errors import ConfigError
+
+CONF = Path(cli.CONF_DIR)
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group", ["data", "model", "trainer", "experiment"])
+def test_every_config_in_conf_composes(group, compose):
+    for option in group_options(group):
+        extra = ["data.path=README.md"] if (group, option) == ("data", "text") else []
+        cfg = compose(f"{group}={option}", *extra, tiny=False)
+        OmegaConf.resolve(cfg)
+        if group != "experiment":
+            validate(cfg)
+
+
+def test_defaults_reproduce_nanogpt_shakespeare_char(compose):
+    cfg = compose(tiny=False)
+    expected = dict(batch_size=64, block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2, learning_rate=1e-3,
+                    max_iters=5000, lr_decay_iters=5000, min_lr=1e-4, beta2=0.99, warmup_iters=100, eval_interval=250,
+                    eval_iters=200, log_interval=10, gradient_accumulation_steps=1, weight_decay=0.1, grad_clip=1.0)
+    assert {k: cfg[k] for k in expected} == expected
+    assert cfg.data.tokenizer == "char" and cfg.data.name == "shakespeare_char"
+
+
+def test_model_groups_set_the_architecture(compose):
+    shapes = {m: (compose(f"model={m}", tiny=False).n_layer, compose(f"model={m}", tiny=False).n_embd) for m in group_options("model")}
+    assert shapes == {"tiny": (2, 128), "small": (4, 256), "baby": (6, 384), "large": (8, 512), "gpt2": (12, 768)}
+
+
+def test_cpu_profile_fills_only_keys_not_set(compose):
+    cfg = compose("max_iters=300", "batch_size=32", tiny=False)
+    explicit = cli.explicit_keys(["max_iters=300", "batch_size=32"])
+    changed = apply_profile(cfg, cli.load_profile("cpu"), explicit, on_cpu=True)
+    assert cfg.max_iters == 300 and cfg.batch_size == 32  # the user's values win
+    assert cfg.block_size == 64 and cfg.n_layer == 4 and cfg.eval_iters == 20  # the recipe fills the rest
+    assert cfg.lr_decay_iters == 300  # follows max_iters
+    assert "block_size=64" in changed and not any(c.startswith("max_iters") for c in changed)
+
+
+def test_cpu_profile_respects_model_choice_and_none(compose):
+    cfg = compose("model=small", tiny=False)
+    apply_profile(cfg, cli.load_profile("cpu"), cli.explicit_keys(["model=small"]), on_cpu=True)
+    assert (cfg.n_layer, cfg.n_embd) == (4, 256) and cfg.block_size == 64
+    cfg = compose("profile=none", tiny=False)
+    assert apply_profile(cfg, cli.load_profile("cpu"), set(), on_cpu=True) == []
+    assert cfg.n_layer == 6
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["n_embd=100", "n_head=3"], "divisible by n_head"),
+        (["batch_size=0"], "batch_size must be an integer >= 1"),
+        (["block_size=-5"], "block_size must be an integer >= 1"),
+        (["warmup_iters=500", "max_iters=100"], "warmup_iters \\(500\\) > max_iters"),
+        (["lr_decay_iters=1", "warmup_iters=2"], "lr_decay_iters \\(1\\) < warmup_iters"),
+        (["learning_rate=0"], "learning_rate must be > 0"),
+        (["dropout=1.5"], "dropout must be in"),
+        (["dtype=float8"], "dtype must be one of"),
+        (["data=text"], "data.path=FILE"),
+    ],
+)
+def test_contradictory_settings_rejected_up_front(compose, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(compose(*overrides))
+
+
+def test_unknown_key_suggests_the_right_one():
+    with pytest.raises(ConfigError, match="unknown config key 'lerning_rate'. Did you mean 'learning_rate'"):
+        cli.check_override_keys(["lerning_rate=1e-3"])
+    with pytest.raises(ConfigError, match="data.tokeniser"):
+        cli.check_override_keys(["data.tokeniser=gpt2"])
+    cli.check_override_keys(["learning_rate=1e-3", "data.path=x", "model=tiny", "+foo=1", "hydra.verbose=true"])
+
+
+def test_nanogpt_style_arguments_translate():
+    args = ["config/train_shakespeare_char.py", "--max_iters=1000", "--learning_rate=5e-3", "--out_dir=exp1_large_lr", "dropout=0.1"]
+    assert cli.translate_argv(args) == ["max_iters=1000", "learning_rate=5e-3", "out_dir=exp1_large_lr", "dropout=0.1"]
+    with pytest.raises(ConfigError, match="config files are not read"):
+        cli.translate_argv(["config/train_gpt2.py"])

@@ -1,0 +1,143 @@
+"""End-to-end training on a tiny model, in process (fast) through train.train()."""
+
+import json
+import math
+import re
+
+import pytest
+import torch
+
+from gptlab.checkpoint import load_checkpoint, load_model
+from gptlab.errors import CheckpointError, ConfigError, NonFiniteLossError
+from gptlab.train import train
+
+
+def parse_log(log_file):
+    """The guide's plot_loss.py parser, unchanged."""
+    steps, train_losses, val_losses = [], [], []
+    with open(log_file) as f:
+        for line in f:
+            match = re.search(r"step (\d+): train loss ([\d.]+), val loss ([\d.]+)", line)
+            if match:
+                steps.append(int(match.group(1)))
+                train_losses.append(float(match.group(2)))
+                val_losses.append(float(match.group(3)))
+    return steps, train_losses, val_losses
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_root):
+    """One short run shared by several tests: 120 steps, evaluation every 40."""
+    from gptlab.cli import compose
+    from conftest import TINY
+
+    run = tmp_path_factory.mktemp("run")
+    cfg = compose("train", [*TINY, f"data.root={data_root}", "max_iters=120", "eval_interval=40", "learning_rate=1e-2", "batch_size=16"])
+    metrics = train(cfg, run)
+    return run, metrics, cfg
+
+
+def test_short_run_learns(trained):
+    run, metrics, _ = trained
+    assert metrics["iters"] == 120
+    # 4.17 (ln 65) at random; 3.31 is the entropy of single-character frequencies, so a loss
+    # below 3.2 means the model predicts from context, not only from how common each character is
+    assert metrics["best_val_loss"] < 3.2
+    assert metrics["evals"][0]["step"] == 0 and abs(metrics["evals"][0]["val_loss"] - math.log(65)) < 0.3
+    assert json.loads((run / "metrics.json").read_text())["iters"] == 120
+
+
+def test_training_log_reads_with_the_guides_parser(trained):
+    run, metrics, _ = trained
+    steps, train_l, val_l = parse_log(run / "training.log")
+    assert steps == [0, 40, 80, 120]
+    assert val_l[-1] < val_l[0] and train_l[-1] < train_l[0]
+    assert val_l[-1] == pytest.approx(metrics["final_val_loss"], abs=1e-4)
+
+
+def test_checkpoint_reloads_to_identical_logits(trained):
+    run, _, _ = trained
+    model, info = load_model(run / "last.ckpt")
+    assert info["step"] == 120 and info["tokenizer"]["tokenizer"] == "char"
+    ckpt = load_checkpoint(run / "last.ckpt")
+    assert {"optimizer_states", "state_dict", "loops"} <= set(ckpt)
+    model2, _ = load_model(run / "last.ckpt")
+    x = torch.randint(0, 65, (2, 32))
+    assert torch.equal(model(x, x)[0], model2(x, x)[0])
+    best, binfo = load_model(run)  # a run folder means its best.ckpt
+    assert binfo["eval"]["val"] == pytest.approx(min(e["val_loss"] for e in json.loads((run / "metrics.json").read_text())["evals"][1:]), abs=1e-5)
+
+
+def test_tensorboard_has_the_curves(trained):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run, _, _ = trained
+    ea = EventAccumulator(str(run))
+    ea.Reload()
+    tags = set(ea.Tags()["scalars"])
+    assert {"train/loss", "val/loss", "train/lr", "perf/tokens_per_s", "train/batch_loss"} <= tags
+    assert [e.step for e in ea.Scalars("val/loss")] == [0, 40, 80, 120]
+    lrs = [e.value for e in ea.Scalars("train/lr")]
+    assert lrs[0] > lrs[-1]  # cosine decay visible
+
+
+def test_lr_schedule_follows_optimizer_steps_under_accumulation(compose, tmp_path):
+    cfg = compose("max_iters=6", "eval_interval=3", "gradient_accumulation_steps=3", "log_interval=1",
+                  "warmup_iters=0", "decay_lr=false", "learning_rate=2e-3")
+    metrics = train(cfg, tmp_path)
+    assert metrics["iters"] == 6  # optimizer steps, not micro-batches
+    steps, _, _ = parse_log(tmp_path / "training.log")
+    assert steps == [0, 3, 6]
+
+
+def test_existing_run_is_not_overwritten(trained, compose):
+    run, _, _ = trained
+    before = (run / "best.ckpt").read_bytes()
+    with pytest.raises(ConfigError, match="init_from=resume"):
+        train(compose("max_iters=2", "eval_interval=1"), run)
+    assert (run / "best.ckpt").read_bytes() == before
+
+
+def test_resume_continues_the_step_count(trained, compose, tmp_path):
+    run, _, _ = trained
+    import shutil
+
+    shutil.copytree(run, tmp_path / "r", dirs_exist_ok=True)
+    cfg = compose("max_iters=140", "eval_interval=40", "learning_rate=1e-2", "batch_size=16", "init_from=resume")
+    metrics = train(cfg, tmp_path / "r")
+    assert metrics["iters"] == 140
+    steps, _, _ = parse_log(tmp_path / "r" / "training.log")
+    assert steps == [0, 40, 80, 120, 140]  # appended, not restarted
+
+
+def test_resume_with_another_shape_is_refused(trained, compose, tmp_path):
+    run, _, _ = trained
+    with pytest.raises(CheckpointError, match="n_embd: checkpoint 32 vs config 64"):
+        train(compose("n_embd=64", "max_iters=140", "init_from=resume", f"ckpt_path={run / 'last.ckpt'}"), tmp_path)
+
+
+def test_divergence_stops_with_advice_and_keeps_good_checkpoint(compose, tmp_path, monkeypatch):
+    # a first run writes good checkpoints; the resumed run's loss turns to inf at its 7th step (step 17)
+    train(compose("max_iters=10", "eval_interval=5", "always_save_checkpoint=true"), tmp_path)
+    from gptlab.model import GPT
+
+    real_forward, calls = GPT.forward, {"n": 0}
+
+    def planted(self, idx, targets=None, **kw):
+        logits, loss = real_forward(self, idx, targets, **kw)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] >= 7:
+                loss = loss * float("inf")
+        return logits, loss
+
+    monkeypatch.setattr(GPT, "forward", planted)
+    cfg = compose("max_iters=200", "eval_interval=5", "log_interval=50", "init_from=resume", "always_save_checkpoint=true")
+    with pytest.raises(NonFiniteLossError, match=r"NaN/inf in optimizer step 17;.*learning_rate=0.0001.*grad_clip=1.0"):
+        train(cfg, tmp_path)
+    model, info = load_model(tmp_path / "best.ckpt")
+    assert info["step"] <= 15  # the best of the evaluations before the bad step
+    _, last = load_model(tmp_path / "last.ckpt")
+    assert last["step"] == 15  # the evaluation before the bad step; nothing after it was saved
+    assert math.isfinite(last["eval"]["val"])
+    assert all(torch.isfinite(p).all() for p in model.parameters())
