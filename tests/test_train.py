@@ -28,8 +28,8 @@ def parse_log(log_file):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, data_root):
     """One short run shared by several tests: 120 steps, evaluation every 40."""
-    from gptlab.cli import compose
     from conftest import TINY
+    from gptlab.cli import compose
 
     run = tmp_path_factory.mktemp("run")
     cfg = compose("train", [*TINY, f"data.root={data_root}", "max_iters=120", "eval_interval=40", "learning_rate=1e-2", "batch_size=16"])

@@ -34,6 +34,43 @@ def translate_argv(args: list[str]) -> list[str]:
     return out
 
 
+SWEEP_FUNCTIONS = ("range(", "choice(", "interval(", "glob(")
+
+
+def is_sweep_value(value: str) -> bool:
+    """Whether an override's value makes Hydra's -m run several jobs (a,b or range(...) ...)."""
+    v = value.strip()
+    if v.startswith(SWEEP_FUNCTIONS):
+        return True
+    depth, quote = 0, None
+    for ch in v:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            return True
+    return False
+
+
+def sweep_folder_names(args: list[str]) -> list[str]:
+    """In a multirun, name each job's folder after the swept settings only (0_learning_rate=1e-3),
+    not after every override: fixed ones would make long names, and paths among them nested folders."""
+    if not any(a in ("-m", "--multirun") for a in args):
+        return []
+    fixed = {"out_dir", "experiment", "profile", "device", "seed"}
+    for a in args:
+        if "=" in a and not a.startswith("-") and not a.startswith("hydra"):
+            key, value = a.split("=", 1)
+            if not is_sweep_value(value):
+                fixed.add(key.lstrip("+~"))
+    return [f"hydra.job.config.override_dirname.exclude_keys=[{','.join(sorted(fixed))}]"]
+
+
 def _yaml_keys(path: Path) -> set[str]:
     if not path.is_file():
         return set()

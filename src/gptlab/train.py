@@ -235,7 +235,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 def main() -> None:
     args = cli.translate_argv(sys.argv[1:])
     cli.check_override_keys(args)
-    sys.argv = [sys.argv[0], *args]
+    sys.argv = [sys.argv[0], *args, *cli.sweep_folder_names(args)]
     _hydra_main()
 
 
