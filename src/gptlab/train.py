@@ -6,21 +6,26 @@ takes a composed config and a run folder, so tests and tools call it without Hyd
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
+import os
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
-from omegaconf import DictConfig, OmegaConf
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from gptlab import cli
 from gptlab.callbacks import FinalEvaluation, NonFiniteGuard, ProgressLog, TrainingLog
@@ -43,11 +48,15 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*LeafSpec.*is deprecated.*")
 
 
-def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()) -> dict:
-    """Train (or evaluate) as cfg says, writing into run_dir. Returns the metrics.json dict."""
+def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset(), callbacks: Sequence[L.Callback] = ()) -> dict:
+    """Train (or evaluate) as cfg says, writing into run_dir. Returns the metrics.json dict.
+
+    callbacks are added after the run's own (the bench times steps through one)."""
     _quiet_lightning()
     run_dir = Path(run_dir)
     device = resolve_device(cfg)
+    if device.accelerator == "gpu":
+        torch.set_float32_matmul_precision("high")  # float32 matmuls on TF32 tensor cores (Ampere and newer)
     changed = apply_profile(cfg, cli.load_profile("cpu"), set(explicit), on_cpu=device.on_cpu)
     if changed:
         log.info(
@@ -117,12 +126,13 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
         NonFiniteGuard(int(cfg.log_interval), float(cfg.learning_rate), device.dtype),
         best_ckpt,
         FinalEvaluation(int(cfg.max_iters), int(cfg.eval_interval)),
+        *callbacks,
     ]
     logger = TensorBoardLogger(save_dir=str(run_dir), name="", version="", default_hp_metric=False)
     trainer = L.Trainer(
         accelerator=device.accelerator,
         devices=device.devices,
-        strategy=tr.strategy,
+        strategy=_strategy(str(tr.strategy)),
         num_nodes=int(tr.num_nodes),
         precision=device.precision,
         max_steps=int(cfg.max_iters),  # optimizer steps, as nanoGPT's max_iters
@@ -175,6 +185,18 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
     return metrics
 
 
+def _strategy(name: str):
+    if name == "fsdp":
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        from gptlab.model import Block
+
+        # one FSDP unit per transformer block: a block's whole weights exist only while it runs;
+        # "full" checkpoints are gathered on rank 0 into one file that load_model reads as usual
+        return FSDPStrategy(auto_wrap_policy={Block}, state_dict_type="full")
+    return name
+
+
 def _hparams(cfg: DictConfig) -> dict:
     flat = {}
     for k, v in plain(cfg).items():
@@ -212,13 +234,42 @@ def _sample(module: GPTModule, dm: GPTDataModule, n_tokens: int, seed: int) -> s
     return tok.decode(out[0, 1:].tolist())
 
 
+DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+@contextlib.contextmanager
+def _ranks_for_this_job(hc, run_dir: Path):
+    """DDP inside a Hydra multirun. Lightning starts ranks 1..N-1 by running this command again
+    (sys.argv) with hydra.run.dir=<HydraConfig run.dir> appended; under -m that would start the
+    whole sweep once more in every rank. Here each job's ranks are started as a single run of
+    that job's overrides, in the job's folder; afterwards the process group and the launcher's
+    environment variables are removed, so the next job starts its own ranks."""
+    argv, env = list(sys.argv), {k: os.environ.get(k) for k in DDP_ENV}
+    if hc.mode == RunMode.MULTIRUN:
+        sys.argv = [sys.argv[0], *hc.overrides.task]
+        with read_write(hc), open_dict(hc):
+            hc.run.dir = str(run_dir)
+    try:
+        yield
+    finally:
+        sys.argv = argv
+        if env["LOCAL_RANK"] is None:  # this process launched the ranks (not torchrun, SLURM or a parent rank)
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
+            for k in DDP_ENV:
+                os.environ.pop(k, None)
+
+
 @hydra.main(version_base="1.3", config_path=str(cli.CONF_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     overrides = list(hc.overrides.task)
+    if rank_zero_only.rank != 0:
+        log.setLevel(logging.WARNING)  # under DDP only rank 0 writes the console log
     try:
-        metrics = train(cfg, run_dir, cli.explicit_keys(overrides))
+        with _ranks_for_this_job(hc, run_dir):
+            metrics = train(cfg, run_dir, cli.explicit_keys(overrides))
         return metrics.get("best_val_loss")  # what a Hydra sweeper would minimise
     except GptlabError as e:
         # one line instead of Hydra's "Error executing job" and a traceback
