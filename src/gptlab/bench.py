@@ -128,8 +128,10 @@ def _run_gptlab(cfg, run_dir: Path, timer: StepTimer) -> dict:
 
     class Timer(L.Callback):  # local: the plain side's process must not import Lightning
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if (batch_idx + 1) % trainer.accumulate_grad_batches == 0:
-                timer.mark(trainer.global_step, outputs["loss"] if isinstance(outputs, dict) else outputs)
+            accum = trainer.accumulate_grad_batches
+            if (batch_idx + 1) % accum == 0:
+                loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+                timer.mark(trainer.global_step, loss * accum)  # Lightning hands back loss / accumulation
 
     cli.setup_console_logging()
     metrics = train(cfg, run_dir, callbacks=[Timer()])
@@ -228,7 +230,7 @@ def bench_preset(name: str, sides: list[Side], extra: list[str], rounds: int, st
     cfgs = [compose_run(preset, s, extra, warmup, timed, intervals) for s in sides]
     c = cfgs[0]
     ensure_prepared(data_spec(c), log=print)
-    what = "eval every {} steps x {} batches, log every {}".format(c.eval_interval, c.eval_iters, c.log_interval) if intervals == "default" else "no evaluation or log line inside the timed steps"
+    what = f"eval every {c.eval_interval} steps x {c.eval_iters} batches, log every {c.log_interval}" if intervals == "default" else "no evaluation or log line inside the timed steps"
     print(f"\n== {name}: {preset.about} ({c.n_layer}/{c.n_head}/{c.n_embd}, block {c.block_size}, batch {c.batch_size} "
           f"x {c.gradient_accumulation_steps} accum, dtype {c.dtype}, compile {c.compile})")
     print(f"   {warmup} warm-up + {timed} timed optimizer steps, {rounds} rounds alternating {' / '.join(s.label for s in sides)}; {what}")

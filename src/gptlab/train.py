@@ -53,6 +53,8 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
 
     callbacks are added after the run's own (the bench times steps through one)."""
     _quiet_lightning()
+    if rank_zero_only.rank != 0:
+        log.setLevel(logging.WARNING)  # under DDP only rank 0 writes the console log
     run_dir = Path(run_dir)
     device = resolve_device(cfg)
     if device.accelerator == "gpu":
@@ -265,8 +267,6 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     overrides = list(hc.overrides.task)
-    if rank_zero_only.rank != 0:
-        log.setLevel(logging.WARNING)  # under DDP only rank 0 writes the console log
     try:
         with _ranks_for_this_job(hc, run_dir):
             metrics = train(cfg, run_dir, cli.explicit_keys(overrides))
