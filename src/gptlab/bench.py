@@ -297,7 +297,7 @@ def data_speed(root: str = "data") -> list[tuple[str, float]]:
     rows = [
         ("char: vocabulary + encode", mb / _best_time(lambda: CharTokenizer.from_text(text).encode(text))),
         ("gpt2 BPE, one encode_ordinary call", mb / _best_time(lambda: bpe.enc.encode_ordinary(text))),
-        (f"gpt2 BPE, chunks on {threads} threads (prepare's path)", mb / _best_time(lambda: bpe.encode(text))),
+        (f"gpt2 BPE, tiktoken batch encoder, {threads} threads (prepare)", mb / _best_time(lambda: bpe.encode(text))),
     ]
     print(f"\n== data preparation speed, Tiny Shakespeare ({mb:.2f} MB), best of 3")
     for what, rate in rows:
