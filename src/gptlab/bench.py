@@ -77,7 +77,7 @@ def peak_flops(on_cuda: bool, dtype: str) -> tuple[float, str]:
     return peak, f"CPU, {threads} threads: best float32 1024x1024 matmul rate measured now (no data-sheet peak for CPUs)"
 
 
-def _measured_matmul_peak(device: str, dtype: torch.dtype, n: int, reps: int = 10) -> float:
+def _measured_matmul_peak(device: str, dtype: torch.dtype, n: int, reps: int = 30) -> float:
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     best = float("inf")
@@ -327,6 +327,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", help="also write every figure to this file")
     args = p.parse_args(argv)
     cli.setup_console_logging()
+    if args.threads:
+        torch.set_num_threads(args.threads)  # this process's work: the CPU peak, --costs
     if args.costs:
         from gptlab.costs import main as costs_main
 
@@ -343,8 +345,6 @@ def main(argv: list[str] | None = None) -> None:
         if not on_cuda and PRESETS[n].cpu_steps is None:
             raise SystemExit(f"error: config '{n}' runs on a GPU only (none is visible here)")
     dtype = "bfloat16" if on_cuda and torch.cuda.is_bf16_supported() else "float32"
-    if args.threads:
-        torch.set_num_threads(args.threads)  # the CPU peak is measured with the runs' thread count
     peak = peak_flops(on_cuda, dtype)
     load = os.getloadavg()
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, load average {load[0]:.2f} at start")
