@@ -87,6 +87,9 @@ def known_keys() -> dict[str, set[str]]:
         "data": set().union(*(_yaml_keys(f) for f in (CONF_DIR / "data").glob("*.yaml"))),
         "trainer": _yaml_keys(CONF_DIR / "trainer" / "default.yaml"),
     }
+    # the nodes of train.yaml itself (lr_find., early_stopping., augment., report.)
+    train = OmegaConf.load(CONF_DIR / "train.yaml")
+    nested |= {k: set(v.keys()) for k, v in train.items() if k != "hydra" and OmegaConf.is_dict(v)}
     return {"": top, **nested}
 
 

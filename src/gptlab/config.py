@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from gptlab.augment import TokenMasking
 from gptlab.data import DataSpec
 from gptlab.errors import ConfigError
 from gptlab.model import GPTConfig
@@ -58,10 +59,17 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(str(e)) from None
     if not 0.0 <= float(cfg.dropout) < 1.0:
         raise ConfigError(f"dropout must be in [0, 1), got {cfg.dropout}")
-    if not float(cfg.learning_rate) > 0:
-        raise ConfigError(f"learning_rate must be > 0, got {cfg.learning_rate}")
-    if float(cfg.min_lr) < 0 or float(cfg.min_lr) > float(cfg.learning_rate):
+    if cfg.learning_rate == "auto":
+        _validate_auto_lr(cfg)  # min_lr is checked against the learning rate once the search chose it
+    elif not _number(cfg.learning_rate) or not float(cfg.learning_rate) > 0:
+        raise ConfigError(f"learning_rate must be > 0, or auto (a learning-rate range test picks it), got {cfg.learning_rate}")
+    elif float(cfg.min_lr) < 0 or float(cfg.min_lr) > float(cfg.learning_rate):
         raise ConfigError(f"min_lr must be between 0 and learning_rate ({cfg.learning_rate}), got {cfg.min_lr}")
+    _validate_lr_find(cfg.lr_find)
+    _validate_early_stopping(cfg.early_stopping)
+    p = cfg.augment.mask_prob
+    if not _number(p) or not 0.0 <= float(p) < 1.0:
+        raise ConfigError(f"augment.mask_prob must be in [0, 1) (0 turns token masking off), got {p}")
     for key in ("beta1", "beta2"):
         if not 0.0 <= float(cfg[key]) < 1.0:
             raise ConfigError(f"{key} must be in [0, 1), got {cfg[key]}")
@@ -87,6 +95,42 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got '{cfg.device}'")
     if cfg.data.get("path") is None and cfg.data.get("source") is None:
         raise ConfigError("this data config needs a text file: data.path=FILE (for example data=text data.path=my.txt)")
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _validate_auto_lr(cfg: DictConfig) -> None:
+    if cfg.init_from == "resume" or cfg.eval_only:
+        raise ConfigError("learning_rate=auto searches on a fresh model; give a resumed or evaluated run its learning rate as a number")
+    if str(cfg.trainer.devices) != "1" or int(cfg.trainer.num_nodes) != 1:
+        raise ConfigError(
+            "learning_rate=auto runs its search in one process; with several devices run python -m gptlab.lr_find "
+            "first (same settings, trainer.devices=1) and give learning_rate=<its suggestion>"
+        )
+    if float(cfg.min_lr) < 0:
+        raise ConfigError(f"min_lr must be >= 0, got {cfg.min_lr}")
+
+
+def _validate_lr_find(n: DictConfig) -> None:
+    from gptlab.lr_find import RULES
+
+    if not (_number(n.min_lr) and _number(n.max_lr) and 0 < float(n.min_lr) < float(n.max_lr)):
+        raise ConfigError(f"lr_find needs 0 < lr_find.min_lr < lr_find.max_lr, got min_lr={n.min_lr}, max_lr={n.max_lr}")
+    if isinstance(n.num_steps, bool) or not isinstance(n.num_steps, int) or n.num_steps < 20:
+        raise ConfigError(f"lr_find.num_steps must be an integer >= 20 (100 is usual), got {n.num_steps!r}")
+    if n.diverge_threshold is not None and not (_number(n.diverge_threshold) and float(n.diverge_threshold) > 1):
+        raise ConfigError(f"lr_find.diverge_threshold must be > 1 (4 is usual) or null to never stop early, got {n.diverge_threshold}")
+    if n.rule not in RULES:
+        raise ConfigError(f"lr_find.rule must be one of {', '.join(RULES)}, got '{n.rule}'")
+
+
+def _validate_early_stopping(n: DictConfig) -> None:
+    if n.patience is not None and (isinstance(n.patience, bool) or not isinstance(n.patience, int) or n.patience < 0):
+        raise ConfigError(f"early_stopping.patience must be a whole number of evaluations (null or 0: off), got {n.patience!r}")
+    if not _number(n.min_delta) or float(n.min_delta) < 0:
+        raise ConfigError(f"early_stopping.min_delta must be >= 0, got {n.min_delta}")
 
 
 @dataclass
@@ -160,6 +204,15 @@ def model_config(cfg: DictConfig, vocab_size: int) -> GPTConfig:
         )
     except ValueError as e:
         raise ConfigError(str(e)) from None
+
+
+def token_masking(cfg: DictConfig, data_vocab_size: int) -> TokenMasking | None:
+    """The augmentation's settings, or None when augment.mask_prob is 0. [MASK] takes the first id
+    after the data's vocabulary, so the model's vocabulary is one larger."""
+    p = float(cfg.augment.mask_prob)
+    if p == 0:
+        return None
+    return TokenMasking(p, mask_token=data_vocab_size, vocab_size=data_vocab_size, seed=int(cfg.seed))
 
 
 def optim_config(cfg: DictConfig) -> OptimConfig:

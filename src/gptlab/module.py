@@ -13,6 +13,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from gptlab.augment import TokenMasking, corrupt_inputs
 from gptlab.model import GPT, GPTConfig
 from gptlab.schedule import OptimConfig
 
@@ -29,6 +30,7 @@ class GPTModule(L.LightningModule):
         optim: OptimConfig,
         compile: bool = False,
         extra: dict | None = None,
+        augment: TokenMasking | None = None,
     ):
         super().__init__()
         self.model = GPT(model_config)
@@ -36,6 +38,7 @@ class GPTModule(L.LightningModule):
         self.compile_model = compile
         # plain values stored in every checkpoint (run settings, tokenizer) so tools need no config
         self.extra = dict(extra or {})
+        self.augment = augment  # token masking of training inputs (gptlab.augment), or None
         # training loss summed on the device between log points: no host sync per step
         self._train_loss_sum: torch.Tensor | None = None
         self._train_loss_count = 0
@@ -70,6 +73,12 @@ class GPTModule(L.LightningModule):
         mean = self._train_loss_sum / self._train_loss_count
         self._train_loss_sum, self._train_loss_count = None, 0
         return mean
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        # token masking: training batches only, already on the device; evaluation sees clean inputs
+        if self.augment is not None and self.trainer.training:
+            batch = corrupt_inputs(batch, self.augment, self.global_rank)
+        return batch
 
     # ------------------------------------------------------------------ evaluation
 
@@ -125,3 +134,9 @@ class GPTModule(L.LightningModule):
             "eval": dict(self.last_eval),
             **self.extra,
         }
+        if self.augment is not None:
+            checkpoint["augment"] = self.augment.state_dict()  # the masking RNG, for an exact resume
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.augment is not None and "augment" in checkpoint:
+            self.augment.load_state_dict(checkpoint["augment"])

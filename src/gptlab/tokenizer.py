@@ -137,6 +137,12 @@ def build_tokenizer(kind: str, text: str | None = None):
     return TiktokenTokenizer(kind)
 
 
+def undecodable_ids(tokenizer, model_vocab_size: int) -> list[int]:
+    """Ids a model can emit but the tokenizer cannot decode -- those past its vocabulary, such as
+    the [MASK] token added for token-masking augmentation. Sampling suppresses them."""
+    return list(range(tokenizer.vocab_size, model_vocab_size))
+
+
 def tokenizer_from_meta(meta: dict):
     """The tokenizer a dataset (or a checkpoint) was prepared with, from its meta dict."""
     kind = meta.get("tokenizer")

@@ -18,18 +18,29 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from gptlab import cli
+from gptlab import cli, lr_find
 from gptlab.callbacks import FinalEvaluation, NonFiniteGuard, ProgressLog, TrainingLog
 from gptlab.checkpoint import BEST, LAST, AtomicCheckpointIO, check_compatible, load_checkpoint
-from gptlab.config import apply_profile, data_spec, model_config, optim_config, plain, resolve_device, validate
+from gptlab.config import (
+    apply_profile,
+    data_spec,
+    model_config,
+    optim_config,
+    plain,
+    resolve_device,
+    token_masking,
+    validate,
+)
 from gptlab.data import ensure_prepared
 from gptlab.datamodule import GPTDataModule
 from gptlab.errors import ConfigError, GptlabError
 from gptlab.module import GPTModule
+from gptlab.tokenizer import undecodable_ids
 
 log = logging.getLogger("gptlab")
 
@@ -41,10 +52,17 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*is deprecated.*")
+    # GPTModule corrupts training inputs there on purpose (token masking), not the DataModule
+    warnings.filterwarnings("ignore", ".*overridden `on_after_batch_transfer` in `LightningModule`.*")
+    # the LR finder's temporary checkpoint (Lightning's Tuner)
+    logging.getLogger("lightning.pytorch.trainer.connectors.checkpoint_connector").setLevel(logging.WARNING)
 
 
-def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()) -> dict:
-    """Train (or evaluate) as cfg says, writing into run_dir. Returns the metrics.json dict."""
+def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset(), lr_find_only: bool = False) -> dict:
+    """Train (or evaluate) as cfg says, writing into run_dir. Returns the metrics.json dict.
+
+    lr_find_only: run only the learning-rate range test (python -m gptlab.lr_find) on the model and
+    batches this config would train, and return its lr_find.json dict."""
     _quiet_lightning()
     run_dir = Path(run_dir)
     device = resolve_device(cfg)
@@ -63,7 +81,7 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
         ckpt_path = Path(cfg.ckpt_path) if cfg.ckpt_path else run_dir / LAST
         if not ckpt_path.is_file():
             raise ConfigError(f"init_from=resume but there is no checkpoint at {ckpt_path}; give ckpt_path=FILE or train from scratch")
-    elif not cfg.overwrite and not cfg.eval_only and any((run_dir / n).exists() for n in (BEST, LAST)):
+    elif not cfg.overwrite and not cfg.eval_only and not lr_find_only and any((run_dir / n).exists() for n in (BEST, LAST)):
         raise ConfigError(
             f"{run_dir} already holds a run's checkpoints. Continue it with init_from=resume, "
             "start over with overwrite=true, or choose another out_dir."
@@ -73,9 +91,16 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
     ensure_prepared(spec, log=log.info)
     dm = GPTDataModule(spec.dir, int(cfg.block_size), int(cfg.batch_size), seed=int(cfg.seed))
     dm.check_block_size()
-    mconf = model_config(cfg, dm.vocab_size)
+    masking = token_masking(cfg, dm.vocab_size)  # None unless augment.mask_prob > 0
+    mconf = model_config(cfg, dm.vocab_size + (masking is not None))  # + the [MASK] token
     if ckpt_path is not None:
         check_compatible(load_checkpoint(ckpt_path)["gptlab"], mconf.to_dict(), "config")
+
+    if cfg.learning_rate == "auto" or lr_find_only:
+        found = lr_find.run(cfg, dm, mconf, device, run_dir, masking)  # on a fresh model: see lr_find.py
+        if lr_find_only:
+            return found.to_dict()
+        lr_find.use_suggestion(cfg, found, set(explicit))
 
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     tokenizer_meta = {k: v for k, v in dm.meta.items() if k in ("tokenizer", "vocab_size", "chars", "eot_token")}
@@ -84,6 +109,7 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
         optim_config(cfg),
         compile=bool(cfg.compile),
         extra={"config": plain(cfg), "tokenizer": tokenizer_meta, "data_dir": str(spec.dir)},
+        augment=masking,
     )
 
     tr = cfg.trainer
@@ -118,6 +144,12 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
         best_ckpt,
         FinalEvaluation(int(cfg.max_iters), int(cfg.eval_interval)),
     ]
+    early_stop = None
+    if cfg.early_stopping.patience:
+        # counts the evaluations during fit (not the step-0 one) without val loss < best - min_delta
+        early_stop = EarlyStopping("val/loss", min_delta=float(cfg.early_stopping.min_delta), mode="min",
+                                   patience=int(cfg.early_stopping.patience), check_on_train_epoch_end=False)
+        callbacks.append(early_stop)
     logger = TensorBoardLogger(save_dir=str(run_dir), name="", version="", default_hp_metric=False)
     trainer = L.Trainer(
         accelerator=device.accelerator,
@@ -162,6 +194,7 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
     wall = time.time() - t0
 
     metrics = _metrics(training_log, progress, trainer, module, wall)
+    metrics["stop_reason"], metrics["stop_message"] = _stop_reason(cfg, trainer, early_stop)
     if trainer.is_global_zero:
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
         best = metrics.get("best_val_loss")
@@ -169,6 +202,7 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
             # the HParams dashboard: one row per run of a sweep, with its best val loss
             logger.log_hyperparams(_hparams(cfg), metrics={"hp/best_val_loss": best})
             logger.save()
+            log.info(f"training stopped at step {metrics['iters']}: {metrics['stop_message']}")
             log.info(f"best val loss {best:.4f} at step {metrics['best_step']}; checkpoints in {run_dir}")
         if int(cfg.sample_tokens) > 0 and not cfg.eval_only:
             log.info("sample:\n" + _sample(module, dm, int(cfg.sample_tokens), int(cfg.seed)))
@@ -201,6 +235,24 @@ def _metrics(training_log: TrainingLog, progress: ProgressLog, trainer, module, 
     }
 
 
+def _stop_reason(cfg: DictConfig, trainer, early_stop: EarlyStopping | None) -> tuple[str, str]:
+    """Why training ended: a short code for tools and a sentence for people."""
+    if cfg.eval_only:
+        return "eval_only", "eval_only=true: evaluated once, no training"
+    if trainer.interrupted:
+        return "interrupted", f"interrupted at step {trainer.global_step}"
+    if early_stop is not None and early_stop.stopping_reason == EarlyStoppingReason.PATIENCE_EXHAUSTED:
+        return "early_stopping", (
+            f"early stopping after {early_stop.wait_count} evaluations without a val loss improvement of at least "
+            f"{cfg.early_stopping.min_delta:g} (early_stopping.patience={cfg.early_stopping.patience})"
+        )
+    if early_stop is not None and early_stop.stopping_reason != EarlyStoppingReason.NOT_STOPPED:
+        return "early_stopping", f"early stopping: {early_stop.stopping_reason_message}"
+    if trainer.global_step >= int(cfg.max_iters):
+        return "max_iters", f"max_iters={cfg.max_iters} reached"
+    return "stopped", f"stopped at step {trainer.global_step} before max_iters={cfg.max_iters}"
+
+
 def _sample(module: GPTModule, dm: GPTDataModule, n_tokens: int, seed: int) -> str:
     tok = dm.tokenizer
     model = module.model.eval()
@@ -208,7 +260,8 @@ def _sample(module: GPTModule, dm: GPTDataModule, n_tokens: int, seed: int) -> s
     start = tok.eot_token if tok.eot_token is not None else int(tok.encode("\n")[0]) if "\n" in getattr(tok, "stoi", {}) else 0
     idx = torch.tensor([[start]], device=dev)
     gen = torch.Generator(device=dev).manual_seed(seed)
-    out = model.generate(idx, n_tokens, temperature=0.8, top_k=200, generator=gen)
+    out = model.generate(idx, n_tokens, temperature=0.8, top_k=200, generator=gen,
+                         suppress_tokens=undecodable_ids(tok, model.config.vocab_size))
     return tok.decode(out[0, 1:].tolist())
 
 
