@@ -31,7 +31,9 @@ def translate_argv(args: list[str]) -> list[str]:
         if a.startswith("--") and "=" in a and not a.startswith("--config"):
             a = a[2:]
         out.append(a)
-    return out
+    # Hydra's parser takes its flags only before the overrides: `key=value -m` would be refused
+    multirun = [a for a in out if a in ("-m", "--multirun")]
+    return multirun + [a for a in out if a not in ("-m", "--multirun")]
 
 
 SWEEP_FUNCTIONS = ("range(", "choice(", "interval(", "glob(")

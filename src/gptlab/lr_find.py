@@ -16,7 +16,9 @@ what this module does about them:
 - it keeps only a running average of the loss (factor 0.98, so over the last ~50 of 100 steps: the
   curve lags by about three decades of learning rate), and its bias correction is one step off
   (the first points are about half the real loss). The per-step losses are recovered from that
-  average exactly and smoothed again with a centred moving average, which does not lag;
+  average exactly and smoothed again with a centred moving average, which does not lag. Its stop
+  test (average > diverge_threshold x the lowest average so far) keeps that too-low first point,
+  so until the loss halves it stops at about diverge_threshold / 2 x the starting loss;
 - its recorded loss is divided by gradient_accumulation_steps (Lightning's scaling before
   backward): multiplied back, so the plot shows the real loss;
 - its suggestion takes the steepest slope against the learning rate itself, not its logarithm,
