@@ -30,6 +30,7 @@ from gptlab.data import ensure_prepared
 from gptlab.datamodule import GPTDataModule
 from gptlab.errors import ConfigError, GptlabError
 from gptlab.module import GPTModule
+from gptlab.monitors import GradientMonitor, InitialLossCheck, LayerGradients, PlateauHint
 
 log = logging.getLogger("gptlab")
 
@@ -100,7 +101,11 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
     )
 
     training_log = TrainingLog(run_dir / "training.log", append=resume)
-    progress = ProgressLog(int(cfg.log_interval), tokens_per_step)
+    mon = cfg.monitor
+    grad_monitor = (
+        GradientMonitor(int(cfg.log_interval), float(mon.grad_warn), float(cfg.grad_clip)) if mon.enabled else None
+    )
+    progress = ProgressLog(int(cfg.log_interval), tokens_per_step, grad_monitor=grad_monitor)
     best_ckpt = ModelCheckpoint(
         dirpath=run_dir,
         filename=Path(BEST).stem,
@@ -111,8 +116,18 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
+    monitors = []
+    if mon.enabled:
+        monitors.append(grad_monitor)  # before ProgressLog: it prints the norm this reads
+        if int(mon.layer_interval) > 0:
+            monitors.append(LayerGradients(int(mon.layer_interval), bool(mon.histograms), float(mon.layer_ratio)))
+        if mon.initial_loss_check and not resume:
+            monitors.append(InitialLossCheck(mconf.vocab_size))
+        if int(mon.plateau_evals) > 0:
+            monitors.append(PlateauHint(int(mon.plateau_evals)))
     callbacks = [
         training_log,
+        *monitors,
         progress,
         NonFiniteGuard(int(cfg.log_interval), float(cfg.learning_rate), device.dtype),
         best_ckpt,
@@ -162,6 +177,13 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
     wall = time.time() - t0
 
     metrics = _metrics(training_log, progress, trainer, module, wall)
+    for cb in monitors:
+        if isinstance(cb, GradientMonitor) and cb.clipped_fraction is not None:
+            metrics["grad_clipped_frac"] = cb.clipped_fraction
+        elif isinstance(cb, InitialLossCheck) and cb.result:
+            metrics.update(cb.result)
+        elif isinstance(cb, LayerGradients) and cb.flagged:
+            metrics["layer_warnings"] = cb.flagged
     if trainer.is_global_zero:
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
         best = metrics.get("best_val_loss")
