@@ -146,9 +146,9 @@ def test_divergence_stops_with_advice_and_keeps_good_checkpoint(compose, tmp_pat
 def test_gradients_are_clipped_to_grad_clip(compose, tmp_path):
     """The module computes the gradient norm once and clips with it; the clipped norm must be
     grad_clip whenever the raw norm was larger."""
+    from gptlab.config import model_config, optim_config
     from gptlab.datamodule import GPTDataModule
     from gptlab.module import GPTModule
-    from gptlab.config import model_config, optim_config
 
     cfg = compose()
     dm = GPTDataModule(f"{cfg.data.root}/shakespeare_char", 32, 8)

@@ -90,9 +90,11 @@ def known_keys() -> dict[str, set[str]]:
     return {"": top, **nested}
 
 
-def check_override_keys(overrides: list[str]) -> None:
-    """An unknown key gets a 'did you mean' instead of Hydra's advice to append it with '+'."""
+def check_override_keys(overrides: list[str], extra: set[str] = frozenset()) -> None:
+    """An unknown key gets a 'did you mean' instead of Hydra's advice to append it with '+'.
+    `extra`: top-level keys an entry point's own config adds to train.yaml's."""
     keys = known_keys()
+    keys[""] |= set(extra)
     for o in overrides:
         if o.startswith(("-", "+", "~", "hydra.", "hydra/")) or "=" not in o:
             continue
