@@ -151,17 +151,21 @@ def test_plateau_hint_fires_once_with_the_checklist(caplog):
     assert "best 2.5000 at step 100" in caplog.text and "learning rate too small" in caplog.text
 
 
-def test_bfloat16_trains_on_cpu(compose, tmp_path):
-    metrics = train(compose("dtype=bfloat16", "max_iters=6", "eval_interval=3"), tmp_path)
+@pytest.mark.parametrize("dtype, precision", [("bfloat16", "bf16-mixed"), ("float16", "16-mixed")])
+def test_half_precision_paths_train_on_cpu(compose, tmp_path, dtype, precision):
+    from gptlab.config import resolve_device
+
+    cfg = compose(f"dtype={dtype}", "max_iters=6", "eval_interval=3")
+    assert resolve_device(cfg).precision == precision
+    metrics = train(cfg, tmp_path)
     assert metrics["iters"] == 6 and math.isfinite(metrics["final_val_loss"])
-    assert (tmp_path / "config.yaml").read_text().count("dtype: bfloat16") == 1
+    assert metrics["final_val_loss"] < metrics["evals"][0]["val_loss"]
 
 
-def test_float16_on_cpu_is_refused_with_the_alternative(compose, tmp_path):
-    from gptlab.errors import ConfigError
+def test_auto_dtype_is_float32_on_cpu(compose):
+    from gptlab.config import resolve_device
 
-    with pytest.raises(ConfigError, match="dtype=bfloat16 or float32"):
-        train(compose("dtype=float16", "max_iters=6"), tmp_path)
+    assert resolve_device(compose()).precision == "32-true"
 
 
 @pytest.mark.slow
