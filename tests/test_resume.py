@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import ROOT, TINY
 from gptlab.checkpoint import LAST, checkpoint_step, load_checkpoint
@@ -70,7 +71,7 @@ def test_sigint_mid_step_saves_and_resumes_exactly(straight, compose, tmp_path, 
         return real_step(self, batch, batch_idx)
 
     monkeypatch.setattr(GPTModule, "training_step", step_with_ctrl_c)
-    with pytest.raises(RunInterrupted, match=r"SIGINT at optimizer step 23: .*init_from=resume") as e:
+    with pytest.raises(RunInterrupted, match=r"SIGINT at optimizer step 23: .*resume=true out_dir=") as e:
         train(compose(*EXACT, "max_iters=40", "log_interval=5"), tmp_path)
     assert e.value.exit_code == 130
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers given back
@@ -144,3 +145,27 @@ def compose_cli(args: list[str]):
     from gptlab import cli
 
     return cli.compose("train", cli.translate_argv(args))
+
+
+def test_sampler_state_replays_the_prefetched_batch_and_ranks_stay_apart(data_root):
+    from gptlab.datamodule import GPTDataModule
+
+    d = data_root / "shakespeare_char"
+    first = GPTDataModule(d, block_size=16, batch_size=4, seed=7)
+    first.setup()
+    drawn, _ = first._train.sample()  # drawn ahead by Lightning's fetcher, not trained on yet
+    state = first.state_dict()
+
+    class Rank1:
+        global_rank = 1
+
+        class accelerator:  # noqa: N801
+            pass
+
+    again, other = GPTDataModule(d, 16, 4, seed=7), GPTDataModule(d, 16, 4, seed=7)
+    other.trainer = Rank1()
+    for dm in (again, other):
+        dm.setup()
+        dm.load_state_dict(state)
+    assert torch.equal(again._train.sample()[0], drawn)  # the resumed run trains on it
+    assert not torch.equal(other._train.sample()[0], drawn)  # another DDP rank keeps its own windows

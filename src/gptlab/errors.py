@@ -32,6 +32,6 @@ class RunInterrupted(GptlabError):
     label = "stopped"
 
     def __init__(self, detail: str, signum: int, run_dir: str):
-        super().__init__(f"{detail} Continue with init_from=resume out_dir={run_dir} and the same settings.")
+        super().__init__(f"{detail} Continue with resume=true out_dir={run_dir} and the same settings.")
         self.detail, self.run_dir = detail, run_dir
         self.exit_code = 128 + int(signum)

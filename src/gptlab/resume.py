@@ -17,6 +17,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from gptlab.callbacks import NonFiniteGuard
 from gptlab.checkpoint import BEST, LAST, checkpoint_step
 from gptlab.errors import ConfigError, RunInterrupted
 
@@ -104,9 +105,8 @@ class StopOnSignal(L.Callback):
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self, ckpt_path: str | Path, before_save=None):
+    def __init__(self, ckpt_path: str | Path):
         self.ckpt_path = Path(ckpt_path)
-        self.before_save = before_save  # e.g. the NaN guard's check: never save a diverged state
         self.received: int | None = None
         self._previous: dict = {}
 
@@ -136,8 +136,9 @@ class StopOnSignal(L.Callback):
         if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
             return
         signum = self.received or signal.SIGTERM  # another rank received it
-        if self.before_save is not None:
-            self.before_save(trainer)
+        for cb in trainer.callbacks:  # never save a diverged state: the NaN guard looks first
+            if isinstance(cb, NonFiniteGuard):
+                cb.check(trainer)
         trainer.save_checkpoint(self.ckpt_path, weights_only=False)
         self._restore()
         raise RunInterrupted(

@@ -131,15 +131,14 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
-    guard = NonFiniteGuard(int(cfg.log_interval), float(cfg.learning_rate), device.dtype)
     callbacks = [
         training_log,
         progress,
-        guard,
+        NonFiniteGuard(int(cfg.log_interval), float(cfg.learning_rate), device.dtype),
         best_ckpt,
         FinalEvaluation(int(cfg.max_iters), int(cfg.eval_interval)),
         RngState(),
-        StopOnSignal(run_dir / LAST, before_save=guard.check),
+        StopOnSignal(run_dir / LAST),
     ]
     # purge_step: TensorBoard hides what a killed run logged after the checkpoint resumed from,
     # so every curve continues from the checkpoint's step without a doubled stretch
@@ -181,10 +180,10 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
     if cfg.eval_only:
         trainer.validate(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True, verbose=False)
     else:
-        if not resume:
-            logger.log_hyperparams(_hparams(cfg))
-            trainer.validate(module, datamodule=dm, verbose=False)  # the step-0 evaluation
         try:
+            if not resume:
+                logger.log_hyperparams(_hparams(cfg))
+                trainer.validate(module, datamodule=dm, verbose=False)  # the step-0 evaluation
             trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True)
         except SIGTERMException:
             # Lightning's handler caught a SIGTERM outside the training steps (StopOnSignal covers
@@ -195,9 +194,9 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
     wall = time.time() - t0
 
     metrics = _metrics(training_log, progress, trainer, module, wall)
-    if trainer.is_global_zero and not cfg.eval_only:
-        metrics["checkpoint_bytes"] = _disk_report(run_dir, bool(cfg.get("export_weights")))
     if trainer.is_global_zero:
+        if not cfg.eval_only:
+            metrics["checkpoint_bytes"] = _disk_report(run_dir, bool(cfg.get("export_weights")))
         write_text_atomic(run_dir / FINISHED, json.dumps(metrics, indent=1))  # last: marks the run finished
         best = metrics.get("best_val_loss")
         if best is not None and not cfg.eval_only:
