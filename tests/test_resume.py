@@ -169,3 +169,10 @@ def test_sampler_state_replays_the_prefetched_batch_and_ranks_stay_apart(data_ro
         dm.load_state_dict(state)
     assert torch.equal(again._train.sample()[0], drawn)  # the resumed run trains on it
     assert not torch.equal(other._train.sample()[0], drawn)  # another DDP rank keeps its own windows
+
+
+def test_resume_true_leaves_a_finished_run_alone(straight, compose):
+    before = {p.name: p.stat().st_mtime_ns for p in straight.iterdir()}
+    metrics = train(compose(*EXACT, "max_iters=40", "log_interval=1", "resume=true"), straight)
+    assert metrics["iters"] == 40  # read from its metrics.json
+    assert {p.name: p.stat().st_mtime_ns for p in straight.iterdir()} == before  # nothing trained or rewritten
