@@ -60,30 +60,33 @@ def test_resume_matches_an_unbroken_run(straight, compose, tmp_path):
     assert metrics["iters"] == 40
 
 
-def test_sigint_mid_step_saves_and_resumes_exactly(straight, compose, tmp_path, monkeypatch):
-    # Ctrl+C arrives during the first micro-batch of step 23: the step is finished, saved, and
-    # the run stops; the resumed run's progress lines average the same steps as the unbroken run's
+@pytest.mark.parametrize("stop", [23, 30], ids=["between-evaluations", "at-an-evaluation"])
+def test_sigint_mid_step_saves_and_resumes_exactly(straight, compose, tmp_path, monkeypatch, stop):
+    # Ctrl+C arrives during the first micro-batch of a step: the step (and its evaluation, when
+    # one is due) is finished, saved, and the run stops; the resumed run's progress lines average
+    # the same steps as the unbroken run's, and its evaluations are the same
     real_step = GPTModule.training_step
 
     def step_with_ctrl_c(self, batch, batch_idx):
-        if self.global_step == 22 and batch_idx % 2 == 0:
+        if self.global_step == stop - 1 and batch_idx % 2 == 0:
             signal.raise_signal(signal.SIGINT)
         return real_step(self, batch, batch_idx)
 
     monkeypatch.setattr(GPTModule, "training_step", step_with_ctrl_c)
-    with pytest.raises(RunInterrupted, match=r"SIGINT at optimizer step 23: .*resume=true out_dir=") as e:
+    with pytest.raises(RunInterrupted, match=rf"SIGINT at optimizer step {stop}: .*resume=true out_dir=") as e:
         train(compose(*EXACT, "max_iters=40", "log_interval=5"), tmp_path)
     assert e.value.exit_code == 130
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers given back
-    assert checkpoint_step(tmp_path / LAST) == 23 and not (tmp_path / "metrics.json").exists()
+    assert checkpoint_step(tmp_path / LAST) == stop and not (tmp_path / "metrics.json").exists()
 
     monkeypatch.setattr(GPTModule, "training_step", real_step)
     train(compose(*EXACT, "max_iters=40", "log_interval=5", "resume=true"), tmp_path)
     per_step = tb_scalars(straight, "train/batch_loss")
     got = tb_scalars(tmp_path, "train/batch_loss")
     assert sorted(got) == [5, 10, 15, 20, 25, 30, 35, 40]
-    for step in got:  # step 25 averages steps 21-25, two of them from before the stop
+    for step in got:  # step 25 averages steps 21-25, some of them from before the stop
         assert got[step] == pytest.approx(np.mean([per_step[s] for s in range(step - 4, step + 1)]), abs=1e-5), step
+    assert tb_scalars(tmp_path, "val/loss") == pytest.approx(tb_scalars(straight, "val/loss"), abs=1e-6)
     assert log_steps(tmp_path) == [0, 10, 20, 30, 40]
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Checkpoint
 
 from gptlab.callbacks import NonFiniteGuard
 from gptlab.checkpoint import BEST, LAST, checkpoint_step
@@ -93,14 +94,16 @@ class RngState(L.Callback):
             torch.cuda.set_rng_state_all(cuda)
 
 
-class StopOnSignal(L.Callback):
+class StopOnSignal(Checkpoint):
     """SIGTERM (a cluster pre-empting the job, `kill`) or SIGINT (Ctrl+C): finish the optimizer
-    step in progress, save the full training state to last.ckpt, and raise RunInterrupted.
+    step in progress -- and its evaluation, when one is due -- save the full training state to
+    last.ckpt, and raise RunInterrupted.
 
     Lightning's own SIGTERM handling stops after any micro-batch -- under gradient accumulation
     possibly in the middle of an optimizer step, whose partial gradients no checkpoint holds --
     and ends with exit status 0, which looks like success. A second signal stops at once,
-    without saving.
+    without saving. A Checkpoint subclass so that Lightning runs it after ModelCheckpoint: the
+    state saved after an evaluation includes that evaluation's best.ckpt bookkeeping.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -108,6 +111,7 @@ class StopOnSignal(L.Callback):
     def __init__(self, ckpt_path: str | Path):
         self.ckpt_path = Path(ckpt_path)
         self.received: int | None = None
+        self._after_validation = False
         self._previous: dict = {}
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -135,6 +139,17 @@ class StopOnSignal(L.Callback):
         # all-reduce per step under DDP; none on one device)
         if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
             return
+        if _validation_follows(trainer):
+            # stop after it: a checkpoint taken before it would make the resumed run skip it
+            self._after_validation = True
+            return
+        self._stop(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._after_validation and trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._stop(trainer)
+
+    def _stop(self, trainer) -> None:
         signum = self.received or signal.SIGTERM  # another rank received it
         for cb in trainer.callbacks:  # never save a diverged state: the NaN guard looks first
             if isinstance(cb, NonFiniteGuard):
@@ -158,3 +173,14 @@ class StopOnSignal(L.Callback):
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         self._previous = {}
+
+
+def _validation_follows(trainer) -> bool:
+    """Whether Lightning evaluates right after this optimizer step: every val_check_batch
+    micro-batches (val_check_interval), or because a stop was requested (FinalEvaluation)."""
+    if trainer.should_stop:
+        return True
+    every = getattr(trainer, "val_check_batch", None)
+    if not every or every == float("inf"):
+        return False
+    return (trainer.fit_loop.epoch_loop.total_batch_idx + 1) % int(every) == 0
