@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
+from gptlab.checkpoint import write_text_atomic
 from gptlab.errors import NonFiniteLossError
 
 log = logging.getLogger("gptlab")
@@ -48,6 +50,21 @@ class TrainingLog(L.Callback):
         with open(self.path, "a") as f:
             f.write(line + "\n")
         log.info(line)
+
+    def state_dict(self) -> dict:
+        return {"history": self.history}  # in checkpoints: metrics.json of a resumed run covers it all
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = list(state.get("history", []))
+        if self.history and rank_zero_only.rank == 0 and self.path.is_file():
+            # lines after the checkpoint's last evaluation belong to a stretch the resumed run
+            # repeats (a run killed between an evaluation and its checkpoint); drop them so that
+            # no step appears twice
+            last = self.history[-1]["step"]
+            lines = self.path.read_text().splitlines(keepends=True)
+            keep = [ln for ln in lines if not ((m := re.match(r"step (\d+):", ln)) and int(m.group(1)) > last)]
+            if len(keep) != len(lines):
+                write_text_atomic(self.path, "".join(keep))
 
     def best(self) -> dict | None:
         finite = [r for r in self.history if math.isfinite(r["val_loss"])]

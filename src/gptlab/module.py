@@ -174,3 +174,12 @@ class GPTModule(L.LightningModule):
             "eval": dict(self.last_eval),
             **self.extra,
         }
+        if self._train_loss_sum is not None:
+            # the loss mean in progress (steps since the last progress line): after a resume the
+            # next line averages the same steps as it would have without the stop
+            checkpoint["train_loss_pending"] = [self._train_loss_sum.detach().float().cpu(), self._train_loss_count]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        pending = checkpoint.get("train_loss_pending")
+        if pending:
+            self._train_loss_sum, self._train_loss_count = pending[0], int(pending[1])
