@@ -119,11 +119,17 @@ def test_learning_rate_auto_trains_with_the_suggestion(compose, tmp_path):
     # (weights, sampler) and the run trained with what it chose
     by_hand = train(compose(f"learning_rate={used.learning_rate}", f"min_lr={used.min_lr}", *common), tmp_path / "hand")
     assert [e["val_loss"] for e in metrics["evals"]] == [e["val_loss"] for e in by_hand["evals"]]
+    assert metrics["stop_reason"] == "max_iters"
+    # resumed, it keeps the rate it chose instead of searching again
+    (tmp_path / "auto" / "lr_find.json").unlink()
+    resumed = train(compose("learning_rate=auto", "init_from=resume", "max_iters=30", "eval_interval=10"), tmp_path / "auto")
+    assert resumed["iters"] == 30 and not (tmp_path / "auto" / "lr_find.json").exists()
+    assert OmegaConf.load(tmp_path / "auto" / "config.yaml").learning_rate == used.learning_rate
 
 
 @pytest.mark.parametrize("overrides, message", [
     (["learning_rate=0"], "learning_rate must be > 0, or auto"),
-    (["learning_rate=auto", "init_from=resume"], "searches on a fresh model"),
+    (["learning_rate=auto", "eval_only=true"], "eval_only trains nothing"),
     (["lr_find.min_lr=1", "lr_find.max_lr=0.1"], "0 < lr_find.min_lr < lr_find.max_lr"),
     (["lr_find.rule=valley"], "lr_find.rule must be one of steepest, minimum"),
     (["lr_find.num_steps=5"], "lr_find.num_steps must be an integer >= 20"),

@@ -258,18 +258,24 @@ def run(cfg, datamodule, model_config, device, out_dir: Path, augment=None) -> R
 def use_suggestion(cfg, result: RangeTest, explicit: set[str]) -> None:
     """learning_rate=auto: train with the suggestion; min_lr follows it (a tenth, nanoGPT's usual
     ratio) unless it was set explicitly."""
+    lr = float(f"{result.suggestion:.3g}")
+    use_learning_rate(cfg, lr, None if "min_lr" in explicit else lr / 10, "the range test's")
+
+
+def use_learning_rate(cfg, learning_rate: float, min_lr: float | None, source: str) -> None:
+    """Put the chosen learning rate (and min_lr, unless None) into cfg for the run that follows."""
     from omegaconf import open_dict
 
     with open_dict(cfg):
-        cfg.learning_rate = float(f"{result.suggestion:.3g}")
-        if "min_lr" not in explicit:
-            cfg.min_lr = cfg.learning_rate / 10
+        cfg.learning_rate = float(learning_rate)
+        if min_lr is not None:
+            cfg.min_lr = float(min_lr)
     if float(cfg.min_lr) > cfg.learning_rate:
         raise ConfigError(
             f"learning_rate=auto chose {cfg.learning_rate:g}, below the min_lr={cfg.min_lr:g} you set; "
             f"leave min_lr out (it then follows the learning rate) or set min_lr<={cfg.learning_rate:g}"
         )
-    log.info(f"learning_rate=auto: training with learning_rate={cfg.learning_rate:g}, min_lr={cfg.min_lr:g}")
+    log.info(f"learning_rate=auto: training with {source} learning_rate={cfg.learning_rate:g}, min_lr={cfg.min_lr:g}")
 
 
 def main() -> None:
