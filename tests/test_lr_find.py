@@ -82,9 +82,9 @@ def test_tuner_restores_weights_optimizer_and_sampler(compose, data_root, tmp_pa
     trainer = lr_find.search_trainer(resolve_device(cfg), accumulate=2, grad_clip=1.0, root_dir=tmp_path)
     dm.setup("fit")  # the samplers exist, so their state can be compared
     sampler_before = json.dumps(dm.state_dict())
-    result = lr_find.search(module, dm, trainer, lr_find.LRFindSettings(num_steps=30))
+    result = lr_find.search(module, dm, trainer, lr_find.LRFindSettings(num_steps=20))
 
-    assert len(result.lrs) == 30
+    assert len(result.lrs) == 20
     after = module.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert json.dumps(dm.state_dict()) == sampler_before
@@ -95,7 +95,7 @@ def test_tuner_restores_weights_optimizer_and_sampler(compose, data_root, tmp_pa
     assert not list(tmp_path.glob(".lr_find_*.ckpt"))  # the Tuner's temporary checkpoint is removed
     # the per-step losses recovered from the Tuner's running average equal what training_step saw
     # (accumulation: the Tuner records each step's last micro-batch, divided by 2; here multiplied back)
-    assert module._train_loss_count == 60
+    assert module._train_loss_count == 40
     assert min(result.losses) > 3.0 and result.losses[0] == pytest.approx(4.17, abs=0.1)
 
 
@@ -103,14 +103,14 @@ def test_recovered_losses_match_training_step(compose, data_root, tmp_path):
     dm = GPTDataModule(data_root / "shakespeare_char", 32, 8, seed=1)
     module = GPTModule(GPTConfig(vocab_size=65, block_size=32, n_layer=2, n_head=2, n_embd=32), OptimConfig())
     trainer = lr_find.search_trainer(resolve_device(compose()), accumulate=1, grad_clip=1.0, root_dir=tmp_path)
-    result = lr_find.search(module, dm, trainer, lr_find.LRFindSettings(num_steps=25))
+    result = lr_find.search(module, dm, trainer, lr_find.LRFindSettings(num_steps=20))
     mean_seen = float(module._train_loss_sum) / module._train_loss_count
     assert sum(result.losses) / len(result.losses) == pytest.approx(mean_seen, rel=1e-5)
 
 
 def test_learning_rate_auto_trains_with_the_suggestion(compose, tmp_path):
     common = ["max_iters=20", "eval_interval=10"]
-    metrics = train(compose("learning_rate=auto", *common), tmp_path / "auto")
+    metrics = train(compose("learning_rate=auto", "lr_find.num_steps=40", *common), tmp_path / "auto")
     chosen = json.loads((tmp_path / "auto" / "lr_find.json").read_text())["suggestion"]
     assert_real_png(tmp_path / "auto" / "lr_find.png")
     used = OmegaConf.load(tmp_path / "auto" / "config.yaml")
