@@ -3,6 +3,7 @@
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -49,8 +50,14 @@ def test_resume_matches_an_unbroken_run(straight, compose, tmp_path):
     # 20 steps, stop, resume for 20 more: steps 21-40 see the same batches, dropout masks,
     # learning rates and optimizer state as the run that never stopped
     train(compose(*EXACT, "max_iters=20", "log_interval=1"), tmp_path)
+    step20 = tmp_path.parent / "step20"
+    step20.mkdir()
+    for name in (LAST, "best.ckpt"):
+        shutil.copy(tmp_path / name, step20 / name)
     metrics = train(compose(*EXACT, "max_iters=40", "log_interval=1", "init_from=resume"), tmp_path)
-    want, got = tb_scalars(straight, "train/batch_loss"), tb_scalars(tmp_path, "train/batch_loss")
+    want = tb_scalars(straight, "train/batch_loss")
+
+    got = tb_scalars(tmp_path, "train/batch_loss")
     assert sorted(got) == list(range(1, 41))  # TensorBoard steps continue, none repeated
     for step in range(21, 41):
         assert got[step] == pytest.approx(want[step], abs=1e-6), step
@@ -58,6 +65,19 @@ def test_resume_matches_an_unbroken_run(straight, compose, tmp_path):
     assert log_steps(tmp_path) == [0, 10, 20, 30, 40]  # appended, no evaluation repeated
     assert [e["step"] for e in metrics["evals"]] == [0, 10, 20, 30, 40]  # metrics.json covers both parts
     assert metrics["iters"] == 40
+
+    # as if killed after logging steps 21-40 but before any checkpoint after step 20: resuming
+    # again (now with a progress line every 20 steps) hides the first copy of those steps in
+    # TensorBoard (purge_step) and in training.log
+    for name in (LAST, "best.ckpt"):
+        shutil.copy(step20 / name, tmp_path / name)
+    (tmp_path / "metrics.json").unlink()
+    train(compose(*EXACT, "max_iters=40", "log_interval=20", "resume=true"), tmp_path)
+    got = tb_scalars(tmp_path, "train/batch_loss")
+    assert sorted(got) == [*range(1, 21), 40]
+    assert got[40] == pytest.approx(np.mean([want[s] for s in range(21, 41)]), abs=1e-5)
+    assert tb_scalars(tmp_path, "val/loss") == pytest.approx(tb_scalars(straight, "val/loss"), abs=1e-6)
+    assert log_steps(tmp_path) == [0, 10, 20, 30, 40]
 
 
 @pytest.mark.parametrize("stop", [23, 30], ids=["between-evaluations", "at-an-evaluation"])

@@ -16,9 +16,8 @@ from gptlab.model import GPTConfig
 from gptlab.schedule import OptimConfig
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-# dtype -> Lightning precision. Mixed precision keeps float32 master weights; on GPUs float16 also
-# gets a gradient scaler from Lightning's 16-mixed plugin (on CPU it runs without one: slower and
-# less stable than bfloat16, there only for checking the float16 path).
+# dtype -> Lightning precision. Mixed precision keeps float32 master weights; float16 also gets a
+# gradient scaler from Lightning's 16-mixed plugin (GPU only).
 PRECISION = {"float32": "32-true", "bfloat16": "bf16-mixed", "float16": "16-mixed"}
 
 
@@ -170,6 +169,9 @@ def resolve_device(cfg: DictConfig) -> DeviceChoice:
     dtype = str(cfg.dtype)
     if dtype == "auto":
         dtype = "bfloat16" if accelerator == "gpu" and torch.cuda.is_bf16_supported() else "float32"
+    if dtype == "float16" and accelerator == "cpu":
+        # Lightning has no float16 AMP on CPU and would quietly train in bfloat16 instead
+        raise ConfigError("dtype=float16 needs a GPU (Lightning has no float16 mixed precision on CPU); on CPU use dtype=bfloat16 or dtype=float32")
     return DeviceChoice(accelerator, devices, PRECISION[dtype], dtype)
 
 

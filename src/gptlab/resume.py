@@ -56,7 +56,7 @@ def starting_point(run_dir: Path, init_from: str, ckpt_path: str | None, resume:
         state = run_state(run_dir)
         if state == "finished" and not eval_only:
             return FINISHED
-        if state == "stopped":
+        if state != "new":
             return newest_checkpoint(run_dir)
         if init_from != "resume":
             return None

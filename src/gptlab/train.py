@@ -95,7 +95,8 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
     start = None if lr_find_only else starting_point(
         run_dir, cfg.init_from, cfg.ckpt_path, bool(cfg.get("resume")), bool(cfg.overwrite), bool(cfg.eval_only))
     if start == FINISHED:
-        log.info(f"resume=true: {run_dir} already finished ({FINISHED} is there); nothing to do")
+        log.info(f"resume=true: {run_dir} already finished ({FINISHED} is there); nothing to do "
+                 "(to train it further: init_from=resume with a larger max_iters)")
         return json.loads((run_dir / FINISHED).read_text())
     ckpt_path = start
     resume = ckpt_path is not None
