@@ -70,8 +70,12 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
         )
 
     spec = data_spec(cfg)
-    ensure_prepared(spec, log=log.info)
-    dm = GPTDataModule(spec.dir, int(cfg.block_size), int(cfg.batch_size), seed=int(cfg.seed))
+    batching = str(cfg.data.get("batching", "random"))
+    ensure_prepared(spec, log=log.info, documents=batching != "random")
+    dm = GPTDataModule(
+        spec.dir, int(cfg.block_size), int(cfg.batch_size), seed=int(cfg.seed),
+        batching=batching, bucket_batches=int(cfg.data.get("bucket_batches", 16)),
+    )
     dm.check_block_size()
     mconf = model_config(cfg, dm.vocab_size)
     if ckpt_path is not None:
@@ -98,6 +102,12 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
         f"tokens per optimizer step: {cfg.batch_size} batch x {cfg.block_size} block x {accum} accum x "
         f"{n_proc} process(es) = {tokens_per_step:,} | run folder: {run_dir}"
     )
+    if batching != "random":
+        docs = dm.meta["documents"]
+        log.info(
+            f"batching: {batching} ({docs['kind']} documents: {docs['train']:,} train, {docs['val']:,} val); "
+            "tokens/s counts real tokens, slots are at most the figure above"
+        )
 
     training_log = TrainingLog(run_dir / "training.log", append=resume)
     progress = ProgressLog(int(cfg.log_interval), tokens_per_step)
@@ -196,6 +206,7 @@ def _metrics(training_log: TrainingLog, progress: ProgressLog, trainer, module, 
         "best_step": best["step"] if best else None,
         "evals": training_log.history,
         "tokens_per_s": progress.tokens_per_second,
+        "padding_efficiency": progress.padding_efficiency,
         "wall_time_s": round(wall, 2),
         "params": module.model.num_params(),
     }
