@@ -16,8 +16,8 @@ from gptlab.packing import BATCHING
 from gptlab.schedule import OptimConfig
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-# dtype -> Lightning precision. Mixed precision keeps float32 master weights; float16 also needs
-# a gradient scaler, which Lightning's 16-mixed plugin provides.
+# dtype -> Lightning precision. Mixed precision keeps float32 master weights; float16 also gets a
+# gradient scaler from Lightning's 16-mixed plugin (GPU only).
 PRECISION = {"float32": "32-true", "bfloat16": "bf16-mixed", "float16": "16-mixed"}
 
 
@@ -134,7 +134,8 @@ def resolve_device(cfg: DictConfig) -> DeviceChoice:
     if dtype == "auto":
         dtype = "bfloat16" if accelerator == "gpu" and torch.cuda.is_bf16_supported() else "float32"
     if dtype == "float16" and accelerator == "cpu":
-        raise ConfigError("dtype=float16 needs a GPU (mixed float16 has no CPU kernels here); on CPU use dtype=bfloat16 or float32")
+        # Lightning has no float16 AMP on CPU and would quietly train in bfloat16 instead
+        raise ConfigError("dtype=float16 needs a GPU (Lightning has no float16 mixed precision on CPU); on CPU use dtype=bfloat16 or dtype=float32")
     return DeviceChoice(accelerator, devices, PRECISION[dtype], dtype)
 
 

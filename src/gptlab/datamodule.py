@@ -29,12 +29,14 @@ class RandomWindows(IterableDataset):
         self.path, self.dtype = Path(path), np.dtype(dtype)
         self.block_size, self.batch_size = block_size, batch_size
         self.rng = np.random.default_rng(seed)
+        self.state_before_draw: dict | None = None  # the rng state before the latest batch
         self._offsets = np.arange(block_size + 1)
 
     def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
         # a fresh memmap per batch: pages read through a long-lived map stay counted in the
         # process's memory, which then looks like a leak over a long run (nanoGPT does the same)
         data = np.memmap(self.path, dtype=self.dtype, mode="r")
+        self.state_before_draw = self.rng.bit_generator.state
         starts = self.rng.integers(0, len(data) - self.block_size, size=self.batch_size)
         w = torch.from_numpy(data[starts[:, None] + self._offsets].astype(np.int64))
         return w[:, :-1], w[:, 1:]
@@ -117,7 +119,10 @@ class GPTDataModule(L.LightningDataModule):
     def _loader(self, ds: RandomWindows) -> DataLoader:
         # batch_size=None: the dataset already yields whole batches; no workers: sampling is one
         # vectorised read, cheaper than handing tensors across processes
-        return DataLoader(ds, batch_size=None, num_workers=0, pin_memory=self.pin_memory)
+        # its own generator: making an iterator draws a seed from it, and from torch's global RNG
+        # (dropout's) otherwise -- a resumed run makes one more iterator than an unbroken one
+        gen = torch.Generator().manual_seed(self.seed)
+        return DataLoader(ds, batch_size=None, num_workers=0, pin_memory=self.pin_memory, generator=gen)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self._train)
@@ -129,7 +134,11 @@ class GPTDataModule(L.LightningDataModule):
         # the samplers' RNG positions, so that a resumed run draws the batches it would have drawn
         if self._train is None:
             return {}
-        state = {"train": self._train.state_dict(), "eval": [ds.state_dict() for ds in self._eval]}
+        # Lightning's fetcher draws one batch ahead of the step being trained (it prefetches from
+        # loaders without a length), so the train stream is saved as it was before that batch: the
+        # resumed run draws it again, as the batch of its first step
+        train = self._train.state_before_draw or self._train.state_dict()
+        state = {"train": train, "eval": [ds.state_dict() for ds in self._eval]}
         return state if self.batching == "random" else {**state, "batching": self.batching}
 
     def load_state_dict(self, state: dict) -> None:
@@ -138,3 +147,11 @@ class GPTDataModule(L.LightningDataModule):
             self._train.load_state_dict(state["train"])
             for ds, s in zip(self._eval, state["eval"]):
                 ds.load_state_dict(s)
+            rank = self.trainer.global_rank if self.trainer is not None else 0
+            if rank > 0:
+                # a checkpoint holds rank 0's streams only; the other ranks branch off them, so
+                # that each still draws its own windows (exact resume holds for one process)
+                for ds in (self._train, *self._eval):
+                    ds.rng = np.random.default_rng([rank, *ds.rng.integers(0, 2**63, size=2).tolist()])
+                    if isinstance(ds, PaddedBatches):
+                        ds.pending = []  # rank 0's queued batches; this rank draws its own

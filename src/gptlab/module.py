@@ -42,6 +42,9 @@ class GPTModule(L.LightningModule):
         self._train_loss_count = 0
         self._eval_sums: dict[int, list] = {}
         self.last_eval: dict[str, float] = {}
+        # gradient-norm statistics since the last read, kept on the device (see pop_grad_stats)
+        self._grad_stats: dict[str, torch.Tensor] | None = None
+        self.last_grad_norm: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ model
 
@@ -71,6 +74,52 @@ class GPTModule(L.LightningModule):
         mean = self._train_loss_sum / self._train_loss_count
         self._train_loss_sum, self._train_loss_count = None, 0
         return mean
+
+    # ------------------------------------------------------------------ gradients
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Called by Lightning once per optimizer step, after backward (and after unscaling under
+        float16). The total gradient norm is computed once here and serves both clipping and
+        monitoring -- Lightning's own clipping would compute it a second time."""
+        params = [p for p in self.parameters() if p.grad is not None]
+        if not params:
+            return
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params], norm_type=2.0, foreach=True)
+        clip = float(gradient_clip_val or 0.0)
+        if clip > 0:
+            # takes the parameters (it scales their .grad), and the norm computed above
+            torch.nn.utils.clip_grads_with_norm_(params, clip, norm, foreach=True)
+        self.last_grad_norm = norm.detach()
+        n = norm.detach().float()
+        finite = torch.isfinite(n)
+        # a non-finite norm is a step float16's grad scaler skips (or divergence, which the
+        # NonFiniteGuard reports); keep it out of the mean and max
+        n = torch.where(finite, n, torch.zeros_like(n))
+        clipped = (n > clip).float() if clip > 0 else torch.zeros_like(n)
+        if self._grad_stats is None:
+            self._grad_stats = {"sum": n.clone(), "max": n.clone(), "clipped": clipped,
+                                "nonfinite": (~finite).float(), "steps": torch.ones_like(n)}
+        else:
+            st = self._grad_stats
+            st["sum"] += n
+            st["max"] = torch.maximum(st["max"], n)
+            st["clipped"] += clipped
+            st["nonfinite"] += (~finite).float()
+            st["steps"] += 1
+
+    def pop_grad_stats(self) -> dict[str, float] | None:
+        """Gradient-norm statistics since the last call: last, mean and max norm, and the share
+        of optimizer steps that were clipped. Reading them is one host sync."""
+        if self._grad_stats is None:
+            return None
+        st = self._grad_stats
+        last, total, mx, clipped, nonfinite, steps = torch.stack(
+            [self.last_grad_norm.float(), st["sum"], st["max"], st["clipped"], st["nonfinite"], st["steps"]]
+        ).tolist()
+        self._grad_stats = None
+        finite_steps = max(steps - nonfinite, 1.0)
+        return {"last": last, "mean": total / finite_steps, "max": mx, "clipped": clipped,
+                "clipped_frac": clipped / steps, "nonfinite": nonfinite, "steps": steps}
 
     # ------------------------------------------------------------------ evaluation
 
@@ -126,3 +175,12 @@ class GPTModule(L.LightningModule):
             "eval": dict(self.last_eval),
             **self.extra,
         }
+        if self._train_loss_sum is not None:
+            # the loss mean in progress (steps since the last progress line): after a resume the
+            # next line averages the same steps as it would have without the stop
+            checkpoint["train_loss_pending"] = [self._train_loss_sum.detach().float().cpu(), self._train_loss_count]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        pending = checkpoint.get("train_loss_pending")
+        if pending:
+            self._train_loss_sum, self._train_loss_count = pending[0], int(pending[1])

@@ -60,6 +60,7 @@ class _DocumentBatches(IterableDataset):
         self.offsets = np.asarray(offsets, dtype=np.int64)
         self.block_size, self.batch_size = block_size, batch_size
         self.rng = np.random.default_rng(seed)
+        self.state_before_draw: dict | None = None  # the state before the latest batch (see GPTDataModule)
 
     def _tokens(self) -> np.memmap:
         # a fresh memmap per batch, as RandomWindows (pages read through a long-lived map stay
@@ -69,6 +70,10 @@ class _DocumentBatches(IterableDataset):
     def __iter__(self):
         while True:
             yield self.sample()
+
+    def sample(self) -> dict:
+        self.state_before_draw = self.state_dict()
+        return self.draw()
 
     def state_dict(self) -> dict:
         return {"rng": self.rng.bit_generator.state}
@@ -95,7 +100,7 @@ class PackedRows(_DocumentBatches):
             raise DataError(f"{self.path}: no document starts {block_size + 1} tokens before the end of the split; use a smaller block_size")
         self._span = np.arange(block_size + 1)
 
-    def sample(self) -> dict:
+    def draw(self) -> dict:
         first = self.row_starts[self.rng.integers(0, len(self.row_starts), size=self.batch_size)]
         p = first[:, None] + self._span  # (B, T + 1) token offsets into the split
         doc = np.searchsorted(self.offsets, p, side="right") - 1  # document of every token
@@ -142,7 +147,7 @@ class PaddedBatches(_DocumentBatches):
         batches = pool.reshape(self.bucket_batches, self.batch_size)
         self.pending = [batches[i].tolist() for i in self.rng.permutation(self.bucket_batches)]
 
-    def sample(self) -> dict:
+    def draw(self) -> dict:
         if not self.pending:
             self._refill()
         return self.batch(np.array(self.pending.pop()))
