@@ -10,9 +10,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gptlab.augment import TokenMasking
-from gptlab.data import DataSpec
+from gptlab.data import DOCUMENT_KINDS, DataSpec
 from gptlab.errors import ConfigError
 from gptlab.model import GPTConfig
+from gptlab.packing import BATCHING
 from gptlab.schedule import OptimConfig
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -95,6 +96,13 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got '{cfg.device}'")
     if cfg.data.get("path") is None and cfg.data.get("source") is None:
         raise ConfigError("this data config needs a text file: data.path=FILE (for example data=text data.path=my.txt)")
+    batching, bucket = cfg.data.get("batching", "random"), cfg.data.get("bucket_batches", 16)
+    if batching not in BATCHING:
+        raise ConfigError(f"data.batching must be one of {', '.join(BATCHING)}, got '{batching}'")
+    if cfg.data.get("documents", "blank_lines") not in DOCUMENT_KINDS:
+        raise ConfigError(f"data.documents must be one of {', '.join(DOCUMENT_KINDS)}, got '{cfg.data.documents}'")
+    if isinstance(bucket, bool) or not isinstance(bucket, int) or bucket < 1:
+        raise ConfigError(f"data.bucket_batches must be an integer >= 1 (1: no length bucketing), got {bucket!r}")
 
 
 def _number(v) -> bool:
@@ -189,6 +197,7 @@ def data_spec(cfg: DictConfig) -> DataSpec:
         path=d.get("path"),
         tokenizer=str(d.tokenizer),
         val_fraction=float(d.val_fraction),
+        documents=str(d.get("documents", "blank_lines")),
     )
 
 

@@ -105,8 +105,12 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
     remove_partial_writes(run_dir)  # leftovers of a write that a SIGKILL cut short
 
     spec = data_spec(cfg)
-    ensure_prepared(spec, log=log.info)
-    dm = GPTDataModule(spec.dir, int(cfg.block_size), int(cfg.batch_size), seed=int(cfg.seed))
+    batching = str(cfg.data.get("batching", "random"))
+    ensure_prepared(spec, log=log.info, documents=batching != "random")
+    dm = GPTDataModule(
+        spec.dir, int(cfg.block_size), int(cfg.batch_size), seed=int(cfg.seed),
+        batching=batching, bucket_batches=int(cfg.data.get("bucket_batches", 16)),
+    )
     dm.check_block_size()
     masking = token_masking(cfg, dm.vocab_size)  # None unless augment.mask_prob > 0
     mconf = model_config(cfg, dm.vocab_size + (masking is not None))  # + the [MASK] token
@@ -151,6 +155,12 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
         f"tokens per optimizer step: {cfg.batch_size} batch x {cfg.block_size} block x {accum} accum x "
         f"{n_proc} process(es) = {tokens_per_step:,} | run folder: {run_dir}"
     )
+    if batching != "random":
+        docs = dm.meta["documents"]
+        log.info(
+            f"batching: {batching} ({docs['kind']} documents: {docs['train']:,} train, {docs['val']:,} val); "
+            "tokens/s counts real tokens, slots are at most the figure above"
+        )
 
     training_log = TrainingLog(run_dir / "training.log", append=resume)
     mon = cfg.monitor
@@ -302,6 +312,7 @@ def _metrics(training_log: TrainingLog, progress: ProgressLog, trainer, module, 
         "best_step": best["step"] if best else None,
         "evals": training_log.history,
         "tokens_per_s": progress.tokens_per_second,
+        "padding_efficiency": progress.padding_efficiency,
         "wall_time_s": round(wall, 2),
         "params": module.model.num_params(),
     }
