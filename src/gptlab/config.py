@@ -103,6 +103,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"data.documents must be one of {', '.join(DOCUMENT_KINDS)}, got '{cfg.data.documents}'")
     if isinstance(bucket, bool) or not isinstance(bucket, int) or bucket < 1:
         raise ConfigError(f"data.bucket_batches must be an integer >= 1 (1: no length bucketing), got {bucket!r}")
+    devices = cfg.trainer.devices
+    if not (OmegaConf.is_list(devices) or (isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1)):
+        # a count is needed up front: the global batch (batch x accumulation x processes) is logged before training
+        raise ConfigError(f"trainer.devices must be a number of processes (1, 2, ...) or a list of GPU ids ([0,1]), got {devices!r}")
 
 
 def _number(v) -> bool:
@@ -173,6 +177,8 @@ def resolve_device(cfg: DictConfig) -> DeviceChoice:
         accelerator = "gpu" if has_cuda else "cpu"
     if accelerator == "gpu" and not has_cuda:
         raise ConfigError("trainer.accelerator=gpu but no CUDA GPU is visible; use trainer=cpu or device=cpu")
+    if str(tr.strategy).startswith("fsdp") and accelerator != "gpu":
+        raise ConfigError("trainer=fsdp needs CUDA GPUs (Lightning's FSDP does not run on the CPU); on the CPU use trainer=ddp")
 
     dtype = str(cfg.dtype)
     if dtype == "auto":
@@ -211,6 +217,7 @@ def model_config(cfg: DictConfig, vocab_size: int) -> GPTConfig:
             n_embd=int(cfg.n_embd),
             dropout=float(cfg.dropout),
             bias=bool(cfg.bias),
+            vocab_multiple=64 if cfg.get("pad_vocab") else 1,
         )
     except ValueError as e:
         raise ConfigError(str(e)) from None
