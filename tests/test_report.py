@@ -90,6 +90,8 @@ def test_verdict_reads_the_question_from_the_runs_config(tmp_path):
     fake_run(tmp_path / "plain", 1, "0.1", 1.6, 1.8, 1.65, question=False)
     runs = report.load_runs(tmp_path / "plain")
     assert report.verdict(runs, ["augment.mask_prob"]) == "lowest best_val_loss: augment.mask_prob=0.1 (1.6500)"
+    (tmp_path / "plain" / "2_augment.mask_prob=0.2" / ".hydra").mkdir(parents=True)  # a run that failed
+    assert "Not finished, left out: 2_augment.mask_prob=0.2." in report.report(tmp_path / "plain")
 
 
 def test_report_of_a_folder_without_runs(tmp_path, capsys):

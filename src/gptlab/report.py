@@ -206,11 +206,15 @@ def report(sweep_dir: str | Path) -> str:
     runs = load_runs(sweep_dir)
     keys = swept_keys(runs)
     question = next((r.report.get("question") for r in runs if r.report.get("question")), None)
+    # job folders of the sweep that did not finish: a failed run (failed.json), or one still going
+    unfinished = sorted(d.name for d in sweep_dir.iterdir()
+                        if d.is_dir() and not d.name.startswith(".") and not any(d.rglob("metrics.json")))
     plot(runs, keys, sweep_dir / "comparison.png", question or "experiment comparison")
     text = "\n\n".join([
         f"# Report: {sweep_dir}",
         table(runs, keys),
-        "gap = final val loss - final train loss, both from the last evaluation (clean inputs, eval mode).",
+        "gap = final val loss - final train loss, both from the last evaluation (clean inputs, eval mode)."
+        + (f" Not finished, left out: {', '.join(unfinished)}." if unfinished else ""),
         "**Verdict:** " + verdict(runs, keys),
         "![val-loss curves](comparison.png)",
         f"Made by `python -m gptlab.report {sweep_dir}` from each run's metrics.json, training.log and .hydra/overrides.yaml.",
