@@ -44,8 +44,9 @@ def _cpu_recipe() -> list[str]:
 
 
 PRESETS = {
-    "cpu": Preset("the CPU recipe 4/4/128, block 64, batch 12", _cpu_recipe(), (50, 500), (50, 500)),
-    "baby": Preset("the baby GPT 6/6/384, block 256, batch 64", ["model=baby", "block_size=256", "batch_size=64"], (2, 6), (50, 250)),
+    # timed steps: a multiple of eval_interval (250), so evaluations take their usual share of the window
+    "cpu": Preset("the CPU recipe 4/4/128, block 64, batch 12", _cpu_recipe(), (50, 250), (50, 500)),
+    "baby": Preset("the baby GPT 6/6/384, block 256, batch 64", ["model=baby", "block_size=256", "batch_size=64"], (1, 3), (50, 250)),
     "gpt2": Preset(
         "GPT-2 124M, block 1024, batch 16 x 4 accumulation, bf16, compiled, vocab padded to 50,304",
         ["model=gpt2", "data=shakespeare", "batch_size=16", "gradient_accumulation_steps=4", "dtype=bfloat16", "compile=true", "pad_vocab=true"],
@@ -101,6 +102,7 @@ class StepTimer:
     def __init__(self, warmup: int, steps: int, cuda: bool):
         self.warmup, self.steps, self.cuda = warmup, steps, cuda
         self.t0 = self.t1 = None
+        self.cpu0 = self.cpu1 = 0.0  # process CPU time: steadier than wall time on a shared machine
         self.loss = None
 
     def mark(self, step: int, loss: torch.Tensor) -> None:
@@ -109,9 +111,9 @@ class StepTimer:
         if self.cuda:
             torch.cuda.synchronize()  # queued kernels belong to the steps before the mark
         if step == self.warmup:
-            self.t0 = time.perf_counter()
+            self.t0, self.cpu0 = time.perf_counter(), time.process_time()
         else:
-            self.t1 = time.perf_counter()
+            self.t1, self.cpu1 = time.perf_counter(), time.process_time()
             self.loss = float(loss.detach())
 
     @property
@@ -155,6 +157,7 @@ def child(side: str, cfg_path: Path, out_path: Path, warmup: int, steps: int) ->
     tokens = int(cfg.batch_size) * int(cfg.block_size) * int(cfg.gradient_accumulation_steps) * steps
     res.update(
         ms_per_step=1000 * timer.seconds / steps,
+        cpu_ms_per_step=1000 * (timer.cpu1 - timer.cpu0) / steps,
         tokens_per_s=tokens / timer.seconds,
         loss_at_end=timer.loss,
         wall_s=time.perf_counter() - t,
@@ -205,14 +208,23 @@ def compose_run(preset: Preset, side: Side, extra: list[str], warmup: int, steps
     return cfg
 
 
-def run_once(side: Side, cfg, work: Path, warmup: int, steps: int, tag: str) -> dict:
+def _marks_in_window(preset: Preset, extra: list[str], warmup: int, steps: int) -> bool:
+    cfg = cli.compose("train", ["profile=none", *preset.overrides, *extra])
+    window = range(warmup, warmup + steps)
+    return any(s % int(cfg.eval_interval) == 0 or s % int(cfg.log_interval) == 0 for s in window)
+
+
+def run_once(side: Side, cfg, work: Path, warmup: int, steps: int, tag: str, threads: int | None = None) -> dict:
     d = work / tag
     d.mkdir(parents=True)
     OmegaConf.save(cfg, d / "config.yaml", resolve=True)
     out, log = d / "result.json", d / "console.log"
     with open(log, "w") as f:
         cmd = [sys.executable, "-m", "gptlab.bench", "--child", side.name, str(d / "config.yaml"), str(out), str(warmup), str(steps)]
-        p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=os.environ.copy())
+        env = os.environ.copy()
+        if threads:
+            env["OMP_NUM_THREADS"] = str(threads)  # torch's intra-op threads
+        p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
     if p.returncode != 0 or not out.is_file():
         tail = "\n".join(log.read_text().splitlines()[-20:])
         raise SystemExit(f"error: the {side.label} run failed (exit {p.returncode}); the end of its output:\n{tail}")
@@ -224,7 +236,7 @@ def _spread(xs: list[float]) -> str:
 
 
 def bench_preset(name: str, sides: list[Side], extra: list[str], rounds: int, steps: tuple[int, int] | None,
-                 intervals: str, peak: tuple[float, str], work: Path) -> dict:
+                 intervals: str, peak: tuple[float, str], work: Path, threads: int | None = None) -> dict:
     preset = PRESETS[name]
     warmup, timed = steps
     cfgs = [compose_run(preset, s, extra, warmup, timed, intervals) for s in sides]
@@ -237,9 +249,9 @@ def bench_preset(name: str, sides: list[Side], extra: list[str], rounds: int, st
     results: list[list[dict]] = [[] for _ in sides]
     for r in range(rounds):
         for i, (side, cfg) in enumerate(zip(sides, cfgs)):
-            res = run_once(side, cfg, work, warmup, timed, f"{name}_{intervals}_r{r}_{i}")
+            res = run_once(side, cfg, work, warmup, timed, f"{name}_{intervals}_r{r}_{i}", threads)
             results[i].append(res)
-            print(f"   round {r + 1} {side.label:<28} {res['ms_per_step']:8.1f} ms/step {res['tokens_per_s']:10,.0f} tok/s "
+            print(f"   round {r + 1} {side.label:<28} {res['ms_per_step']:8.1f} ms/step ({res['cpu_ms_per_step']:.1f} CPU) {res['tokens_per_s']:10,.0f} tok/s "
                   f"peak RSS {res['peak_rss_mb']:6.0f} MB  loss {res['loss_at_end']:.4f}", flush=True)
     print(f"   {'side':<28} {'ms/step':>9} {'tok/s':>10} {'MFU':>7} {'peak RSS':>9} {'GPU peak':>9}   (medians)")
     rows = []
@@ -251,13 +263,15 @@ def bench_preset(name: str, sides: list[Side], extra: list[str], rounds: int, st
         print(f"   {side.label:<28} {statistics.median(r['ms_per_step'] for r in res):9.1f} {tok:10,.0f} {100 * mfu:6.2f}% {rss:7.0f}MB {gpu}")
         rows.append({"side": side.label, "tokens_per_s": tok, "ms_per_step": statistics.median(r["ms_per_step"] for r in res), "mfu": mfu, "peak_rss_mb": rss})
     tok_ratio = [a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(results[0], results[1])]
+    cpu_ratio = [b["cpu_ms_per_step"] / a["cpu_ms_per_step"] for a, b in zip(results[0], results[1])]
     mem_ratio = [a["peak_rss_mb"] / b["peak_rss_mb"] for a, b in zip(results[0], results[1])]
     a, b = sides[0].label, sides[1].label
     print(f"   tokens/s ratio {a} / {b}: {_spread(tok_ratio)}")
+    print(f"   CPU time per step, {b} / {a}: {_spread(cpu_ratio)}  (a speed ratio counted in CPU time)")
     print(f"   peak RSS ratio {a} / {b}: {_spread(mem_ratio)}")
     print(f"   loss at the last timed step: {a} {results[0][0]['loss_at_end']:.4f}, {b} {results[1][0]['loss_at_end']:.4f}")
     return {"preset": name, "intervals": intervals, "warmup": warmup, "steps": timed, "rounds": rounds, "sides": rows,
-            "tokens_per_s_ratio": tok_ratio, "peak_rss_ratio": mem_ratio, "runs": results}
+            "tokens_per_s_ratio": tok_ratio, "cpu_time_ratio": cpu_ratio, "peak_rss_ratio": mem_ratio, "runs": results}
 
 
 # --------------------------------------------------------------------------- data preparation speed
@@ -283,7 +297,7 @@ def data_speed(root: str = "data") -> list[tuple[str, float]]:
     rows = [
         ("char: vocabulary + encode", mb / _best_time(lambda: CharTokenizer.from_text(text).encode(text))),
         ("gpt2 BPE, one encode_ordinary call", mb / _best_time(lambda: bpe.enc.encode_ordinary(text))),
-        (f"gpt2 BPE, chunks on {threads} threads (prepare's path)", mb / _best_time(lambda: bpe.encode(text))),
+        (f"gpt2 BPE, tiktoken batch encoder, {threads} threads (prepare)", mb / _best_time(lambda: bpe.encode(text))),
     ]
     print(f"\n== data preparation speed, Tiny Shakespeare ({mb:.2f} MB), best of 3")
     for what, rate in rows:
@@ -307,6 +321,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=3, help="A, B pairs per configuration")
     p.add_argument("--steps", help="WARMUP,TIMED optimizer steps (default: per preset)")
     p.add_argument("--intervals", default="default,none", help="default: the config's eval/log intervals; none: no eval or log inside the window; or both")
+    p.add_argument("--threads", type=int, help="torch threads per run (default: torch's choice, one per core)")
     p.add_argument("--no-data", action="store_true", help="skip the tokenizer speed figures")
     p.add_argument("--costs", action="store_true", help="measure each single optimisation instead (see gptlab.costs)")
     p.add_argument("--json", help="also write every figure to this file")
@@ -328,6 +343,8 @@ def main(argv: list[str] | None = None) -> None:
         if not on_cuda and PRESETS[n].cpu_steps is None:
             raise SystemExit(f"error: config '{n}' runs on a GPU only (none is visible here)")
     dtype = "bfloat16" if on_cuda and torch.cuda.is_bf16_supported() else "float32"
+    if args.threads:
+        torch.set_num_threads(args.threads)  # the CPU peak is measured with the runs' thread count
     peak = peak_flops(on_cuda, dtype)
     load = os.getloadavg()
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, load average {load[0]:.2f} at start")
@@ -338,7 +355,10 @@ def main(argv: list[str] | None = None) -> None:
             preset = PRESETS[n]
             steps = tuple(int(x) for x in args.steps.split(",")) if args.steps else (preset.gpu_steps if on_cuda else preset.cpu_steps)
             for intervals in args.intervals.split(","):
-                report["benches"].append(bench_preset(n, sides, args.overrides, args.rounds, steps, intervals, peak, Path(work)))
+                if intervals == "none" and "default" in args.intervals and not _marks_in_window(preset, args.overrides, *steps):
+                    print(f"\n== {n}: no evaluation or log line falls inside the timed steps; the run without them would be the same")
+                    continue
+                report["benches"].append(bench_preset(n, sides, args.overrides, args.rounds, steps, intervals, peak, Path(work), args.threads))
     if not args.no_data:
         report["data_mb_per_s"] = data_speed(str(probe.data.root))
     load = os.getloadavg()
