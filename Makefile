@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install prepare train sample test test-all lint tensorboard clean
+.PHONY: help install prepare train sample test test-all lint tensorboard clean bench bench-gpu gpu-carry
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -40,6 +40,15 @@ test-all: install ## run every test, slow ones included
 
 lint: install ## ruff
 	$(BIN)/ruff check src tests
+
+bench: install ## gptlab vs a plain PyTorch loop, side by side (ARGS="--configs cpu --rounds 5"); see README, Performance
+	$(BIN)/python -m gptlab.bench $(ARGS)
+
+bench-gpu: ## the GPU measurements (baby GPT 5000 steps, GPT-2 124M MFU): scripts/bench_gpu.sh
+	bash scripts/bench_gpu.sh $(ARGS)
+
+gpu-carry: install ## fill .gpucarry/ with what an offline GPU machine lacks (hydra-core, omegaconf, data, BPE files)
+	$(BIN)/python scripts/gpu_carry.py
 
 tensorboard: install ## serve TensorBoard over outputs/
 	$(BIN)/tensorboard --logdir outputs

@@ -78,9 +78,10 @@ class TokenMasking:
 
 
 def corrupt_inputs(batch, masking: TokenMasking, rank: int = 0):
-    """The batch with its input ids corrupted: (x, y, ...) tuples, or dicts holding 'idx'."""
-    if isinstance(batch, dict) and "idx" in batch:
-        return {**batch, "idx": masking(batch["idx"], rank)}
+    """The batch with its input ids corrupted: (x, y, ...) tuples, or the document batches'
+    dicts holding 'x' (gptlab.packing; their padding is ignored by attention and loss anyway)."""
+    if isinstance(batch, dict) and "x" in batch:
+        return {**batch, "x": masking(batch["x"], rank)}
     if isinstance(batch, (tuple, list)):
         return (masking(batch[0], rank), *batch[1:])
-    raise TypeError(f"token masking needs (x, y) batches or dicts with an 'idx' entry, got {type(batch).__name__}")
+    raise TypeError(f"token masking needs (x, y) batches or dicts with an 'x' entry, got {type(batch).__name__}")

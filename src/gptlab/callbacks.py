@@ -74,7 +74,10 @@ class TrainingLog(L.Callback):
 class ProgressLog(L.Callback):
     """Every log_interval optimizer steps: loss, ms per step, tokens/s and learning rate, to the
     console and the logger. The loss is read from the device only here, so training does not
-    wait on a host sync every step; time spent evaluating is not counted as step time."""
+    wait on a host sync every step; time spent evaluating is not counted as step time.
+
+    Packed and padded batches (dicts) say how many of their slots hold real tokens: tokens/s then
+    counts those only, and the line adds the padding efficiency (real tokens / slots)."""
 
     def __init__(self, log_interval: int, tokens_per_step: int, grad_monitor=None):
         self.log_interval = max(1, int(log_interval))
@@ -87,6 +90,9 @@ class ProgressLog(L.Callback):
         self._last_logged = -1
         self.train_time = 0.0  # seconds in training steps, evaluation excluded
         self.trained_steps = 0
+        self.trained_tokens = 0  # real tokens when batches count them
+        self._real = self._slots = 0  # of dict batches since the last line (counted on the host)
+        self.real_tokens = self.slots = 0  # all the run's dict batches (this process)
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._t0 = time.perf_counter()
@@ -102,6 +108,9 @@ class ProgressLog(L.Callback):
             self._eval_t0 = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if isinstance(batch, dict):
+            self._real += batch["real"]
+            self._slots += batch["x"].numel()
         step = trainer.global_step
         # act once per optimizer step, after its last micro-batch
         if step == self._last_logged or step % self.log_interval != 0 or step == 0:
@@ -120,13 +129,23 @@ class ProgressLog(L.Callback):
         self.trained_steps += steps
         self._t0, self._steps_at_t0, self._eval_time = now, step, 0.0
         ms = 1000.0 * elapsed / max(steps, 1)
-        tok_s = self.tokens_per_step * steps / max(elapsed, 1e-9)
+        tokens, efficiency = self.tokens_per_step * steps, None
+        if self._slots:  # every process draws alike batches: scale this one's count to all of them
+            tokens, efficiency = self._real * trainer.world_size, self._real / self._slots
+            self.real_tokens, self.slots = self.real_tokens + self._real, self.slots + self._slots
+            self._real = self._slots = 0
+        self.trained_tokens += tokens
+        tok_s = tokens / max(elapsed, 1e-9)
         lr = trainer.optimizers[0].param_groups[0]["lr"]
         metrics = {"train/batch_loss": loss, "train/lr": lr, "perf/tokens_per_s": tok_s, "perf/ms_per_step": ms}
+        if efficiency is not None:
+            metrics["perf/padding_efficiency"] = efficiency
         if trainer.logger is not None:
             trainer.logger.log_metrics(metrics, step=step)
         if trainer.is_global_zero:
             line = f"iter {step}: loss {loss:.4f}, {ms:.1f} ms/step, {tok_s:,.0f} tok/s, lr {lr:.2e}"
+            if efficiency is not None:
+                line += f", padding efficiency {efficiency:.1%}"
             g = self.grad_monitor.latest if self.grad_monitor is not None else None
             if g is not None:
                 line += f", grad norm {g['last']:.2f}" + (f" (clipped {g['clipped_frac']:.0%})" if g["clipped"] else "")
@@ -136,7 +155,12 @@ class ProgressLog(L.Callback):
     def tokens_per_second(self) -> float | None:
         if self.trained_steps == 0 or self.train_time <= 0:
             return None
-        return self.tokens_per_step * self.trained_steps / self.train_time
+        return self.trained_tokens / self.train_time
+
+    @property
+    def padding_efficiency(self) -> float | None:
+        """Real tokens / slots over the logged training batches; None for random windows."""
+        return self.real_tokens / self.slots if self.slots else None
 
 
 class FinalEvaluation(L.Callback):

@@ -164,10 +164,10 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
 
 def check_compatible(info: dict, model_config: dict, what: str) -> None:
     """Raise unless a checkpoint's model shape equals the one configured (resume / fine-tune)."""
-    saved = info.get("model_config", {})
+    saved = {"vocab_multiple": 1, **info.get("model_config", {})}  # checkpoints from before pad_vocab
     diffs = [
         f"{k}: checkpoint {saved.get(k)} vs {what} {model_config.get(k)}"
-        for k in ("vocab_size", "n_layer", "n_head", "n_embd", "block_size", "bias")
+        for k in ("vocab_size", "vocab_multiple", "n_layer", "n_head", "n_embd", "block_size", "bias")
         if saved.get(k) != model_config.get(k)
     ]
     if diffs:

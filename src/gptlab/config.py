@@ -10,9 +10,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gptlab.augment import TokenMasking
-from gptlab.data import DataSpec
+from gptlab.data import DOCUMENT_KINDS, DataSpec
 from gptlab.errors import ConfigError
 from gptlab.model import GPTConfig
+from gptlab.packing import BATCHING
 from gptlab.schedule import OptimConfig
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -95,6 +96,17 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got '{cfg.device}'")
     if cfg.data.get("path") is None and cfg.data.get("source") is None:
         raise ConfigError("this data config needs a text file: data.path=FILE (for example data=text data.path=my.txt)")
+    batching, bucket = cfg.data.get("batching", "random"), cfg.data.get("bucket_batches", 16)
+    if batching not in BATCHING:
+        raise ConfigError(f"data.batching must be one of {', '.join(BATCHING)}, got '{batching}'")
+    if cfg.data.get("documents", "blank_lines") not in DOCUMENT_KINDS:
+        raise ConfigError(f"data.documents must be one of {', '.join(DOCUMENT_KINDS)}, got '{cfg.data.documents}'")
+    if isinstance(bucket, bool) or not isinstance(bucket, int) or bucket < 1:
+        raise ConfigError(f"data.bucket_batches must be an integer >= 1 (1: no length bucketing), got {bucket!r}")
+    devices = cfg.trainer.devices
+    if not (OmegaConf.is_list(devices) or (isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1)):
+        # a count is needed up front: the global batch (batch x accumulation x processes) is logged before training
+        raise ConfigError(f"trainer.devices must be a number of processes (1, 2, ...) or a list of GPU ids ([0,1]), got {devices!r}")
 
 
 def _number(v) -> bool:
@@ -165,6 +177,8 @@ def resolve_device(cfg: DictConfig) -> DeviceChoice:
         accelerator = "gpu" if has_cuda else "cpu"
     if accelerator == "gpu" and not has_cuda:
         raise ConfigError("trainer.accelerator=gpu but no CUDA GPU is visible; use trainer=cpu or device=cpu")
+    if str(tr.strategy).startswith("fsdp") and accelerator != "gpu":
+        raise ConfigError("trainer=fsdp needs CUDA GPUs (Lightning's FSDP does not run on the CPU); on the CPU use trainer=ddp")
 
     dtype = str(cfg.dtype)
     if dtype == "auto":
@@ -189,6 +203,7 @@ def data_spec(cfg: DictConfig) -> DataSpec:
         path=d.get("path"),
         tokenizer=str(d.tokenizer),
         val_fraction=float(d.val_fraction),
+        documents=str(d.get("documents", "blank_lines")),
     )
 
 
@@ -202,6 +217,7 @@ def model_config(cfg: DictConfig, vocab_size: int) -> GPTConfig:
             n_embd=int(cfg.n_embd),
             dropout=float(cfg.dropout),
             bias=bool(cfg.bias),
+            vocab_multiple=64 if cfg.get("pad_vocab") else 1,
         )
     except ValueError as e:
         raise ConfigError(str(e)) from None

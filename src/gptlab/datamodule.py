@@ -1,5 +1,6 @@
 """Batches for training: random (X, Y) windows read through ``np.memmap`` from a prepared
-dataset, so a dataset larger than memory trains the same way, wrapped in a LightningDataModule."""
+dataset, so a dataset larger than memory trains the same way, wrapped in a LightningDataModule.
+With batching=packed or padded the batches come from ``gptlab.packing`` instead."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from gptlab.data import DataError, load_meta, open_tokens
+from gptlab.data import DataError, load_meta, open_documents, open_tokens
+from gptlab.packing import BATCHING, PackedRows, PaddedBatches
 from gptlab.tokenizer import tokenizer_from_meta
 
 
@@ -43,17 +45,35 @@ class RandomWindows(IterableDataset):
         while True:
             yield self.sample()
 
+    def state_dict(self) -> dict:
+        return self.rng.bit_generator.state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state
+
 
 class GPTDataModule(L.LightningDataModule):
     """Train batches from train.bin; for evaluation, eval_iters batches from each of train.bin and
-    val.bin (validation dataloader 0 is the train split, 1 the val split)."""
+    val.bin (validation dataloader 0 is the train split, 1 the val split). Evaluation batches
+    the same way as training: random, packed or padded."""
 
     SPLITS = ("train", "val")
 
-    def __init__(self, data_dir: str | Path, block_size: int, batch_size: int, seed: int = 1337):
+    def __init__(
+        self,
+        data_dir: str | Path,
+        block_size: int,
+        batch_size: int,
+        seed: int = 1337,
+        batching: str = "random",
+        bucket_batches: int = 16,
+    ):
         super().__init__()
+        if batching not in BATCHING:
+            raise DataError(f"data.batching must be one of {', '.join(BATCHING)}, got '{batching}'")
         self.data_dir = Path(data_dir)
         self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
+        self.batching, self.bucket_batches = batching, bucket_batches
         self.meta = load_meta(self.data_dir)
         self.tokenizer = tokenizer_from_meta(self.meta)
         self.pin_memory = False
@@ -81,14 +101,20 @@ class GPTDataModule(L.LightningDataModule):
         rank = self.trainer.global_rank if self.trainer is not None else 0
         # one independent stream per (rank, role): DDP ranks draw different windows
         seeds = np.random.SeedSequence([self.seed, rank]).spawn(3)
-        mk = lambda split, s: RandomWindows(  # noqa: E731
-            self.data_dir / f"{split}.bin", self.meta["dtype"], self.block_size, self.batch_size, s
-        )
         if self._train is None:
-            self._train = mk("train", seeds[0])
-            self._eval = [mk("train", seeds[1]), mk("val", seeds[2])]
+            self._train = self.sampler("train", seeds[0])
+            self._eval = [self.sampler("train", seeds[1]), self.sampler("val", seeds[2])]
         if self.trainer is not None:
             self.pin_memory = self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator"
+
+    def sampler(self, split: str, seed) -> RandomWindows | PackedRows | PaddedBatches:
+        args = (self.data_dir / f"{split}.bin", self.meta["dtype"])
+        if self.batching == "random":
+            return RandomWindows(*args, self.block_size, self.batch_size, seed)
+        offsets = open_documents(self.data_dir, split, self.meta)
+        if self.batching == "packed":
+            return PackedRows(*args, offsets, self.block_size, self.batch_size, seed)
+        return PaddedBatches(*args, offsets, self.block_size, self.batch_size, seed, self.bucket_batches)
 
     def _loader(self, ds: RandomWindows) -> DataLoader:
         # batch_size=None: the dataset already yields whole batches; no workers: sampling is one
@@ -111,20 +137,21 @@ class GPTDataModule(L.LightningDataModule):
         # Lightning's fetcher draws one batch ahead of the step being trained (it prefetches from
         # loaders without a length), so the train stream is saved as it was before that batch: the
         # resumed run draws it again, as the batch of its first step
-        train = self._train.state_before_draw or self._train.rng.bit_generator.state
-        return {
-            "train": train,
-            "eval": [ds.rng.bit_generator.state for ds in self._eval],
-        }
+        train = self._train.state_before_draw or self._train.state_dict()
+        state = {"train": train, "eval": [ds.state_dict() for ds in self._eval]}
+        return state if self.batching == "random" else {**state, "batching": self.batching}
 
     def load_state_dict(self, state: dict) -> None:
-        if state and self._train is not None:
-            self._train.rng.bit_generator.state = state["train"]
+        # a run resumed with another batching mode starts its new sampler fresh
+        if state and self._train is not None and state.get("batching", "random") == self.batching:
+            self._train.load_state_dict(state["train"])
             for ds, s in zip(self._eval, state["eval"]):
-                ds.rng.bit_generator.state = s
+                ds.load_state_dict(s)
             rank = self.trainer.global_rank if self.trainer is not None else 0
             if rank > 0:
                 # a checkpoint holds rank 0's streams only; the other ranks branch off them, so
                 # that each still draws its own windows (exact resume holds for one process)
                 for ds in (self._train, *self._eval):
                     ds.rng = np.random.default_rng([rank, *ds.rng.integers(0, 2**63, size=2).tolist()])
+                    if isinstance(ds, PaddedBatches):
+                        ds.pending = []  # rank 0's queued batches; this rank draws its own

@@ -26,9 +26,12 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True  # biases in Linear and LayerNorm, as GPT-2; False is a little faster
+    # the embedding / output tables get padded_vocab_size rows: 64 turns GPT-2's 50,257 into
+    # 50,304, a shape GPU matmul kernels handle faster; the extra ids are never produced
+    vocab_multiple: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "vocab_multiple"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if self.n_embd % self.n_head != 0:
@@ -38,6 +41,10 @@ class GPTConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -107,14 +114,14 @@ class GPT(nn.Module):
         self.config = cfg
         self.transformer = nn.ModuleDict(
             dict(
-                wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),  # token embeddings
+                wte=nn.Embedding(cfg.padded_vocab_size, cfg.n_embd),  # token embeddings
                 wpe=nn.Embedding(cfg.block_size, cfg.n_embd),  # learned position embeddings
                 drop=nn.Dropout(cfg.dropout),
                 h=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer)),
                 ln_f=nn.LayerNorm(cfg.n_embd, bias=cfg.bias),
             )
         )
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.padded_vocab_size, bias=False)
         # weight tying (Press & Wolf, 2017): the output projection reuses the token embedding matrix
         self.transformer.wte.weight = self.lm_head.weight
 
@@ -167,20 +174,25 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             x = block(x, attn_mask)
         x = self.transformer.ln_f(x)
+        V = self.config.vocab_size
         if targets is None:
-            return self.lm_head(x[:, [-1], :]), None
+            return self.lm_head(x[:, [-1], :])[..., :V], None
         logits = self.lm_head(x)
+        # the loss sees the padded columns too (no copy of the logits); no target points at them,
+        # so training only pushes them down
         loss = F.cross_entropy(
             logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=ignore_index
         )
-        return logits, loss
+        return logits[..., :V], loss
 
     def optimizer_groups(self, weight_decay: float) -> list[dict]:
-        """AdamW parameter groups: decay on 2-D tensors (matmul weights, embeddings), none on
-        biases and LayerNorm gains, which only shift or scale and should not be pulled to zero."""
-        params = {n: p for n, p in self.named_parameters() if p.requires_grad}
-        decay = [p for p in params.values() if p.dim() >= 2]
-        no_decay = [p for p in params.values() if p.dim() < 2]
+        """AdamW parameter groups: decay on matmul weights and embeddings, none on biases and
+        LayerNorm gains, which only shift or scale and should not be pulled to zero. Chosen by the
+        layer a tensor belongs to, not its shape: FSDP hands the optimizer flattened 1-D shards."""
+        matrices = {id(m.weight) for m in self.modules() if isinstance(m, (nn.Linear, nn.Embedding))}
+        params = [p for p in self.parameters() if p.requires_grad]  # a tied weight appears once
+        decay = [p for p in params if id(p) in matrices]
+        no_decay = [p for p in params if id(p) not in matrices]
         return [
             {"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0},

@@ -15,6 +15,7 @@ import torch
 
 from gptlab.augment import TokenMasking, corrupt_inputs
 from gptlab.model import GPT, GPTConfig
+from gptlab.packing import unpack_batch
 from gptlab.schedule import OptimConfig
 
 
@@ -55,15 +56,15 @@ class GPTModule(L.LightningModule):
             # kept out of the module tree so state_dict keys stay free of '_orig_mod.'
             self.__dict__["_compiled"] = torch.compile(self.model)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, **kw):
         fn = self.__dict__.get("_compiled", self.model)
-        return fn(idx, targets)
+        return fn(idx, targets, **kw)
 
     # ------------------------------------------------------------------ training
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        _, loss = self(x, y)
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor] | dict, batch_idx: int) -> torch.Tensor:
+        x, y, kw = unpack_batch(batch)
+        _, loss = self(x, y, **kw)
         d = loss.detach()
         self._train_loss_sum = d if self._train_loss_sum is None else self._train_loss_sum + d
         self._train_loss_count += 1
@@ -137,8 +138,8 @@ class GPTModule(L.LightningModule):
         self._eval_sums = {}
 
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        x, y = batch
-        _, loss = self(x, y)
+        x, y, kw = unpack_batch(batch)
+        _, loss = self(x, y, **kw)
         s = self._eval_sums.setdefault(dataloader_idx, [torch.zeros((), device=loss.device), 0])
         s[0] += loss.detach().float()
         s[1] += 1

@@ -7,7 +7,6 @@ that opening a dataset can never run code, unlike nanoGPT's meta.pkl).
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -63,6 +62,12 @@ class CharTokenizer:
     def decode(self, ids) -> str:
         return "".join(self._itos[np.asarray(ids, dtype=np.int64)])
 
+    def byte_lengths(self, ids: np.ndarray) -> np.ndarray:
+        """UTF-8 bytes each token stands for (to map text offsets to token offsets)."""
+        if not hasattr(self, "_nbytes"):
+            self._nbytes = np.array([len(c.encode("utf-8")) for c in self.chars], dtype=np.int64)
+        return self._nbytes[ids]
+
     def to_meta(self) -> dict:
         return {"tokenizer": "char", "vocab_size": self.vocab_size, "chars": self.chars}
 
@@ -93,19 +98,28 @@ class TiktokenTokenizer:
     def encode(self, text: str) -> np.ndarray:
         """Encode ordinary text (special-token strings are treated as plain text).
 
-        Large texts are cut into chunks (see _split_at_line_starts) that tiktoken encodes on
-        several threads; the ids equal those of one call on the whole text.
+        Large texts are cut into chunks (see _split_at_line_starts) that tiktoken's batch encoder
+        encodes on several threads; the ids equal those of one call on the whole text.
         """
         chunks = _split_at_line_starts(text, 1 << 16)
         if len(chunks) == 1:
             return np.asarray(self.enc.encode_ordinary(text), dtype=np.int64)
-        threads = min(8, os.cpu_count() or 1)
-        with ThreadPoolExecutor(threads) as pool:
-            parts = list(pool.map(self.enc.encode_ordinary, chunks))
-        return np.fromiter((i for p in parts for i in p), dtype=np.int64, count=sum(map(len, parts)))
+        parts = self.enc.encode_ordinary_batch(chunks, num_threads=min(8, os.cpu_count() or 1))
+        return np.concatenate([np.asarray(p, dtype=np.int64) for p in parts])
 
     def decode(self, ids) -> str:
         return self.enc.decode([int(i) for i in ids])
+
+    def byte_lengths(self, ids: np.ndarray) -> np.ndarray:
+        """UTF-8 bytes each token stands for (to map text offsets to token offsets)."""
+        if not hasattr(self, "_nbytes"):
+            self._nbytes = np.zeros(self.vocab_size, dtype=np.int64)
+            for i in range(self.vocab_size):
+                try:
+                    self._nbytes[i] = len(self.enc.decode_single_token_bytes(i))
+                except KeyError:  # some encodings leave unused ids between ranks
+                    pass
+        return self._nbytes[ids]
 
     def to_meta(self) -> dict:
         return {"tokenizer": self.name, "vocab_size": self.vocab_size, "eot_token": self.eot_token}

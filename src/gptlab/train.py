@@ -6,13 +6,16 @@ takes a composed config and a run folder, so tests and tools call it without Hyd
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
+import os
 import signal
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
@@ -23,8 +26,9 @@ from hydra.types import RunMode
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from gptlab import cli, lr_find
 from gptlab.callbacks import FinalEvaluation, NonFiniteGuard, ProgressLog, TrainingLog
@@ -75,14 +79,20 @@ def _quiet_lightning() -> None:
     logging.getLogger("lightning.pytorch.trainer.connectors.checkpoint_connector").setLevel(logging.WARNING)
 
 
-def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset(), lr_find_only: bool = False) -> dict:
+def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset(), lr_find_only: bool = False,
+          callbacks: Sequence[L.Callback] = ()) -> dict:
     """Train (or evaluate) as cfg says, writing into run_dir. Returns the metrics.json dict.
 
     lr_find_only: run only the learning-rate range test (python -m gptlab.lr_find) on the model and
-    batches this config would train, and return its lr_find.json dict."""
+    batches this config would train, and return its lr_find.json dict.
+    callbacks are added after the run's own (the bench times steps through one)."""
     _quiet_lightning()
+    if rank_zero_only.rank != 0:
+        log.setLevel(logging.WARNING)  # under DDP only rank 0 writes the console log
     run_dir = Path(run_dir)
     device = resolve_device(cfg)
+    if device.accelerator == "gpu":
+        torch.set_float32_matmul_precision("high")  # float32 matmuls on TF32 tensor cores (Ampere and newer)
     changed = apply_profile(cfg, cli.load_profile("cpu"), set(explicit), on_cpu=device.on_cpu)
     if changed:
         log.info(
@@ -105,8 +115,12 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
     remove_partial_writes(run_dir)  # leftovers of a write that a SIGKILL cut short
 
     spec = data_spec(cfg)
-    ensure_prepared(spec, log=log.info)
-    dm = GPTDataModule(spec.dir, int(cfg.block_size), int(cfg.batch_size), seed=int(cfg.seed))
+    batching = str(cfg.data.get("batching", "random"))
+    ensure_prepared(spec, log=log.info, documents=batching != "random")
+    dm = GPTDataModule(
+        spec.dir, int(cfg.block_size), int(cfg.batch_size), seed=int(cfg.seed),
+        batching=batching, bucket_batches=int(cfg.data.get("bucket_batches", 16)),
+    )
     dm.check_block_size()
     masking = token_masking(cfg, dm.vocab_size)  # None unless augment.mask_prob > 0
     mconf = model_config(cfg, dm.vocab_size + (masking is not None))  # + the [MASK] token
@@ -151,6 +165,12 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
         f"tokens per optimizer step: {cfg.batch_size} batch x {cfg.block_size} block x {accum} accum x "
         f"{n_proc} process(es) = {tokens_per_step:,} | run folder: {run_dir}"
     )
+    if batching != "random":
+        docs = dm.meta["documents"]
+        log.info(
+            f"batching: {batching} ({docs['kind']} documents: {docs['train']:,} train, {docs['val']:,} val); "
+            "tokens/s counts real tokens, slots are at most the figure above"
+        )
 
     training_log = TrainingLog(run_dir / "training.log", append=resume)
     mon = cfg.monitor
@@ -186,6 +206,7 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
         FinalEvaluation(int(cfg.max_iters), int(cfg.eval_interval)),
         RngState(),
         StopOnSignal(run_dir / LAST),
+        *callbacks,
     ]
     early_stop = None
     if cfg.early_stopping.patience:
@@ -200,7 +221,7 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
     trainer = L.Trainer(
         accelerator=device.accelerator,
         devices=device.devices,
-        strategy=tr.strategy,
+        strategy=_strategy(str(tr.strategy)),
         num_nodes=int(tr.num_nodes),
         precision=device.precision,
         max_steps=int(cfg.max_iters),  # optimizer steps, as nanoGPT's max_iters
@@ -281,6 +302,18 @@ def _disk_report(run_dir: Path, export: bool) -> dict[str, int]:
     return sizes
 
 
+def _strategy(name: str):
+    if name == "fsdp":
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        from gptlab.model import Block
+
+        # one FSDP unit per transformer block: a block's whole weights exist only while it runs;
+        # "full" checkpoints are gathered on rank 0 into one file that load_model reads as usual
+        return FSDPStrategy(auto_wrap_policy={Block}, state_dict_type="full")
+    return name
+
+
 def _hparams(cfg: DictConfig) -> dict:
     flat = {}
     for k, v in plain(cfg).items():
@@ -302,6 +335,7 @@ def _metrics(training_log: TrainingLog, progress: ProgressLog, trainer, module, 
         "best_step": best["step"] if best else None,
         "evals": training_log.history,
         "tokens_per_s": progress.tokens_per_second,
+        "padding_efficiency": progress.padding_efficiency,
         "wall_time_s": round(wall, 2),
         "params": module.model.num_params(),
     }
@@ -339,6 +373,31 @@ def _sample(module: GPTModule, dm: GPTDataModule, n_tokens: int, seed: int) -> s
 
 _ARGS: list[str] = []  # the command line as given (set by main), for the resume command
 
+DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+@contextlib.contextmanager
+def _ranks_for_this_job(hc, run_dir: Path):
+    """DDP inside a Hydra multirun. Lightning starts ranks 1..N-1 by running this command again
+    (sys.argv) with hydra.run.dir=<HydraConfig run.dir> appended; under -m that would start the
+    whole sweep once more in every rank. Here each job's ranks are started as a single run of
+    that job's overrides, in the job's folder; afterwards the process group and the launcher's
+    environment variables are removed, so the next job starts its own ranks."""
+    argv, env = list(sys.argv), {k: os.environ.get(k) for k in DDP_ENV}
+    if hc.mode == RunMode.MULTIRUN:
+        sys.argv = [sys.argv[0], *hc.overrides.task]
+        with read_write(hc), open_dict(hc):
+            hc.run.dir = str(run_dir)
+    try:
+        yield
+    finally:
+        sys.argv = argv
+        if env["LOCAL_RANK"] is None:  # this process launched the ranks (not torchrun, SLURM or a parent rank)
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
+            for k in DDP_ENV:
+                os.environ.pop(k, None)
+
 
 @hydra.main(version_base="1.3", config_path=str(cli.CONF_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
@@ -348,7 +407,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     multirun = hc.mode == RunMode.MULTIRUN
     try:
         clear_failure(run_dir)
-        metrics = train(cfg, run_dir, cli.explicit_keys(overrides))
+        with _ranks_for_this_job(hc, run_dir):
+            metrics = train(cfg, run_dir, cli.explicit_keys(overrides))
         return metrics.get("best_val_loss")  # what a Hydra sweeper would minimise
     except RunInterrupted as e:
         # a signal stops a whole sweep too; the same command with resume=true continues it

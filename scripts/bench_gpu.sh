@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The GPU measurements of README's "Performance" section, in one prepared run (`make bench-gpu`):
+#   baby   the baby GPT's full 5000-iteration run, bf16 + compile: wall time, best val loss
+#          (nanoGPT reports 1.4697 in about 3 minutes on one A100)
+#   gpt2   GPT-2 124M, gptlab vs the plain loop: tokens/s and MFU, bf16 + compile, vocab 50,304
+#   costs  the single costs on the GPU: pinned copies, fused AdamW, TF32, flash attention, compile, pad_vocab
+#   fsdp   trainer=fsdp on one GPU, a short run: the strategy starts, trains and writes a checkpoint
+# STAGES picks (default "baby gpt2", about 6 minutes on an H200 with a warm machine; all four about 10).
+#
+#   bash scripts/bench_gpu.sh [RESULT_DIR]      (RESULT_DIR default: $OUT, else outputs/bench_gpu)
+#
+# An offline machine that has torch, lightning, tensorboard and tiktoken but not hydra-core and
+# omegaconf: run `make gpu-carry` on a machine with them first; it fills .gpucarry/ (ignored by
+# git, ~5 MB: those packages' Python files, Tiny Shakespeare, GPT-2's BPE files), which this
+# script puts on the path. With the device tool: run(command="bash scripts/bench_gpu.sh",
+# carry=[".gpucarry"], timeout_s=600). At most 8 small files land in RESULT_DIR.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RESULT=${1:-${OUT:-outputs/bench_gpu}}
+STAGES=${STAGES:-"baby gpt2"}
+PY=${PYTHON:-python3}
+EXTRA=${EXTRA:-}  # overrides added to every run, e.g. for a quick check of this script on a CPU
+WORK=${WORK:-/tmp/gptlab_bench_gpu}  # run folders (checkpoints): not copied back
+mkdir -p "$RESULT" "$WORK"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+if [ -d .gpucarry ]; then
+  export PYTHONPATH="$PWD/.gpucarry/site:$PYTHONPATH"
+  export GPTLAB_DATA_MIRROR="$PWD/.gpucarry/data" TIKTOKEN_CACHE_DIR="$PWD/.gpucarry/tiktoken_cache"
+fi
+if ! $PY -c "import torch, lightning, hydra, omegaconf, tiktoken, tensorboard" 2>/dev/null; then
+  echo "error: a package is missing ($PY): run 'make gpu-carry' where hydra-core and omegaconf are installed, and carry .gpucarry" >&2
+  exit 2
+fi
+LOG="$RESULT/bench_gpu.log"
+: >"$LOG"
+say() { echo "$*" | tee -a "$LOG"; }
+say "bench_gpu $(date -u +%Y-%m-%dT%H:%MZ) stages: $STAGES"
+say "$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo 'no nvidia-smi')"
+say "$($PY -c 'import torch, lightning; print("torch", torch.__version__, "lightning", lightning.__version__, "cuda", torch.version.cuda)')"
+$PY -m gptlab.prepare data=shakespeare_char data.root="$WORK/data" >>"$LOG"
+$PY -m gptlab.prepare data=shakespeare data.root="$WORK/data" >>"$LOG"
+
+for stage in $STAGES; do
+  t0=$(date +%s)
+  case $stage in
+    baby)
+      # the default config is the baby GPT on a GPU; everything from the command to the last checkpoint is timed
+      $PY -m gptlab.train compile=true data.root="$WORK/data" out_dir="$WORK/baby" overwrite=true sample_tokens=200 $EXTRA 2>&1 | tee -a "$LOG"
+      cp "$WORK/baby/metrics.json" "$RESULT/baby_metrics.json"
+      cp "$WORK/baby/training.log" "$RESULT/baby_training.log"
+      say "baby: $(( $(date +%s) - t0 )) s for the whole command; $($PY -c "import json; m = json.load(open('$RESULT/baby_metrics.json')); print(f\"train() {m['wall_time_s']} s, best val loss {m['best_val_loss']:.4f} at step {m['best_step']}, {m['tokens_per_s']:,.0f} tok/s\")")"
+      ;;
+    gpt2)
+      $PY -m gptlab.bench --configs gpt2 --rounds 2 --intervals none --no-data --json "$RESULT/gpt2.json" data.root="$WORK/data" $EXTRA 2>&1 | tee -a "$LOG"
+      ;;
+    costs)
+      $PY -m gptlab.bench --costs --rounds 3 --json "$RESULT/costs.json" data.root="$WORK/data" $EXTRA 2>&1 | tee -a "$LOG"
+      ;;
+    fsdp)
+      $PY -m gptlab.train trainer=fsdp trainer.devices=1 model=small max_iters=100 eval_interval=50 eval_iters=20 \
+        data.root="$WORK/data" out_dir="$WORK/fsdp" overwrite=true sample_tokens=100 $EXTRA 2>&1 | tee -a "$LOG"
+      $PY -c "from gptlab.checkpoint import load_model; m, i = load_model('$WORK/fsdp/last.ckpt'); print('fsdp checkpoint loads: step', i['step'], m.num_params(), 'parameters')" 2>&1 | tee -a "$LOG"
+      ;;
+    *) say "unknown stage '$stage' (baby, gpt2, costs, fsdp)"; exit 2 ;;
+  esac
+  say "== stage $stage: $(( $(date +%s) - t0 )) s"
+done

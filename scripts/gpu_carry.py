@@ -1,0 +1,47 @@
+"""Gather what an offline GPU machine needs besides torch and lightning into .gpucarry/:
+hydra-core, omegaconf and antlr4 (pure Python, copied from this environment), Tiny Shakespeare,
+and GPT-2's BPE files. `make gpu-carry`; then scripts/bench_gpu.sh puts them on the path.
+
+    python scripts/gpu_carry.py [DEST]   (default .gpucarry, ignored by git)
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+PACKAGES = ("hydra", "omegaconf", "antlr4")  # hydra-core's Python needs; PyYAML is usually there already
+
+
+def main() -> None:
+    dest = Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / ".gpucarry")
+    site = dest / "site"
+    for name in PACKAGES:
+        src = Path(importlib.import_module(name).__file__).parent
+        shutil.copytree(src, site / name, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+
+    from gptlab.data import fetch_corpus
+    from gptlab.tokenizer import TiktokenTokenizer
+
+    text = fetch_corpus("tinyshakespeare", ROOT / "data" / "raw")  # the mirror or the network
+    (dest / "data" / "tinyshakespeare").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(text, dest / "data" / "tinyshakespeare" / "input.txt")
+    # tiktoken keeps its downloads in TIKTOKEN_CACHE_DIR: point it at the carry folder and load once
+    cache = dest / "tiktoken_cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    if os.environ.get("TIKTOKEN_CACHE_DIR"):
+        shutil.copytree(os.environ["TIKTOKEN_CACHE_DIR"], cache, dirs_exist_ok=True)
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(cache)
+    TiktokenTokenizer("gpt2")
+    size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
+    print(f"{dest}: {', '.join(PACKAGES)}, Tiny Shakespeare, GPT-2 BPE files ({size / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()

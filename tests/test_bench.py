@@ -1,0 +1,85 @@
+"""The side-by-side bench, the plain reference loop, and pad_vocab."""
+
+import json
+
+import pytest
+import torch
+
+from gptlab import bench
+from gptlab.checkpoint import CheckpointError, check_compatible, load_model
+from gptlab.model import GPT, GPTConfig
+
+
+def test_plain_loop_trains_exactly_like_the_gptlab_path(compose, tmp_path):
+    """The bench compares like with like: same init, same batches, same optimizer and schedule,
+    so both sides reach the same loss at the same step (no dropout here: nothing random but data)."""
+    cfg = compose("max_iters=12", "eval_interval=6", "learning_rate=1e-2", "gradient_accumulation_steps=2")
+    a, b = bench.StepTimer(4, 8, cuda=False), bench.StepTimer(4, 8, cuda=False)
+    ra = bench._run_gptlab(cfg, tmp_path / "a", a)
+    rb = bench._run_plain(cfg, tmp_path / "b", b)
+    assert a.seconds > 0 and b.seconds > 0
+    assert a.loss == pytest.approx(b.loss, abs=1e-4)
+    assert a.loss < 3.6  # it trained (4.17 at random)
+    assert ra["final_val_loss"] == pytest.approx(rb["final_val_loss"], abs=1e-4)  # evaluation: the same windows too
+    assert rb["flops_per_token"] > 0
+
+
+def test_bench_command_alternates_sides_and_reports_ratios(tmp_path, data_root, capsys):
+    from conftest import TINY
+
+    out = tmp_path / "bench.json"
+    # in process; each side runs in a subprocess of its own as always
+    bench.main(["--configs", "cpu", "--steps", "2,4", "--rounds", "1", "--intervals", "none", "--no-data",
+                "--json", str(out), *TINY, f"data.root={data_root}"])
+    printed = capsys.readouterr().out
+    assert "MFU against" in printed and "tokens/s ratio gptlab / plain: min" in printed
+    report = json.loads(out.read_text())
+    (b,) = report["benches"]
+    assert [s["side"] for s in b["sides"]] == ["gptlab", "plain"]
+    for side in b["sides"]:
+        assert side["tokens_per_s"] > 0 and side["peak_rss_mb"] > 100 and 0 < side["mfu"] < 1
+    gl, pl = (runs[0] for runs in b["runs"])
+    assert gl["loss_at_end"] == pytest.approx(pl["loss_at_end"], abs=1e-4)  # the same training on both sides
+    assert b["tokens_per_s_ratio"][0] == pytest.approx(gl["tokens_per_s"] / pl["tokens_per_s"])
+
+
+def test_data_preparation_speed(data_root):
+    rows = dict(bench.data_speed(str(data_root)))
+    assert len(rows) == 3 and all(r > 0.1 for r in rows.values())  # MB/s
+
+
+def test_padded_vocabulary_never_produces_padding_ids():
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(vocab_size=65, block_size=16, n_layer=1, n_head=2, n_embd=32, vocab_multiple=64))
+    assert m.lm_head.weight.shape[0] == m.transformer.wte.weight.shape[0] == 128
+    x = torch.randint(0, 65, (2, 16))
+    logits, loss = m(x, x)
+    assert logits.shape == (2, 16, 65) and torch.isfinite(loss)
+    with torch.no_grad():
+        m.lm_head.weight[65:] += 10.0  # padding rows that would win every draw if they were offered
+    out = m.eval().generate(x[:, :2], 30, temperature=5.0)
+    assert int(out.max()) < 65
+    assert GPTConfig(vocab_size=50257, vocab_multiple=64).padded_vocab_size == 50304
+
+
+def test_pad_vocab_trains_saves_and_refuses_a_mismatched_resume(compose, tmp_path):
+    from gptlab.train import train
+
+    train(compose("pad_vocab=true", "max_iters=4", "eval_interval=4"), tmp_path)
+    model, info = load_model(tmp_path / "last.ckpt")
+    assert info["model_config"]["vocab_multiple"] == 64 and model.lm_head.weight.shape[0] == 128
+    assert model(torch.zeros((1, 4), dtype=torch.long))[0].shape[-1] == 65
+    with pytest.raises(CheckpointError, match="vocab_multiple: checkpoint 64 vs config 1"):
+        check_compatible(info, {**info["model_config"], "vocab_multiple": 1}, "config")
+    old = {**info, "model_config": {k: v for k, v in info["model_config"].items() if k != "vocab_multiple"}}
+    check_compatible(old, {**info["model_config"], "vocab_multiple": 1}, "config")  # checkpoints from before the key
+
+
+@pytest.mark.slow
+def test_costs_table_runs(tmp_path, data_root, capsys):
+    from gptlab.costs import main
+
+    rows = main([f"data.root={data_root}", "device=cpu"], rounds=1, json_path=str(tmp_path / "costs.json"))
+    names = {r["what"] for r in rows}
+    assert {"batch sampling", "AdamW step", "compile", "pad_vocab (GPT-2 BPE)"} <= names
+    assert "needs a GPU" in capsys.readouterr().out
