@@ -28,6 +28,7 @@ def test_train_from_the_command_line(cli_run):
     for name in ("best.ckpt", "last.ckpt", "metrics.json", "config.yaml", "console.log"):
         assert (out / name).is_file(), name
     assert "sample:" in p.stdout + p.stderr  # the sample printed at the end
+    assert re.search(r"checkpoints: last.ckpt [\d.]+ MB, best.ckpt [\d.]+ MB", p.stdout + p.stderr)  # sizes reported
     assert "learning_rate: 0.005" in (out / "config.yaml").read_text()
 
 

@@ -133,7 +133,7 @@ def test_divergence_stops_with_advice_and_keeps_good_checkpoint(compose, tmp_pat
 
     monkeypatch.setattr(GPT, "forward", planted)
     cfg = compose("max_iters=200", "eval_interval=5", "log_interval=50", "init_from=resume", "always_save_checkpoint=true")
-    with pytest.raises(NonFiniteLossError, match=r"NaN/inf in optimizer step 17;.*learning_rate=0.0001.*grad_clip=1.0"):
+    with pytest.raises(NonFiniteLossError, match=r"loss became NaN/inf in optimizer step 17;.*learning_rate=0.0001.*grad_clip=1.0"):
         train(cfg, tmp_path)
     model, info = load_model(tmp_path / "best.ckpt")
     assert info["step"] <= 15  # the best of the evaluations before the bad step
@@ -141,3 +141,25 @@ def test_divergence_stops_with_advice_and_keeps_good_checkpoint(compose, tmp_pat
     assert last["step"] == 15  # the evaluation before the bad step; nothing after it was saved
     assert math.isfinite(last["eval"]["val"])
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_gradients_are_clipped_to_grad_clip(compose, tmp_path):
+    """The module computes the gradient norm once and clips with it; the clipped norm must be
+    grad_clip whenever the raw norm was larger."""
+    from gptlab.config import model_config, optim_config
+    from gptlab.datamodule import GPTDataModule
+    from gptlab.module import GPTModule
+
+    cfg = compose()
+    dm = GPTDataModule(f"{cfg.data.root}/shakespeare_char", 32, 8)
+    dm.setup()
+    module = GPTModule(model_config(cfg, 65), optim_config(cfg))
+    x, y = dm._train.sample()
+    _, loss = module(x, y)
+    (loss * 100).backward()  # large gradients
+    raw = torch.nn.utils.get_total_norm([p.grad for p in module.parameters()])
+    module.configure_gradient_clipping(None, gradient_clip_val=0.5)
+    after = torch.nn.utils.get_total_norm([p.grad for p in module.parameters()])
+    assert raw > 0.5 and after == pytest.approx(0.5, rel=1e-4)
+    stats = module.pop_grad_stats()
+    assert stats["last"] == pytest.approx(raw.item(), rel=1e-5) and stats["clipped_frac"] == 1.0

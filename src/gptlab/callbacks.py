@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
+from gptlab.checkpoint import write_text_atomic
 from gptlab.errors import NonFiniteLossError
 
 log = logging.getLogger("gptlab")
@@ -49,6 +51,21 @@ class TrainingLog(L.Callback):
             f.write(line + "\n")
         log.info(line)
 
+    def state_dict(self) -> dict:
+        return {"history": self.history}  # in checkpoints: metrics.json of a resumed run covers it all
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = list(state.get("history", []))
+        if self.history and rank_zero_only.rank == 0 and self.path.is_file():
+            # lines after the checkpoint's last evaluation belong to a stretch the resumed run
+            # repeats (a run killed between an evaluation and its checkpoint); drop them so that
+            # no step appears twice
+            last = self.history[-1]["step"]
+            lines = self.path.read_text().splitlines(keepends=True)
+            keep = [ln for ln in lines if not ((m := re.match(r"step (\d+):", ln)) and int(m.group(1)) > last)]
+            if len(keep) != len(lines):
+                write_text_atomic(self.path, "".join(keep))
+
     def best(self) -> dict | None:
         finite = [r for r in self.history if math.isfinite(r["val_loss"])]
         return min(finite, key=lambda r: r["val_loss"]) if finite else None
@@ -57,11 +74,15 @@ class TrainingLog(L.Callback):
 class ProgressLog(L.Callback):
     """Every log_interval optimizer steps: loss, ms per step, tokens/s and learning rate, to the
     console and the logger. The loss is read from the device only here, so training does not
-    wait on a host sync every step; time spent evaluating is not counted as step time."""
+    wait on a host sync every step; time spent evaluating is not counted as step time.
 
-    def __init__(self, log_interval: int, tokens_per_step: int):
+    Packed and padded batches (dicts) say how many of their slots hold real tokens: tokens/s then
+    counts those only, and the line adds the padding efficiency (real tokens / slots)."""
+
+    def __init__(self, log_interval: int, tokens_per_step: int, grad_monitor=None):
         self.log_interval = max(1, int(log_interval))
         self.tokens_per_step = tokens_per_step
+        self.grad_monitor = grad_monitor  # a GradientMonitor whose latest figures join the line
         self._t0 = None
         self._steps_at_t0 = 0
         self._eval_time = 0.0
@@ -69,6 +90,9 @@ class ProgressLog(L.Callback):
         self._last_logged = -1
         self.train_time = 0.0  # seconds in training steps, evaluation excluded
         self.trained_steps = 0
+        self.trained_tokens = 0  # real tokens when batches count them
+        self._real = self._slots = 0  # of dict batches since the last line (counted on the host)
+        self.real_tokens = self.slots = 0  # all the run's dict batches (this process)
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._t0 = time.perf_counter()
@@ -84,6 +108,9 @@ class ProgressLog(L.Callback):
             self._eval_t0 = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if isinstance(batch, dict):
+            self._real += batch["real"]
+            self._slots += batch["x"].numel()
         step = trainer.global_step
         # act once per optimizer step, after its last micro-batch
         if step == self._last_logged or step % self.log_interval != 0 or step == 0:
@@ -102,19 +129,38 @@ class ProgressLog(L.Callback):
         self.trained_steps += steps
         self._t0, self._steps_at_t0, self._eval_time = now, step, 0.0
         ms = 1000.0 * elapsed / max(steps, 1)
-        tok_s = self.tokens_per_step * steps / max(elapsed, 1e-9)
+        tokens, efficiency = self.tokens_per_step * steps, None
+        if self._slots:  # every process draws alike batches: scale this one's count to all of them
+            tokens, efficiency = self._real * trainer.world_size, self._real / self._slots
+            self.real_tokens, self.slots = self.real_tokens + self._real, self.slots + self._slots
+            self._real = self._slots = 0
+        self.trained_tokens += tokens
+        tok_s = tokens / max(elapsed, 1e-9)
         lr = trainer.optimizers[0].param_groups[0]["lr"]
         metrics = {"train/batch_loss": loss, "train/lr": lr, "perf/tokens_per_s": tok_s, "perf/ms_per_step": ms}
+        if efficiency is not None:
+            metrics["perf/padding_efficiency"] = efficiency
         if trainer.logger is not None:
             trainer.logger.log_metrics(metrics, step=step)
         if trainer.is_global_zero:
-            log.info(f"iter {step}: loss {loss:.4f}, {ms:.1f} ms/step, {tok_s:,.0f} tok/s, lr {lr:.2e}")
+            line = f"iter {step}: loss {loss:.4f}, {ms:.1f} ms/step, {tok_s:,.0f} tok/s, lr {lr:.2e}"
+            if efficiency is not None:
+                line += f", padding efficiency {efficiency:.1%}"
+            g = self.grad_monitor.latest if self.grad_monitor is not None else None
+            if g is not None:
+                line += f", grad norm {g['last']:.2f}" + (f" (clipped {g['clipped_frac']:.0%})" if g["clipped"] else "")
+            log.info(line)
 
     @property
     def tokens_per_second(self) -> float | None:
         if self.trained_steps == 0 or self.train_time <= 0:
             return None
-        return self.tokens_per_step * self.trained_steps / self.train_time
+        return self.trained_tokens / self.train_time
+
+    @property
+    def padding_efficiency(self) -> float | None:
+        """Real tokens / slots over the logged training batches; None for random windows."""
+        return self.real_tokens / self.slots if self.slots else None
 
 
 class FinalEvaluation(L.Callback):
@@ -131,35 +177,39 @@ class FinalEvaluation(L.Callback):
 
 
 class NonFiniteGuard(L.Callback):
-    """Stop at a NaN/inf training loss before it can reach a checkpoint.
+    """Stop at the first NaN/inf loss or gradient, before it can reach a checkpoint.
 
-    Each micro-batch's loss is folded into one device flag (no sync); the flag is read every
-    check_interval steps and before every evaluation, which is when checkpoints are written.
+    Each micro-batch's loss and each optimizer step's gradient norm are folded into device flags
+    (no sync); the flags are read every check_interval steps and before every evaluation, which
+    is when checkpoints are written. Under float16 a non-finite gradient is normal (the grad
+    scaler skips that step and lowers its scale), so only the loss is checked there.
     """
 
     def __init__(self, check_interval: int, learning_rate: float, dtype: str):
         self.check_interval = max(1, int(check_interval))
         self.learning_rate, self.dtype = learning_rate, dtype
-        self._bad: torch.Tensor | None = None
-        self._first_bad_step: torch.Tensor | None = None
+        self._first_bad: dict[str, torch.Tensor] = {}  # "loss"/"gradient" -> first bad step, or -1
+
+    def _fold(self, kind: str, value: torch.Tensor, step: int) -> None:
+        bad = ~torch.isfinite(value.detach())
+        # torch.full launches a fill kernel; torch.tensor(...) would copy from the host and may sync
+        here = torch.full((), step, dtype=torch.long, device=bad.device)
+        prev = self._first_bad.get(kind)
+        if prev is None:
+            prev = torch.full((), -1, dtype=torch.long, device=bad.device)
+        self._first_bad[kind] = torch.where(bad & (prev < 0), here, prev)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if loss is None:
-            return
-        bad = ~torch.isfinite(loss.detach())
         # 1-based number of the optimizer step this micro-batch belongs to (global_step has already
         # counted it after the last micro-batch of an accumulation cycle)
         stepped = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
         n = trainer.global_step if stepped else trainer.global_step + 1
-        # torch.full launches a fill kernel; torch.tensor(...) would copy from the host and may sync
-        step = torch.full((), n, dtype=torch.long, device=bad.device)
-        if self._bad is None:
-            self._bad, self._first_bad_step = bad, torch.where(bad, step, torch.full_like(step, -1))
-        else:
-            self._first_bad_step = torch.where(bad & ~self._bad, step, self._first_bad_step)
-            self._bad = self._bad | bad
-        if trainer.global_step % self.check_interval == 0:
+        if loss is not None:
+            self._fold("loss", loss, n)
+        if stepped and self.dtype != "float16" and getattr(pl_module, "last_grad_norm", None) is not None:
+            self._fold("gradient", pl_module.last_grad_norm, n)
+        if stepped and trainer.global_step % self.check_interval == 0:
             self.check(trainer)
 
     def on_validation_start(self, trainer, pl_module) -> None:
@@ -170,14 +220,18 @@ class NonFiniteGuard(L.Callback):
         self.check(trainer)
 
     def check(self, trainer) -> None:
-        if self._bad is None or not bool(self._bad):
+        if not self._first_bad:
             return
-        step = int(self._first_bad_step)
+        firsts = {k: int(v) for k, v in self._first_bad.items()}  # the one host sync
+        bad = {k: v for k, v in firsts.items() if v >= 0}
+        if not bad:
+            return
+        kind, step = min(bad.items(), key=lambda kv: kv[1])
         fixes = [f"learning_rate={self.learning_rate / 10:g} (a tenth of now)", "grad_clip=1.0"]
         if self.dtype == "float16":
             fixes.append("dtype=bfloat16 or dtype=float32 instead of float16")
         raise NonFiniteLossError(
-            f"the training loss became NaN/inf in optimizer step {step}; training stopped there and no "
+            f"the training {kind} became NaN/inf in optimizer step {step}; training stopped there and no "
             f"checkpoint was written after it (best.ckpt / last.ckpt hold the last good weights). "
             f"Try: {', '.join(fixes)}."
         )

@@ -23,6 +23,8 @@ from gptlab.errors import CheckpointError
 from gptlab.model import GPT, GPTConfig
 
 BEST, LAST = "best.ckpt", "last.ckpt"
+EXPORT = "weights.pt"  # export_weights=true: weights, model shape and tokenizer only
+TMP_SUFFIX = ".tmp"  # .<name>.<random>.tmp: a write in progress
 MODEL_PREFIX = "model."  # the LightningModule holds the GPT as self.model
 
 
@@ -39,11 +41,22 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save(obj) to path through a temporary file in the same folder and an atomic rename."""
+    _write_atomic(Path(path), lambda f: torch.save(obj, f))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """A small text file (metrics.json, failed.json) that is either absent or complete: readers
+    decide from these files whether a run finished."""
+    _write_atomic(Path(path), lambda f: f.write(text.encode("utf-8")))
+
+
+def _write_atomic(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         umask = os.umask(0)
@@ -53,6 +66,15 @@ def save_atomic(obj: Any, path: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_partial_writes(folder: Path) -> list[Path]:
+    """Delete temporary files left by writes that a SIGKILL or power cut stopped midway (the
+    cleanup in _write_atomic cannot run then). The complete files they were to replace are intact."""
+    stale = sorted(Path(folder).glob(f".*{TMP_SUFFIX}")) if Path(folder).is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def resolve_checkpoint(ref: str | Path) -> Path:
@@ -68,12 +90,13 @@ def resolve_checkpoint(ref: str | Path) -> Path:
     return p
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict:
     """Load a checkpoint dict with ``weights_only=True``: only tensors and plain Python values
-    are accepted, so a file crafted to run code when unpickled is refused instead of obeyed."""
+    are accepted, so a file crafted to run code when unpickled is refused instead of obeyed.
+    mmap=True maps the tensors instead of reading them (cheap when only the metadata is needed)."""
     path = resolve_checkpoint(path)
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"refused to load '{path}': it contains Python objects other than tensors and plain values, "
@@ -87,6 +110,31 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "gptlab" not in ckpt:
         raise CheckpointError(f"'{path}' is not a gptlab checkpoint (no 'state_dict' / 'gptlab' entries)")
     return ckpt
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """The optimizer step a checkpoint was written at, without reading its tensors."""
+    ckpt = load_checkpoint(path, mmap=True)
+    return int(ckpt.get("global_step", ckpt["gptlab"].get("step", 0)))
+
+
+def check_resumable(ckpt: dict, path: str | Path) -> None:
+    """Raise unless the checkpoint holds the training state a resume needs (not an export)."""
+    if not {"optimizer_states", "loops"} <= set(ckpt):
+        raise CheckpointError(
+            f"'{path}' holds weights only (an export_weights file), no optimizer or loop state, so a run "
+            "cannot continue from it. Resume from the run's last.ckpt / best.ckpt, or sample from it."
+        )
+
+
+def export_weights(src: str | Path, dst: str | Path) -> Path:
+    """Write a checkpoint's model for sharing: the plain GPT state_dict, the model shape and the
+    tokenizer (the 'gptlab' entry), and no optimizer or loop state -- about a third of the size
+    of a training checkpoint. Loads with torch.load(weights_only=True); sample accepts it."""
+    ckpt = load_checkpoint(src)
+    info = {**ckpt["gptlab"], "exported_from": Path(src).name}
+    save_atomic({"state_dict": model_state_dict(ckpt), "gptlab": info}, Path(dst))
+    return Path(dst)
 
 
 def model_state_dict(ckpt: dict) -> dict[str, torch.Tensor]:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import difflib
 import functools
 import logging
+import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -15,6 +17,12 @@ from gptlab.errors import ConfigError, GptlabError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 GROUPS = ("data", "model", "trainer", "experiment")
+
+# For conf/train.yaml's run folders. ${pid:}: two runs or sweeps started in the same second on one
+# machine get different folders (cached like Hydra's ${now:}, so every job of a sweep agrees).
+# ${if_null:a,b}: b when a is null (oc.select falls back only for missing keys, not null ones).
+OmegaConf.register_new_resolver("pid", lambda: os.getpid(), use_cache=True, replace=True)
+OmegaConf.register_new_resolver("if_null", lambda value, default: default if value is None else value, replace=True)
 
 log = logging.getLogger("gptlab")
 
@@ -31,7 +39,9 @@ def translate_argv(args: list[str]) -> list[str]:
         if a.startswith("--") and "=" in a and not a.startswith("--config"):
             a = a[2:]
         out.append(a)
-    return out
+    # Hydra's parser takes its flags only before the overrides: `key=value -m` would be refused
+    multirun = [a for a in out if a in ("-m", "--multirun")]
+    return multirun + [a for a in out if a not in ("-m", "--multirun")]
 
 
 SWEEP_FUNCTIONS = ("range(", "choice(", "interval(", "glob(")
@@ -62,7 +72,7 @@ def sweep_folder_names(args: list[str]) -> list[str]:
     not after every override: fixed ones would make long names, and paths among them nested folders."""
     if not any(a in ("-m", "--multirun") for a in args):
         return []
-    fixed = {"out_dir", "experiment", "profile", "device", "seed"}
+    fixed = {"out_dir", "experiment", "profile", "device", "seed", "resume"}
     for a in args:
         if "=" in a and not a.startswith("-") and not a.startswith("hydra"):
             key, value = a.split("=", 1)
@@ -87,12 +97,17 @@ def known_keys() -> dict[str, set[str]]:
         "data": set().union(*(_yaml_keys(f) for f in (CONF_DIR / "data").glob("*.yaml"))),
         "trainer": _yaml_keys(CONF_DIR / "trainer" / "default.yaml"),
     }
+    # the nodes of train.yaml itself (lr_find., early_stopping., augment., report.)
+    train = OmegaConf.load(CONF_DIR / "train.yaml")
+    nested |= {k: set(v.keys()) for k, v in train.items() if k != "hydra" and OmegaConf.is_dict(v)}
     return {"": top, **nested}
 
 
-def check_override_keys(overrides: list[str]) -> None:
-    """An unknown key gets a 'did you mean' instead of Hydra's advice to append it with '+'."""
+def check_override_keys(overrides: list[str], extra: set[str] = frozenset()) -> None:
+    """An unknown key gets a 'did you mean' instead of Hydra's advice to append it with '+'.
+    `extra`: top-level keys an entry point's own config adds to train.yaml's."""
     keys = known_keys()
+    keys[""] |= set(extra)
     for o in overrides:
         if o.startswith(("-", "+", "~", "hydra.", "hydra/")) or "=" not in o:
             continue
@@ -108,6 +123,24 @@ def _unknown(key: str, known: set[str]) -> None:
     close = difflib.get_close_matches(key, sorted(known), n=1)
     hint = f" Did you mean '{close[0]}'?" if close else ""
     raise ConfigError(f"unknown config key '{key}'.{hint} The keys are listed in conf/train.yaml and the README.")
+
+
+def check_resume_args(args: list[str]) -> None:
+    """resume=true continues what is in a folder, so the folder must be named."""
+    values = dict(a.split("=", 1) for a in args if "=" in a and not a.startswith("-"))
+    if values.get("resume", "").lower() == "true" and values.get("out_dir", "null") in ("null", ""):
+        raise ConfigError(
+            "resume=true continues a run or sweep in its folder: give out_dir=<that folder> "
+            "(the line printed when the run stopped shows the whole command)"
+        )
+
+
+def resume_command(module: str, args: list[str], out_dir: Path) -> str:
+    """The command that continues a stopped run or sweep: the same arguments, resume=true, and
+    its folder (in place of any out_dir / init_from / ckpt_path / overwrite given before)."""
+    drop = ("out_dir=", "resume=", "init_from=", "ckpt_path=", "overwrite=")
+    kept = [a for a in args if not a.lstrip("+").startswith(drop)]
+    return shlex.join(["python", "-m", module, *kept, "resume=true", f"out_dir={out_dir}"])
 
 
 def explicit_keys(overrides: list[str]) -> set[str]:
@@ -150,7 +183,7 @@ def report_errors(fn):
         try:
             return fn(*args, **kwargs)
         except GptlabError as e:
-            print(f"error: {e}", file=sys.stderr, flush=True)
+            print(f"{e.label}: {e}", file=sys.stderr, flush=True)
             sys.exit(e.exit_code)
 
     return wrapper

@@ -9,14 +9,16 @@ from dataclasses import dataclass
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from gptlab.data import DataSpec
+from gptlab.augment import TokenMasking
+from gptlab.data import DOCUMENT_KINDS, DataSpec
 from gptlab.errors import ConfigError
 from gptlab.model import GPTConfig
+from gptlab.packing import BATCHING
 from gptlab.schedule import OptimConfig
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-# dtype -> Lightning precision. Mixed precision keeps float32 master weights; float16 also needs
-# a gradient scaler, which Lightning's 16-mixed plugin provides.
+# dtype -> Lightning precision. Mixed precision keeps float32 master weights; float16 also gets a
+# gradient scaler from Lightning's 16-mixed plugin (GPU only).
 PRECISION = {"float32": "32-true", "bfloat16": "bf16-mixed", "float16": "16-mixed"}
 
 
@@ -58,10 +60,17 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(str(e)) from None
     if not 0.0 <= float(cfg.dropout) < 1.0:
         raise ConfigError(f"dropout must be in [0, 1), got {cfg.dropout}")
-    if not float(cfg.learning_rate) > 0:
-        raise ConfigError(f"learning_rate must be > 0, got {cfg.learning_rate}")
-    if float(cfg.min_lr) < 0 or float(cfg.min_lr) > float(cfg.learning_rate):
+    if cfg.learning_rate == "auto":
+        _validate_auto_lr(cfg)  # min_lr is checked against the learning rate once the search chose it
+    elif not _number(cfg.learning_rate) or not float(cfg.learning_rate) > 0:
+        raise ConfigError(f"learning_rate must be > 0, or auto (a learning-rate range test picks it), got {cfg.learning_rate}")
+    elif float(cfg.min_lr) < 0 or float(cfg.min_lr) > float(cfg.learning_rate):
         raise ConfigError(f"min_lr must be between 0 and learning_rate ({cfg.learning_rate}), got {cfg.min_lr}")
+    _validate_lr_find(cfg.lr_find)
+    _validate_early_stopping(cfg.early_stopping)
+    p = cfg.augment.mask_prob
+    if not _number(p) or not 0.0 <= float(p) < 1.0:
+        raise ConfigError(f"augment.mask_prob must be in [0, 1) (0 turns token masking off), got {p}")
     for key in ("beta1", "beta2"):
         if not 0.0 <= float(cfg[key]) < 1.0:
             raise ConfigError(f"{key} must be in [0, 1), got {cfg[key]}")
@@ -87,10 +96,53 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got '{cfg.device}'")
     if cfg.data.get("path") is None and cfg.data.get("source") is None:
         raise ConfigError("this data config needs a text file: data.path=FILE (for example data=text data.path=my.txt)")
+    batching, bucket = cfg.data.get("batching", "random"), cfg.data.get("bucket_batches", 16)
+    if batching not in BATCHING:
+        raise ConfigError(f"data.batching must be one of {', '.join(BATCHING)}, got '{batching}'")
+    if cfg.data.get("documents", "blank_lines") not in DOCUMENT_KINDS:
+        raise ConfigError(f"data.documents must be one of {', '.join(DOCUMENT_KINDS)}, got '{cfg.data.documents}'")
+    if isinstance(bucket, bool) or not isinstance(bucket, int) or bucket < 1:
+        raise ConfigError(f"data.bucket_batches must be an integer >= 1 (1: no length bucketing), got {bucket!r}")
     devices = cfg.trainer.devices
     if not (OmegaConf.is_list(devices) or (isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1)):
         # a count is needed up front: the global batch (batch x accumulation x processes) is logged before training
         raise ConfigError(f"trainer.devices must be a number of processes (1, 2, ...) or a list of GPU ids ([0,1]), got {devices!r}")
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _validate_auto_lr(cfg: DictConfig) -> None:
+    if cfg.eval_only:
+        raise ConfigError("learning_rate=auto searches for a rate to train with; eval_only trains nothing: drop one of them")
+    if str(cfg.trainer.devices) != "1" or int(cfg.trainer.num_nodes) != 1:
+        raise ConfigError(
+            "learning_rate=auto runs its search in one process; with several devices run python -m gptlab.lr_find "
+            "first (same settings, trainer.devices=1) and give learning_rate=<its suggestion>"
+        )
+    if float(cfg.min_lr) < 0:
+        raise ConfigError(f"min_lr must be >= 0, got {cfg.min_lr}")
+
+
+def _validate_lr_find(n: DictConfig) -> None:
+    from gptlab.lr_find import RULES
+
+    if not (_number(n.min_lr) and _number(n.max_lr) and 0 < float(n.min_lr) < float(n.max_lr)):
+        raise ConfigError(f"lr_find needs 0 < lr_find.min_lr < lr_find.max_lr, got min_lr={n.min_lr}, max_lr={n.max_lr}")
+    if isinstance(n.num_steps, bool) or not isinstance(n.num_steps, int) or n.num_steps < 20:
+        raise ConfigError(f"lr_find.num_steps must be an integer >= 20 (100 is usual), got {n.num_steps!r}")
+    if n.diverge_threshold is not None and not (_number(n.diverge_threshold) and float(n.diverge_threshold) > 1):
+        raise ConfigError(f"lr_find.diverge_threshold must be > 1 (4 is usual) or null to never stop early, got {n.diverge_threshold}")
+    if n.rule not in RULES:
+        raise ConfigError(f"lr_find.rule must be one of {', '.join(RULES)}, got '{n.rule}'")
+
+
+def _validate_early_stopping(n: DictConfig) -> None:
+    if n.patience is not None and (isinstance(n.patience, bool) or not isinstance(n.patience, int) or n.patience < 0):
+        raise ConfigError(f"early_stopping.patience must be a whole number of evaluations (null or 0: off), got {n.patience!r}")
+    if not _number(n.min_delta) or float(n.min_delta) < 0:
+        raise ConfigError(f"early_stopping.min_delta must be >= 0, got {n.min_delta}")
 
 
 @dataclass
@@ -132,7 +184,8 @@ def resolve_device(cfg: DictConfig) -> DeviceChoice:
     if dtype == "auto":
         dtype = "bfloat16" if accelerator == "gpu" and torch.cuda.is_bf16_supported() else "float32"
     if dtype == "float16" and accelerator == "cpu":
-        raise ConfigError("dtype=float16 needs a GPU (mixed float16 has no CPU kernels here); on CPU use dtype=bfloat16 or float32")
+        # Lightning has no float16 AMP on CPU and would quietly train in bfloat16 instead
+        raise ConfigError("dtype=float16 needs a GPU (Lightning has no float16 mixed precision on CPU); on CPU use dtype=bfloat16 or dtype=float32")
     return DeviceChoice(accelerator, devices, PRECISION[dtype], dtype)
 
 
@@ -150,6 +203,7 @@ def data_spec(cfg: DictConfig) -> DataSpec:
         path=d.get("path"),
         tokenizer=str(d.tokenizer),
         val_fraction=float(d.val_fraction),
+        documents=str(d.get("documents", "blank_lines")),
     )
 
 
@@ -167,6 +221,15 @@ def model_config(cfg: DictConfig, vocab_size: int) -> GPTConfig:
         )
     except ValueError as e:
         raise ConfigError(str(e)) from None
+
+
+def token_masking(cfg: DictConfig, data_vocab_size: int) -> TokenMasking | None:
+    """The augmentation's settings, or None when augment.mask_prob is 0. [MASK] takes the first id
+    after the data's vocabulary, so the model's vocabulary is one larger."""
+    p = float(cfg.augment.mask_prob)
+    if p == 0:
+        return None
+    return TokenMasking(p, mask_token=data_vocab_size, vocab_size=data_vocab_size, seed=int(cfg.seed))
 
 
 def optim_config(cfg: DictConfig) -> OptimConfig:

@@ -3,6 +3,12 @@
 ``prepare_dataset`` writes ``<root>/<name>/{train.bin, val.bin, meta.json}``: the first
 ``1 - val_fraction`` of the text for training, the rest for validation, ids as uint16 (uint32 when
 the vocabulary does not fit in 16 bits). ``gptlab.datamodule`` samples batches from those files.
+
+Beside each split it writes a document index, ``train_docs.bin`` / ``val_docs.bin``: int64 token
+offsets where each document starts, then the split's length, so document i is
+``ids[offsets[i]:offsets[i + 1]]``. The documents cover the split without gaps; each ends with its
+own end marker (the blank line after a speech, the EOT token). Random windows ignore the index;
+packed and padded batches (``gptlab.packing``) read it.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import urllib.request
@@ -29,6 +36,10 @@ CORPORA = {
     },
 }
 MIRROR_ENV = "GPTLAB_DATA_MIRROR"  # a directory laid out as <mirror>/<corpus>/input.txt
+# Where documents begin: after a run of blank lines (Tiny Shakespeare's speeches), at each .txt
+# file of a folder, or after each end-of-text token (token files, or <|endoftext|> in a text).
+DOCUMENT_KINDS = ("blank_lines", "files", "eot")
+EOT_MARKER = "<|endoftext|>"
 
 
 class DataError(GptlabError):
@@ -43,6 +54,7 @@ class DataSpec:
     path: str | None = None  # a text file (or a folder of .txt files) of the user's
     tokenizer: str = "char"  # "char" or a tiktoken encoding name ("gpt2")
     val_fraction: float = 0.1
+    documents: str = "blank_lines"  # one of DOCUMENT_KINDS: where prepare records document starts
 
     @property
     def dir(self) -> Path:
@@ -93,6 +105,18 @@ def fetch_corpus(name: str, raw_dir: Path) -> Path:
 
 def read_text(path: Path) -> str:
     """UTF-8 text of a file, or of every .txt file in a folder (sorted, joined by blank lines)."""
+    return join_texts(read_texts(path), path)
+
+
+def join_texts(texts: list[str], path: Path) -> str:
+    text = "\n\n".join(texts)
+    if not text.strip():
+        raise DataError(f"'{path}' is empty; give a text file with something to learn from")
+    return text
+
+
+def read_texts(path: Path) -> list[str]:
+    """The UTF-8 text of each file: the file itself, or every .txt file in a folder (sorted)."""
     if not path.exists():
         raise DataError(f"data.path '{path}' does not exist; give the path of a UTF-8 text file")
     files = sorted(path.rglob("*.txt")) if path.is_dir() else [path]
@@ -110,10 +134,7 @@ def read_text(path: Path) -> str:
                 f"'{f}' is not valid UTF-8 (byte {e.start}: {raw[e.start:e.start + 1]!r}); "
                 "re-save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
             ) from e
-    text = "\n\n".join(texts)
-    if not text.strip():
-        raise DataError(f"'{path}' is empty; give a text file with something to learn from")
-    return text
+    return texts
 
 
 def _sha256(path: Path) -> str:
@@ -147,19 +168,40 @@ def prepare_dataset(spec: DataSpec, log=print) -> Path:
     """
     if not 0.0 < spec.val_fraction < 1.0:
         raise DataError(f"data.val_fraction must be between 0 and 1, got {spec.val_fraction}")
+    if spec.documents not in DOCUMENT_KINDS:
+        raise DataError(f"data.documents must be one of {', '.join(DOCUMENT_KINDS)}, got '{spec.documents}'")
     src = source_path(spec)
-    text = read_text(src)
-    try:
-        tok = build_tokenizer(spec.tokenizer, text)
-    except TokenizerError as e:
-        raise DataError(str(e)) from e
-    n = len(text)
-    split = int(n * (1.0 - spec.val_fraction))
-    dtype = token_dtype(tok.vocab_size)
-    train_ids = tok.encode(text[:split])
-    val_ids = tok.encode(text[split:])
+    if spec.documents == "eot":
+        tok, train_ids, val_ids, starts = _prepare_eot(src, spec)
+        n = len(train_ids) + len(val_ids)
+    else:
+        texts = read_texts(src)
+        if spec.documents == "files" and not src.is_dir():
+            raise DataError(
+                f"data.documents=files makes one document of each .txt file in a folder, but '{src}' is a single "
+                "file; give data.path=FOLDER, or use data.documents=blank_lines"
+            )
+        text = join_texts(texts, src)
+        try:
+            tok = build_tokenizer(spec.tokenizer, text)
+        except TokenizerError as e:
+            raise DataError(str(e)) from e
+        n = len(text)
+        split = int(n * (1.0 - spec.val_fraction))
+        train_ids = tok.encode(text[:split])
+        val_ids = tok.encode(text[split:])
+        if spec.documents == "files":  # each file's joining blank line ends the document before it
+            char_starts = np.cumsum([0] + [len(t) + 2 for t in texts[:-1]])
+        else:
+            char_starts = np.array([0] + [m.end() for m in re.finditer(r"\n(?:[ \t\r]*\n)+", text)])
+        # the document that straddles the train/val cut becomes two: its tail starts the val split
+        starts = (
+            _token_starts(tok, text[:split], train_ids, char_starts[char_starts < split]),
+            _token_starts(tok, text[split:], val_ids, char_starts[char_starts >= split] - split),
+        )
     if len(train_ids) < 2 or len(val_ids) < 2:
         raise DataError(f"'{src}' is too short to split into train and val ({n} characters); give a longer text")
+    dtype = token_dtype(tok.vocab_size)
 
     out = spec.dir
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -167,6 +209,8 @@ def prepare_dataset(spec: DataSpec, log=print) -> Path:
     try:
         train_ids.astype(dtype).tofile(tmp / "train.bin")
         val_ids.astype(dtype).tofile(tmp / "val.bin")
+        for split_name, ids, st in (("train", train_ids, starts[0]), ("val", val_ids, starts[1])):
+            np.append(st, len(ids)).astype(np.int64).tofile(tmp / f"{split_name}_docs.bin")
         meta = {
             **tok.to_meta(),
             "dtype": dtype.name,
@@ -175,6 +219,7 @@ def prepare_dataset(spec: DataSpec, log=print) -> Path:
             "source": str(src),
             "source_sha256": _sha256(src) if src.is_file() else None,
             "val_fraction": spec.val_fraction,
+            "documents": {"kind": spec.documents, "train": len(starts[0]), "val": len(starts[1])},
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
         if out.exists():
@@ -185,9 +230,71 @@ def prepare_dataset(spec: DataSpec, log=print) -> Path:
             shutil.rmtree(tmp, ignore_errors=True)
     log(
         f"prepared {out}: {tok.name} tokenizer, vocab {tok.vocab_size:,}, "
-        f"{meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens ({dtype.name})"
+        f"{meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens ({dtype.name}); "
+        f"documents ({spec.documents}): {len(starts[0]):,} train, {len(starts[1]):,} val"
     )
     return out
+
+
+def _token_starts(tok, text: str, ids: np.ndarray, char_starts: np.ndarray) -> np.ndarray:
+    """Token index where each document starts: the first token that starts at or after the
+    document's first character. Compared as UTF-8 byte offsets, which both sides can compute;
+    the token ids stay those of encoding the whole text, so random windows see the same data."""
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    char_bytes = 1 + (codes >= 0x80) + (codes >= 0x800) + (codes >= 0x10000)
+    char_at = np.concatenate([[0], np.cumsum(char_bytes)])
+    token_at = np.concatenate([[0], np.cumsum(tok.byte_lengths(ids))[:-1]])
+    starts = np.unique(np.concatenate([[0], np.searchsorted(token_at, char_at[char_starts])]))
+    return starts[starts < len(ids)]
+
+
+def _prepare_eot(src: Path, spec: DataSpec):
+    """Documents separated by the end-of-text token: token files as nanoGPT writes them (uint16
+    ids, EOT after each document), or a text with <|endoftext|> between documents."""
+    if spec.tokenizer == "char":
+        raise DataError(
+            "data.documents=eot needs a tokenizer with an end-of-text token: use data.tokenizer=gpt2, "
+            "or data.documents=blank_lines|files for char-level"
+        )
+    try:
+        tok = build_tokenizer(spec.tokenizer)
+    except TokenizerError as e:
+        raise DataError(str(e)) from e
+    eot = tok.eot_token
+    token_files = [src] if src.suffix == ".bin" else sorted(src.rglob("*.bin")) if src.is_dir() else []
+    if token_files:
+        ids = np.concatenate([_read_token_file(f, tok.vocab_size) for f in token_files])
+        if not (ids == eot).any():
+            raise DataError(f"'{src}' holds no end-of-text token ({eot}); data.documents=eot needs it after each document")
+    else:
+        pieces = read_text(src).split(EOT_MARKER)
+        if len(pieces) == 1:
+            raise DataError(
+                f"'{src}' has no {EOT_MARKER} between documents; data.documents=eot needs it "
+                "(or use data.documents=blank_lines, or files for a folder)"
+            )
+        parts = []
+        for i, piece in enumerate(pieces):
+            parts.append(tok.encode(piece))
+            if i < len(pieces) - 1:
+                parts.append(np.array([eot], dtype=np.int64))
+        ids = np.concatenate(parts)
+    split = int(len(ids) * (1.0 - spec.val_fraction))
+    train_ids, val_ids = ids[:split], ids[split:]
+    starts = []
+    for part in (train_ids, val_ids):
+        st = np.unique(np.concatenate([[0], np.flatnonzero(part == eot) + 1]))
+        starts.append(st[st < len(part)])
+    return tok, train_ids, val_ids, tuple(starts)
+
+
+def _read_token_file(path: Path, vocab_size: int) -> np.ndarray:
+    if path.stat().st_size % 2:
+        raise DataError(f"'{path}' has an odd number of bytes; token files hold uint16 ids (nanoGPT's train.bin layout)")
+    ids = np.fromfile(path, dtype=np.uint16).astype(np.int64)
+    if len(ids) and ids.max() >= vocab_size:
+        raise DataError(f"'{path}' holds id {ids.max()}, outside the tokenizer's vocabulary of {vocab_size:,}; check data.tokenizer")
+    return ids
 
 
 def load_meta(data_dir: Path) -> dict:
@@ -200,12 +307,20 @@ def load_meta(data_dir: Path) -> dict:
         raise DataError(f"{path} is not valid JSON ({e}); delete {data_dir} and prepare it again") from e
 
 
-def is_prepared(spec: DataSpec) -> bool:
+def is_prepared(spec: DataSpec, documents: bool = False) -> bool:
+    """Whether spec.dir holds this dataset. documents=True: with spec's document index too."""
     d = spec.dir
     if not all((d / f).is_file() for f in ("train.bin", "val.bin", "meta.json")):
         return False
     meta = load_meta(d)
     if meta.get("tokenizer") != spec.tokenizer:
+        return False
+    # a dataset prepared before document indexes existed still serves random windows; packed or
+    # padded batches, eot documents (whose ids differ) or another kind of document prepare it again
+    recorded = (meta.get("documents") or {}).get("kind")
+    if recorded != spec.documents and (recorded is not None or documents or spec.documents == "eot"):
+        return False
+    if recorded and not all((d / f"{s}_docs.bin").is_file() for s in ("train", "val")):
         return False
     # a user's text file that changed since it was prepared is prepared again
     if spec.path and Path(spec.path).is_file() and meta.get("source_sha256") != _sha256(Path(spec.path)):
@@ -213,10 +328,10 @@ def is_prepared(spec: DataSpec) -> bool:
     return True
 
 
-def ensure_prepared(spec: DataSpec, log=print) -> Path:
-    if is_prepared(spec):
+def ensure_prepared(spec: DataSpec, log=print, documents: bool = False) -> Path:
+    if is_prepared(spec, documents):
         return spec.dir
-    log(f"dataset {spec.dir} is not prepared yet; preparing it now")
+    log(f"dataset {spec.dir} is not prepared yet (or lacks its {spec.documents} document index); preparing it now")
     return prepare_dataset(spec, log=log)
 
 
@@ -225,3 +340,18 @@ def open_tokens(data_dir: Path, split: str, meta: dict) -> np.memmap:
     if not path.is_file():
         raise DataError(f"{path} is missing; prepare the dataset again (python -m gptlab.prepare data=...)")
     return np.memmap(path, dtype=np.dtype(meta["dtype"]), mode="r")
+
+
+def open_documents(data_dir: Path, split: str, meta: dict) -> np.ndarray:
+    """The split's document offsets: document i is tokens[offsets[i]:offsets[i + 1]]."""
+    path = Path(data_dir) / f"{split}_docs.bin"
+    if not path.is_file() or not meta.get("documents"):
+        raise DataError(
+            f"{data_dir} has no document index ({path.name}); it was prepared before documents were recorded. "
+            "Prepare it again: python -m gptlab.prepare data=... (training does so itself for data.batching=packed|padded)"
+        )
+    offsets = np.fromfile(path, dtype=np.int64)
+    n = int(meta[f"{split}_tokens"])
+    if len(offsets) < 2 or offsets[0] != 0 or offsets[-1] != n or (np.diff(offsets) <= 0).any():
+        raise DataError(f"{path} does not index the {split} split ({n:,} tokens); prepare the dataset again")
+    return offsets

@@ -1,5 +1,6 @@
 """Batches for training: random (X, Y) windows read through ``np.memmap`` from a prepared
-dataset, so a dataset larger than memory trains the same way, wrapped in a LightningDataModule."""
+dataset, so a dataset larger than memory trains the same way, wrapped in a LightningDataModule.
+With batching=packed or padded the batches come from ``gptlab.packing`` instead."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from gptlab.data import DataError, load_meta, open_tokens
+from gptlab.data import DataError, load_meta, open_documents, open_tokens
+from gptlab.packing import BATCHING, PackedRows, PaddedBatches
 from gptlab.tokenizer import tokenizer_from_meta
 
 
@@ -27,12 +29,14 @@ class RandomWindows(IterableDataset):
         self.path, self.dtype = Path(path), np.dtype(dtype)
         self.block_size, self.batch_size = block_size, batch_size
         self.rng = np.random.default_rng(seed)
+        self.state_before_draw: dict | None = None  # the rng state before the latest batch
         self._offsets = np.arange(block_size + 1)
 
     def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
         # a fresh memmap per batch: pages read through a long-lived map stay counted in the
         # process's memory, which then looks like a leak over a long run (nanoGPT does the same)
         data = np.memmap(self.path, dtype=self.dtype, mode="r")
+        self.state_before_draw = self.rng.bit_generator.state
         starts = self.rng.integers(0, len(data) - self.block_size, size=self.batch_size)
         w = torch.from_numpy(data[starts[:, None] + self._offsets].astype(np.int64))
         return w[:, :-1], w[:, 1:]
@@ -41,17 +45,35 @@ class RandomWindows(IterableDataset):
         while True:
             yield self.sample()
 
+    def state_dict(self) -> dict:
+        return self.rng.bit_generator.state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state
+
 
 class GPTDataModule(L.LightningDataModule):
     """Train batches from train.bin; for evaluation, eval_iters batches from each of train.bin and
-    val.bin (validation dataloader 0 is the train split, 1 the val split)."""
+    val.bin (validation dataloader 0 is the train split, 1 the val split). Evaluation batches
+    the same way as training: random, packed or padded."""
 
     SPLITS = ("train", "val")
 
-    def __init__(self, data_dir: str | Path, block_size: int, batch_size: int, seed: int = 1337):
+    def __init__(
+        self,
+        data_dir: str | Path,
+        block_size: int,
+        batch_size: int,
+        seed: int = 1337,
+        batching: str = "random",
+        bucket_batches: int = 16,
+    ):
         super().__init__()
+        if batching not in BATCHING:
+            raise DataError(f"data.batching must be one of {', '.join(BATCHING)}, got '{batching}'")
         self.data_dir = Path(data_dir)
         self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
+        self.batching, self.bucket_batches = batching, bucket_batches
         self.meta = load_meta(self.data_dir)
         self.tokenizer = tokenizer_from_meta(self.meta)
         self.pin_memory = False
@@ -79,19 +101,28 @@ class GPTDataModule(L.LightningDataModule):
         rank = self.trainer.global_rank if self.trainer is not None else 0
         # one independent stream per (rank, role): DDP ranks draw different windows
         seeds = np.random.SeedSequence([self.seed, rank]).spawn(3)
-        mk = lambda split, s: RandomWindows(  # noqa: E731
-            self.data_dir / f"{split}.bin", self.meta["dtype"], self.block_size, self.batch_size, s
-        )
         if self._train is None:
-            self._train = mk("train", seeds[0])
-            self._eval = [mk("train", seeds[1]), mk("val", seeds[2])]
+            self._train = self.sampler("train", seeds[0])
+            self._eval = [self.sampler("train", seeds[1]), self.sampler("val", seeds[2])]
         if self.trainer is not None:
             self.pin_memory = self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator"
+
+    def sampler(self, split: str, seed) -> RandomWindows | PackedRows | PaddedBatches:
+        args = (self.data_dir / f"{split}.bin", self.meta["dtype"])
+        if self.batching == "random":
+            return RandomWindows(*args, self.block_size, self.batch_size, seed)
+        offsets = open_documents(self.data_dir, split, self.meta)
+        if self.batching == "packed":
+            return PackedRows(*args, offsets, self.block_size, self.batch_size, seed)
+        return PaddedBatches(*args, offsets, self.block_size, self.batch_size, seed, self.bucket_batches)
 
     def _loader(self, ds: RandomWindows) -> DataLoader:
         # batch_size=None: the dataset already yields whole batches; no workers: sampling is one
         # vectorised read, cheaper than handing tensors across processes
-        return DataLoader(ds, batch_size=None, num_workers=0, pin_memory=self.pin_memory)
+        # its own generator: making an iterator draws a seed from it, and from torch's global RNG
+        # (dropout's) otherwise -- a resumed run makes one more iterator than an unbroken one
+        gen = torch.Generator().manual_seed(self.seed)
+        return DataLoader(ds, batch_size=None, num_workers=0, pin_memory=self.pin_memory, generator=gen)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self._train)
@@ -103,13 +134,24 @@ class GPTDataModule(L.LightningDataModule):
         # the samplers' RNG positions, so that a resumed run draws the batches it would have drawn
         if self._train is None:
             return {}
-        return {
-            "train": self._train.rng.bit_generator.state,
-            "eval": [ds.rng.bit_generator.state for ds in self._eval],
-        }
+        # Lightning's fetcher draws one batch ahead of the step being trained (it prefetches from
+        # loaders without a length), so the train stream is saved as it was before that batch: the
+        # resumed run draws it again, as the batch of its first step
+        train = self._train.state_before_draw or self._train.state_dict()
+        state = {"train": train, "eval": [ds.state_dict() for ds in self._eval]}
+        return state if self.batching == "random" else {**state, "batching": self.batching}
 
     def load_state_dict(self, state: dict) -> None:
-        if state and self._train is not None:
-            self._train.rng.bit_generator.state = state["train"]
+        # a run resumed with another batching mode starts its new sampler fresh
+        if state and self._train is not None and state.get("batching", "random") == self.batching:
+            self._train.load_state_dict(state["train"])
             for ds, s in zip(self._eval, state["eval"]):
-                ds.rng.bit_generator.state = s
+                ds.load_state_dict(s)
+            rank = self.trainer.global_rank if self.trainer is not None else 0
+            if rank > 0:
+                # a checkpoint holds rank 0's streams only; the other ranks branch off them, so
+                # that each still draws its own windows (exact resume holds for one process)
+                for ds in (self._train, *self._eval):
+                    ds.rng = np.random.default_rng([rank, *ds.rng.integers(0, 2**63, size=2).tolist()])
+                    if isinstance(ds, PaddedBatches):
+                        ds.pending = []  # rank 0's queued batches; this rank draws its own

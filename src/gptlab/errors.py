@@ -5,6 +5,7 @@ class GptlabError(Exception):
     """A problem the user can fix; the message says how."""
 
     exit_code = 2
+    label = "error"  # the word before the message on the console
 
 
 class ConfigError(GptlabError):
@@ -19,3 +20,18 @@ class NonFiniteLossError(GptlabError):
     """Training diverged: the loss became NaN or infinite."""
 
     exit_code = 1
+
+
+class RunInterrupted(GptlabError):
+    """SIGTERM or SIGINT stopped training after a checkpoint was saved; the run can be resumed.
+
+    The exit code follows the shell's convention for a process ended by a signal: 128 + its
+    number (143 for SIGTERM, 130 for SIGINT), so schedulers and scripts see it did not finish.
+    """
+
+    label = "stopped"
+
+    def __init__(self, detail: str, signum: int, run_dir: str):
+        super().__init__(f"{detail} Continue with resume=true out_dir={run_dir} and the same settings.")
+        self.detail, self.run_dir = detail, run_dir
+        self.exit_code = 128 + int(signum)

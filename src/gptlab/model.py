@@ -211,11 +211,13 @@ class GPT(nn.Module):
         temperature: float = 1.0,
         top_k: int | None = None,
         generator: torch.Generator | None = None,
+        suppress_tokens: list[int] | None = None,
     ) -> torch.Tensor:
         """Extend idx (B, T) by max_new_tokens sampled tokens. Call model.eval() first.
 
         temperature < 1 sharpens the distribution, > 1 flattens it; top_k keeps only the k most
-        likely tokens at each step.
+        likely tokens at each step. suppress_tokens are never sampled (e.g. a [MASK] token that
+        exists only for training).
         """
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -224,6 +226,8 @@ class GPT(nn.Module):
             context = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size :]
             logits, _ = self(context)
             logits = logits[:, -1, :] / temperature
+            if suppress_tokens:
+                logits[:, suppress_tokens] = float("-inf")
             if top_k is not None and top_k > 0:
                 kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
                 logits = logits.masked_fill(logits < kth, float("-inf"))

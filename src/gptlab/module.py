@@ -13,7 +13,9 @@ from typing import Any
 import lightning as L
 import torch
 
+from gptlab.augment import TokenMasking, corrupt_inputs
 from gptlab.model import GPT, GPTConfig
+from gptlab.packing import unpack_batch
 from gptlab.schedule import OptimConfig
 
 
@@ -29,6 +31,7 @@ class GPTModule(L.LightningModule):
         optim: OptimConfig,
         compile: bool = False,
         extra: dict | None = None,
+        augment: TokenMasking | None = None,
     ):
         super().__init__()
         self.model = GPT(model_config)
@@ -36,11 +39,15 @@ class GPTModule(L.LightningModule):
         self.compile_model = compile
         # plain values stored in every checkpoint (run settings, tokenizer) so tools need no config
         self.extra = dict(extra or {})
+        self.augment = augment  # token masking of training inputs (gptlab.augment), or None
         # training loss summed on the device between log points: no host sync per step
         self._train_loss_sum: torch.Tensor | None = None
         self._train_loss_count = 0
         self._eval_sums: dict[int, list] = {}
         self.last_eval: dict[str, float] = {}
+        # gradient-norm statistics since the last read, kept on the device (see pop_grad_stats)
+        self._grad_stats: dict[str, torch.Tensor] | None = None
+        self.last_grad_norm: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ model
 
@@ -49,15 +56,15 @@ class GPTModule(L.LightningModule):
             # kept out of the module tree so state_dict keys stay free of '_orig_mod.'
             self.__dict__["_compiled"] = torch.compile(self.model)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, **kw):
         fn = self.__dict__.get("_compiled", self.model)
-        return fn(idx, targets)
+        return fn(idx, targets, **kw)
 
     # ------------------------------------------------------------------ training
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        _, loss = self(x, y)
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor] | dict, batch_idx: int) -> torch.Tensor:
+        x, y, kw = unpack_batch(batch)
+        _, loss = self(x, y, **kw)
         d = loss.detach()
         self._train_loss_sum = d if self._train_loss_sum is None else self._train_loss_sum + d
         self._train_loss_count += 1
@@ -71,14 +78,68 @@ class GPTModule(L.LightningModule):
         self._train_loss_sum, self._train_loss_count = None, 0
         return mean
 
+    # ------------------------------------------------------------------ gradients
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Called by Lightning once per optimizer step, after backward (and after unscaling under
+        float16). The total gradient norm is computed once here and serves both clipping and
+        monitoring -- Lightning's own clipping would compute it a second time."""
+        params = [p for p in self.parameters() if p.grad is not None]
+        if not params:
+            return
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params], norm_type=2.0, foreach=True)
+        clip = float(gradient_clip_val or 0.0)
+        if clip > 0:
+            # takes the parameters (it scales their .grad), and the norm computed above
+            torch.nn.utils.clip_grads_with_norm_(params, clip, norm, foreach=True)
+        self.last_grad_norm = norm.detach()
+        n = norm.detach().float()
+        finite = torch.isfinite(n)
+        # a non-finite norm is a step float16's grad scaler skips (or divergence, which the
+        # NonFiniteGuard reports); keep it out of the mean and max
+        n = torch.where(finite, n, torch.zeros_like(n))
+        clipped = (n > clip).float() if clip > 0 else torch.zeros_like(n)
+        if self._grad_stats is None:
+            self._grad_stats = {"sum": n.clone(), "max": n.clone(), "clipped": clipped,
+                                "nonfinite": (~finite).float(), "steps": torch.ones_like(n)}
+        else:
+            st = self._grad_stats
+            st["sum"] += n
+            st["max"] = torch.maximum(st["max"], n)
+            st["clipped"] += clipped
+            st["nonfinite"] += (~finite).float()
+            st["steps"] += 1
+
+    def pop_grad_stats(self) -> dict[str, float] | None:
+        """Gradient-norm statistics since the last call: last, mean and max norm, and the share
+        of optimizer steps that were clipped. Reading them is one host sync."""
+        if self._grad_stats is None:
+            return None
+        st = self._grad_stats
+        last, total, mx, clipped, nonfinite, steps = torch.stack(
+            [self.last_grad_norm.float(), st["sum"], st["max"], st["clipped"], st["nonfinite"], st["steps"]]
+        ).tolist()
+        self._grad_stats = None
+        finite_steps = max(steps - nonfinite, 1.0)
+        return {"last": last, "mean": total / finite_steps, "max": mx, "clipped": clipped,
+                "clipped_frac": clipped / steps, "nonfinite": nonfinite, "steps": steps}
+
+    # ------------------------------------------------------------------ augmentation
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        # token masking: training batches only, already on the device; evaluation sees clean inputs
+        if self.augment is not None and self.trainer.training:
+            batch = corrupt_inputs(batch, self.augment, self.global_rank)
+        return batch
+
     # ------------------------------------------------------------------ evaluation
 
     def on_validation_epoch_start(self) -> None:
         self._eval_sums = {}
 
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        x, y = batch
-        _, loss = self(x, y)
+        x, y, kw = unpack_batch(batch)
+        _, loss = self(x, y, **kw)
         s = self._eval_sums.setdefault(dataloader_idx, [torch.zeros((), device=loss.device), 0])
         s[0] += loss.detach().float()
         s[1] += 1
@@ -125,3 +186,16 @@ class GPTModule(L.LightningModule):
             "eval": dict(self.last_eval),
             **self.extra,
         }
+        if self._train_loss_sum is not None:
+            # the loss mean in progress (steps since the last progress line): after a resume the
+            # next line averages the same steps as it would have without the stop
+            checkpoint["train_loss_pending"] = [self._train_loss_sum.detach().float().cpu(), self._train_loss_count]
+        if self.augment is not None:
+            checkpoint["augment"] = self.augment.state_dict()  # the masking RNG, for an exact resume
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        pending = checkpoint.get("train_loss_pending")
+        if pending:
+            self._train_loss_sum, self._train_loss_count = pending[0], int(pending[1])
+        if self.augment is not None and "augment" in checkpoint:
+            self.augment.load_state_dict(checkpoint["augment"])

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from gptlab import cli
 from gptlab.checkpoint import load_model
 from gptlab.errors import ConfigError
-from gptlab.tokenizer import tokenizer_from_meta
+from gptlab.tokenizer import tokenizer_from_meta, undecodable_ids
 
 
 def read_prompt(start: str) -> str:
@@ -50,11 +50,13 @@ def generate(ckpt: str, start: str, num_samples: int, max_new_tokens: int, tempe
         if dtype != "float32" else contextlib.nullcontext()
     )
     gen = torch.Generator(device=dev).manual_seed(seed)
+    suppress = undecodable_ids(tok, model.config.vocab_size)  # e.g. [MASK] of a token-masking run
     x = torch.tensor([list(map(int, ids))] * 1, device=dev)
     out = []
     with torch.no_grad(), amp:
         for _ in range(num_samples):
-            y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, generator=gen)
+            y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, generator=gen,
+                               suppress_tokens=suppress)
             out.append(tok.decode(y[0].tolist()))
     return out
 

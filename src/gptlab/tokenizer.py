@@ -62,6 +62,12 @@ class CharTokenizer:
     def decode(self, ids) -> str:
         return "".join(self._itos[np.asarray(ids, dtype=np.int64)])
 
+    def byte_lengths(self, ids: np.ndarray) -> np.ndarray:
+        """UTF-8 bytes each token stands for (to map text offsets to token offsets)."""
+        if not hasattr(self, "_nbytes"):
+            self._nbytes = np.array([len(c.encode("utf-8")) for c in self.chars], dtype=np.int64)
+        return self._nbytes[ids]
+
     def to_meta(self) -> dict:
         return {"tokenizer": "char", "vocab_size": self.vocab_size, "chars": self.chars}
 
@@ -104,6 +110,17 @@ class TiktokenTokenizer:
     def decode(self, ids) -> str:
         return self.enc.decode([int(i) for i in ids])
 
+    def byte_lengths(self, ids: np.ndarray) -> np.ndarray:
+        """UTF-8 bytes each token stands for (to map text offsets to token offsets)."""
+        if not hasattr(self, "_nbytes"):
+            self._nbytes = np.zeros(self.vocab_size, dtype=np.int64)
+            for i in range(self.vocab_size):
+                try:
+                    self._nbytes[i] = len(self.enc.decode_single_token_bytes(i))
+                except KeyError:  # some encodings leave unused ids between ranks
+                    pass
+        return self._nbytes[ids]
+
     def to_meta(self) -> dict:
         return {"tokenizer": self.name, "vocab_size": self.vocab_size, "eot_token": self.eot_token}
 
@@ -132,6 +149,12 @@ def build_tokenizer(kind: str, text: str | None = None):
             raise TokenizerError("a char tokenizer is built from the training text")
         return CharTokenizer.from_text(text)
     return TiktokenTokenizer(kind)
+
+
+def undecodable_ids(tokenizer, model_vocab_size: int) -> list[int]:
+    """Ids a model can emit but the tokenizer cannot decode -- those past its vocabulary, such as
+    the [MASK] token added for token-masking augmentation. Sampling suppresses them."""
+    return list(range(tokenizer.vocab_size, model_vocab_size))
 
 
 def tokenizer_from_meta(meta: dict):

@@ -11,6 +11,7 @@ import gc
 import json
 import logging
 import os
+import signal
 import sys
 import time
 import warnings
@@ -22,19 +23,45 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from gptlab import cli
+from gptlab import cli, lr_find
 from gptlab.callbacks import FinalEvaluation, NonFiniteGuard, ProgressLog, TrainingLog
-from gptlab.checkpoint import BEST, LAST, AtomicCheckpointIO, check_compatible, load_checkpoint
-from gptlab.config import apply_profile, data_spec, model_config, optim_config, plain, resolve_device, validate
+from gptlab.checkpoint import (
+    BEST,
+    EXPORT,
+    LAST,
+    AtomicCheckpointIO,
+    check_compatible,
+    check_resumable,
+    export_weights,
+    load_checkpoint,
+    remove_partial_writes,
+    write_text_atomic,
+)
+from gptlab.config import (
+    apply_profile,
+    data_spec,
+    model_config,
+    optim_config,
+    plain,
+    resolve_device,
+    token_masking,
+    validate,
+)
 from gptlab.data import ensure_prepared
 from gptlab.datamodule import GPTDataModule
-from gptlab.errors import ConfigError, GptlabError
+from gptlab.errors import GptlabError, RunInterrupted
 from gptlab.module import GPTModule
+from gptlab.monitors import GradientMonitor, InitialLossCheck, LayerGradients, PlateauHint
+from gptlab.resume import FINISHED, RngState, StopOnSignal, starting_point
+from gptlab.sweep import clear_failure, record_failure
+from gptlab.tokenizer import undecodable_ids
 
 log = logging.getLogger("gptlab")
 
@@ -46,11 +73,18 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*is deprecated.*")
+    # GPTModule corrupts training inputs there on purpose (token masking), not the DataModule
+    warnings.filterwarnings("ignore", ".*overridden `on_after_batch_transfer` in `LightningModule`.*")
+    # the LR finder's temporary checkpoint (Lightning's Tuner)
+    logging.getLogger("lightning.pytorch.trainer.connectors.checkpoint_connector").setLevel(logging.WARNING)
 
 
-def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset(), callbacks: Sequence[L.Callback] = ()) -> dict:
+def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset(), lr_find_only: bool = False,
+          callbacks: Sequence[L.Callback] = ()) -> dict:
     """Train (or evaluate) as cfg says, writing into run_dir. Returns the metrics.json dict.
 
+    lr_find_only: run only the learning-rate range test (python -m gptlab.lr_find) on the model and
+    batches this config would train, and return its lr_find.json dict.
     callbacks are added after the run's own (the bench times steps through one)."""
     _quiet_lightning()
     if rank_zero_only.rank != 0:
@@ -68,25 +102,46 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
         )
     validate(cfg)
 
-    resume = cfg.init_from == "resume"
-    ckpt_path = None
+    start = None if lr_find_only else starting_point(
+        run_dir, cfg.init_from, cfg.ckpt_path, bool(cfg.get("resume")), bool(cfg.overwrite), bool(cfg.eval_only))
+    if start == FINISHED:
+        log.info(f"resume=true: {run_dir} already finished ({FINISHED} is there); nothing to do "
+                 "(to train it further: init_from=resume with a larger max_iters)")
+        return json.loads((run_dir / FINISHED).read_text())
+    ckpt_path = start
+    resume = ckpt_path is not None
     if resume:
-        ckpt_path = Path(cfg.ckpt_path) if cfg.ckpt_path else run_dir / LAST
-        if not ckpt_path.is_file():
-            raise ConfigError(f"init_from=resume but there is no checkpoint at {ckpt_path}; give ckpt_path=FILE or train from scratch")
-    elif not cfg.overwrite and not cfg.eval_only and any((run_dir / n).exists() for n in (BEST, LAST)):
-        raise ConfigError(
-            f"{run_dir} already holds a run's checkpoints. Continue it with init_from=resume, "
-            "start over with overwrite=true, or choose another out_dir."
-        )
+        log.info(f"continuing from {ckpt_path}")
+    remove_partial_writes(run_dir)  # leftovers of a write that a SIGKILL cut short
 
     spec = data_spec(cfg)
-    ensure_prepared(spec, log=log.info)
-    dm = GPTDataModule(spec.dir, int(cfg.block_size), int(cfg.batch_size), seed=int(cfg.seed))
+    batching = str(cfg.data.get("batching", "random"))
+    ensure_prepared(spec, log=log.info, documents=batching != "random")
+    dm = GPTDataModule(
+        spec.dir, int(cfg.block_size), int(cfg.batch_size), seed=int(cfg.seed),
+        batching=batching, bucket_batches=int(cfg.data.get("bucket_batches", 16)),
+    )
     dm.check_block_size()
-    mconf = model_config(cfg, dm.vocab_size)
+    masking = token_masking(cfg, dm.vocab_size)  # None unless augment.mask_prob > 0
+    mconf = model_config(cfg, dm.vocab_size + (masking is not None))  # + the [MASK] token
+    resume_step = 0
     if ckpt_path is not None:
-        check_compatible(load_checkpoint(ckpt_path)["gptlab"], mconf.to_dict(), "config")
+        ckpt = load_checkpoint(ckpt_path)
+        if not cfg.eval_only:
+            check_resumable(ckpt, ckpt_path)
+        check_compatible(ckpt["gptlab"], mconf.to_dict(), "config")
+        resume_step = int(ckpt.get("global_step", 0))
+        saved_optim = ckpt["gptlab"]["optim"]
+        del ckpt
+
+    if cfg.learning_rate == "auto" and ckpt_path is not None:
+        # a resumed learning_rate=auto run keeps the rate its search chose
+        lr_find.use_learning_rate(cfg, saved_optim["learning_rate"], saved_optim["min_lr"], "the checkpoint's")
+    elif cfg.learning_rate == "auto" or lr_find_only:
+        found = lr_find.run(cfg, dm, mconf, device, run_dir, masking)  # on a fresh model: see lr_find.py
+        if lr_find_only:
+            return found.to_dict()
+        lr_find.use_suggestion(cfg, found, set(explicit))
 
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     tokenizer_meta = {k: v for k, v in dm.meta.items() if k in ("tokenizer", "vocab_size", "chars", "eot_token")}
@@ -95,6 +150,7 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
         optim_config(cfg),
         compile=bool(cfg.compile),
         extra={"config": plain(cfg), "tokenizer": tokenizer_meta, "data_dir": str(spec.dir)},
+        augment=masking,
     )
 
     tr = cfg.trainer
@@ -109,9 +165,19 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
         f"tokens per optimizer step: {cfg.batch_size} batch x {cfg.block_size} block x {accum} accum x "
         f"{n_proc} process(es) = {tokens_per_step:,} | run folder: {run_dir}"
     )
+    if batching != "random":
+        docs = dm.meta["documents"]
+        log.info(
+            f"batching: {batching} ({docs['kind']} documents: {docs['train']:,} train, {docs['val']:,} val); "
+            "tokens/s counts real tokens, slots are at most the figure above"
+        )
 
     training_log = TrainingLog(run_dir / "training.log", append=resume)
-    progress = ProgressLog(int(cfg.log_interval), tokens_per_step)
+    mon = cfg.monitor
+    grad_monitor = (
+        GradientMonitor(int(cfg.log_interval), float(mon.grad_warn), float(cfg.grad_clip)) if mon.enabled else None
+    )
+    progress = ProgressLog(int(cfg.log_interval), tokens_per_step, grad_monitor=grad_monitor)
     best_ckpt = ModelCheckpoint(
         dirpath=run_dir,
         filename=Path(BEST).stem,
@@ -122,15 +188,36 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
+    monitors = []
+    if mon.enabled:
+        monitors.append(grad_monitor)  # before ProgressLog: it prints the norm this reads
+        if int(mon.layer_interval) > 0:
+            monitors.append(LayerGradients(int(mon.layer_interval), bool(mon.histograms), float(mon.layer_ratio)))
+        if mon.initial_loss_check and not resume:
+            monitors.append(InitialLossCheck(mconf.vocab_size))
+        if int(mon.plateau_evals) > 0:
+            monitors.append(PlateauHint(int(mon.plateau_evals)))
     callbacks = [
         training_log,
+        *monitors,
         progress,
         NonFiniteGuard(int(cfg.log_interval), float(cfg.learning_rate), device.dtype),
         best_ckpt,
         FinalEvaluation(int(cfg.max_iters), int(cfg.eval_interval)),
+        RngState(),
+        StopOnSignal(run_dir / LAST),
         *callbacks,
     ]
-    logger = TensorBoardLogger(save_dir=str(run_dir), name="", version="", default_hp_metric=False)
+    early_stop = None
+    if cfg.early_stopping.patience:
+        # counts the evaluations during fit (not the step-0 one) without val loss < best - min_delta
+        early_stop = EarlyStopping("val/loss", min_delta=float(cfg.early_stopping.min_delta), mode="min",
+                                   patience=int(cfg.early_stopping.patience), check_on_train_epoch_end=False)
+        callbacks.append(early_stop)
+    # purge_step: TensorBoard hides what a killed run logged after the checkpoint resumed from,
+    # so every curve continues from the checkpoint's step without a doubled stretch
+    logger = TensorBoardLogger(save_dir=str(run_dir), name="", version="", default_hp_metric=False,
+                               purge_step=resume_step + 1 if resume else None)
     trainer = L.Trainer(
         accelerator=device.accelerator,
         devices=device.devices,
@@ -160,31 +247,59 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        if not cfg.eval_only:
+            (run_dir / FINISHED).unlink(missing_ok=True)  # written again only when this run completes
 
     t0 = time.time()
     if cfg.eval_only:
         trainer.validate(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True, verbose=False)
     else:
-        if not resume:
-            logger.log_hyperparams(_hparams(cfg))
-            trainer.validate(module, datamodule=dm, verbose=False)  # the step-0 evaluation
-        trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True)
+        try:
+            if not resume:
+                logger.log_hyperparams(_hparams(cfg))
+                trainer.validate(module, datamodule=dm, verbose=False)  # the step-0 evaluation
+            trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True)
+        except SIGTERMException:
+            # Lightning's handler caught a SIGTERM outside the training steps (StopOnSignal covers
+            # those); its exception would end the process with status 0, as if the run had finished
+            raise RunInterrupted("SIGTERM outside the training steps; nothing new was saved.", signal.SIGTERM, str(run_dir)) from None
         if not cfg.always_save_checkpoint:
             trainer.save_checkpoint(run_dir / LAST, weights_only=False)  # full state: resumable
     wall = time.time() - t0
 
     metrics = _metrics(training_log, progress, trainer, module, wall)
+    metrics["stop_reason"], metrics["stop_message"] = _stop_reason(cfg, trainer, early_stop)
+    for cb in monitors:
+        if isinstance(cb, GradientMonitor) and cb.clipped_fraction is not None:
+            metrics["grad_clipped_frac"] = cb.clipped_fraction
+        elif isinstance(cb, InitialLossCheck) and cb.result:
+            metrics.update(cb.result)
+        elif isinstance(cb, LayerGradients) and cb.flagged:
+            metrics["layer_warnings"] = cb.flagged
     if trainer.is_global_zero:
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        if not cfg.eval_only:
+            metrics["checkpoint_bytes"] = _disk_report(run_dir, bool(cfg.get("export_weights")))
+        write_text_atomic(run_dir / FINISHED, json.dumps(metrics, indent=1))  # last: marks the run finished
         best = metrics.get("best_val_loss")
         if best is not None and not cfg.eval_only:
             # the HParams dashboard: one row per run of a sweep, with its best val loss
             logger.log_hyperparams(_hparams(cfg), metrics={"hp/best_val_loss": best})
             logger.save()
+            log.info(f"training stopped at step {metrics['iters']}: {metrics['stop_message']}")
             log.info(f"best val loss {best:.4f} at step {metrics['best_step']}; checkpoints in {run_dir}")
         if int(cfg.sample_tokens) > 0 and not cfg.eval_only:
             log.info("sample:\n" + _sample(module, dm, int(cfg.sample_tokens), int(cfg.seed)))
     return metrics
+
+
+def _disk_report(run_dir: Path, export: bool) -> dict[str, int]:
+    """Write the weights-only export if asked, and report what the run's checkpoints take."""
+    if export:
+        src = run_dir / BEST if (run_dir / BEST).is_file() else run_dir / LAST
+        export_weights(src, run_dir / EXPORT)
+    sizes = {n: (run_dir / n).stat().st_size for n in (LAST, BEST, EXPORT) if (run_dir / n).is_file()}
+    log.info("checkpoints: " + ", ".join(f"{n} {b / 1e6:.1f} MB" for n, b in sizes.items()) + f" in {run_dir}")
+    return sizes
 
 
 def _strategy(name: str):
@@ -220,9 +335,28 @@ def _metrics(training_log: TrainingLog, progress: ProgressLog, trainer, module, 
         "best_step": best["step"] if best else None,
         "evals": training_log.history,
         "tokens_per_s": progress.tokens_per_second,
+        "padding_efficiency": progress.padding_efficiency,
         "wall_time_s": round(wall, 2),
         "params": module.model.num_params(),
     }
+
+
+def _stop_reason(cfg: DictConfig, trainer, early_stop: EarlyStopping | None) -> tuple[str, str]:
+    """Why training ended: a short code for tools and a sentence for people."""
+    if cfg.eval_only:
+        return "eval_only", "eval_only=true: evaluated once, no training"
+    if trainer.interrupted:
+        return "interrupted", f"interrupted at step {trainer.global_step}"
+    if early_stop is not None and early_stop.stopping_reason == EarlyStoppingReason.PATIENCE_EXHAUSTED:
+        return "early_stopping", (
+            f"early stopping after {early_stop.wait_count} evaluations without a val loss improvement of at least "
+            f"{cfg.early_stopping.min_delta:g} (early_stopping.patience={cfg.early_stopping.patience})"
+        )
+    if early_stop is not None and early_stop.stopping_reason != EarlyStoppingReason.NOT_STOPPED:
+        return "early_stopping", f"early stopping: {early_stop.stopping_reason_message}"
+    if trainer.global_step >= int(cfg.max_iters):
+        return "max_iters", f"max_iters={cfg.max_iters} reached"
+    return "stopped", f"stopped at step {trainer.global_step} before max_iters={cfg.max_iters}"
 
 
 def _sample(module: GPTModule, dm: GPTDataModule, n_tokens: int, seed: int) -> str:
@@ -232,9 +366,12 @@ def _sample(module: GPTModule, dm: GPTDataModule, n_tokens: int, seed: int) -> s
     start = tok.eot_token if tok.eot_token is not None else int(tok.encode("\n")[0]) if "\n" in getattr(tok, "stoi", {}) else 0
     idx = torch.tensor([[start]], device=dev)
     gen = torch.Generator(device=dev).manual_seed(seed)
-    out = model.generate(idx, n_tokens, temperature=0.8, top_k=200, generator=gen)
+    out = model.generate(idx, n_tokens, temperature=0.8, top_k=200, generator=gen,
+                         suppress_tokens=undecodable_ids(tok, model.config.vocab_size))
     return tok.decode(out[0, 1:].tolist())
 
+
+_ARGS: list[str] = []  # the command line as given (set by main), for the resume command
 
 DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
@@ -267,14 +404,31 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     overrides = list(hc.overrides.task)
+    multirun = hc.mode == RunMode.MULTIRUN
     try:
+        clear_failure(run_dir)
         with _ranks_for_this_job(hc, run_dir):
             metrics = train(cfg, run_dir, cli.explicit_keys(overrides))
         return metrics.get("best_val_loss")  # what a Hydra sweeper would minimise
-    except GptlabError as e:
-        # one line instead of Hydra's "Error executing job" and a traceback
-        print(f"error: {e}", file=sys.stderr, flush=True)
+    except RunInterrupted as e:
+        # a signal stops a whole sweep too; the same command with resume=true continues it
+        folder = Path(hc.sweep.dir).resolve() if multirun else run_dir
+        print(f"{e.label}: {e.detail} Resume with:\n  {cli.resume_command('gptlab.train', _ARGS, folder)}",
+              file=sys.stderr, flush=True)
         sys.exit(e.exit_code)
+    except Exception as e:
+        if isinstance(e, GptlabError):
+            # one line instead of Hydra's "Error executing job" and a traceback
+            print(f"{e.label}: {e}", file=sys.stderr, flush=True)
+        if not multirun:
+            if isinstance(e, GptlabError):
+                sys.exit(e.exit_code)
+            raise
+        if not isinstance(e, GptlabError):
+            log.exception(f"run {run_dir.name} failed")
+        # in a sweep the other runs go on; SweepReport lists this one when the sweep ends
+        record_failure(run_dir, e)
+        return None
     finally:
         # sequential multirun jobs share this process: free the last job's model and buffers
         gc.collect()
@@ -286,6 +440,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 def main() -> None:
     args = cli.translate_argv(sys.argv[1:])
     cli.check_override_keys(args)
+    cli.check_resume_args(args)
+    _ARGS[:] = args
     sys.argv = [sys.argv[0], *args, *cli.sweep_folder_names(args)]
     _hydra_main()
 

@@ -1,0 +1,88 @@
+"""Checkpoint files: never executed when loaded, bounded on disk, and a weights-only export."""
+
+import json
+import logging
+import shutil
+
+import pytest
+import torch
+
+from gptlab import sample
+from gptlab.checkpoint import EXPORT, load_checkpoint, load_model
+from gptlab.errors import CheckpointError
+from gptlab.train import train
+
+
+class Payload:
+    """Unpickling this calls open(marker, "w"): the file appears if the payload runs."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, data_root):
+    """A short run with an evaluation every 2 steps, last.ckpt rewritten each time, and an export."""
+    from conftest import TINY
+    from gptlab.cli import compose
+
+    d = tmp_path_factory.mktemp("ckrun")
+    cfg = compose("train", [*TINY, f"data.root={data_root}", "max_iters=12", "eval_interval=2",
+                            "always_save_checkpoint=true", "export_weights=true"])
+    logging.getLogger("gptlab").setLevel(logging.INFO)
+    return d, train(cfg, d)
+
+
+def test_malicious_checkpoint_is_refused_and_never_runs(run, compose, tmp_path, capsys):
+    good = load_checkpoint(run[0] / "last.ckpt")
+    marker = tmp_path / "payload_ran"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({**good, "gptlab": {**good["gptlab"], "note": Payload(marker)}}, evil)
+
+    with pytest.raises(CheckpointError, match="refused to load .*could run code"):
+        load_checkpoint(evil)
+    with pytest.raises(SystemExit) as e:
+        sample.main([f"ckpt={evil}", "max_new_tokens=5", "device=cpu"])
+    assert e.value.code == 2 and "error: refused to load" in capsys.readouterr().err
+    with pytest.raises(CheckpointError, match="refused to load"):
+        train(compose("max_iters=20", "init_from=resume", f"ckpt_path={evil}"), tmp_path / "a")
+    (tmp_path / "b").mkdir()
+    shutil.copy(evil, tmp_path / "b" / "last.ckpt")
+    with pytest.raises(CheckpointError, match="refused to load"):
+        train(compose("max_iters=20", "resume=true"), tmp_path / "b")
+    assert not marker.exists()
+    assert not (tmp_path / "a" / "metrics.json").exists() and not (tmp_path / "b" / "metrics.json").exists()
+
+    # the control: an unrestricted torch.load does run it
+    torch.load(evil, weights_only=False)
+    assert marker.exists()
+
+
+def test_disk_holds_last_and_best_only_and_reports_sizes(run):
+    d, metrics = run
+    assert sorted(p.name for p in d.iterdir() if p.suffix in (".ckpt", ".pt", ".tmp")) == ["best.ckpt", "last.ckpt", EXPORT]
+    assert not list(d.glob(".*"))  # no temporary files left behind
+    sizes = metrics["checkpoint_bytes"]
+    assert sizes == {n: (d / n).stat().st_size for n in ("last.ckpt", "best.ckpt", EXPORT)}
+    assert json.loads((d / "metrics.json").read_text())["checkpoint_bytes"] == sizes
+
+
+def test_weights_export_is_small_safe_and_samples(run, compose, tmp_path):
+    d, metrics = run
+    sizes = metrics["checkpoint_bytes"]
+    # AdamW keeps two moments per weight: the export is about a third of a training checkpoint
+    assert sizes[EXPORT] < 0.45 * sizes["best.ckpt"]
+    exported = torch.load(d / EXPORT, weights_only=True)
+    assert set(exported) == {"state_dict", "gptlab"} and "optimizer_states" not in exported
+    assert exported["gptlab"]["tokenizer"]["tokenizer"] == "char"
+    model, _ = load_model(d / EXPORT)
+    best, _ = load_model(d / "best.ckpt")  # the export holds the best weights
+    x = torch.randint(0, 65, (2, 16))
+    assert torch.equal(model(x)[0], best(x)[0])
+    out = sample.generate(str(d / EXPORT), "ROMEO:", 1, 10, 0.8, 20, 1, device="cpu")
+    assert out[0].startswith("ROMEO:") and len(out[0]) == len("ROMEO:") + 10
+    with pytest.raises(CheckpointError, match="weights only .*cannot continue"):
+        train(compose("max_iters=20", "init_from=resume", f"ckpt_path={d / EXPORT}"), tmp_path)

@@ -1,0 +1,89 @@
+"""Sweeps that survive: failed runs do not stop the others, two sweeps started together keep
+apart, and an interrupted sweep continues with resume=true."""
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import TINY
+from gptlab.train import train
+
+
+def _start(args, cwd) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "gptlab.train", *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+
+
+def _runs(sweep) -> dict:
+    return {d.name.split("_")[0]: d for d in sweep.iterdir() if d.is_dir() and not d.name.startswith(".")}
+
+
+def test_failed_runs_do_not_stop_a_sweep(data_root, compose, tmp_path):
+    # run 0 diverges to NaN, run 1 has an impossible learning rate, run 2 is fine; a second sweep
+    # starts at the same moment. No out_dir: both get outputs/multirun/<date>/<time>_<pid>
+    a = _start(["-m", "learning_rate=1e30,-1,2e-3", "max_iters=20", "eval_interval=10", *TINY, f"data.root={data_root}"], tmp_path)
+    b = _start(["-m", "learning_rate=-1", *TINY, f"data.root={data_root}"], tmp_path)
+    _, a_err = a.communicate(timeout=300)
+    _, b_err = b.communicate(timeout=300)
+
+    sweeps = sorted(tmp_path.glob("outputs/multirun/*/*"))
+    assert len(sweeps) == 2 and all(re.fullmatch(r"\d\d-\d\d-\d\d_\d+", s.name) for s in sweeps), sweeps
+    assert b.returncode == 1 and "learning_rate must be > 0" in b_err
+
+    assert a.returncode == 1, a_err[-3000:]
+    sweep = next(s for s in sweeps if (s / "0_learning_rate=1e+30").is_dir())
+    runs = _runs(sweep)
+    summary = a_err[a_err.index("sweep finished with 2 of 3 runs failed"):]
+    assert f"{runs['0'].resolve()}: NonFiniteLossError: the training loss became NaN/inf" in summary
+    assert f"{runs['1'].resolve()}: ConfigError: learning_rate must be > 0" in summary
+    assert str(runs["2"].resolve()) not in summary
+    assert json.loads((runs["0"] / "failed.json").read_text())["type"] == "NonFiniteLossError"
+    assert not (runs["0"] / "metrics.json").exists() and not (runs["1"] / "best.ckpt").exists()
+    report = json.loads((sweep / "sweep.json").read_text())
+    assert (report["runs"], report["failed"]) == (3, 2) and report["jobs"][2]["status"] == "finished"
+
+    # the run after two failures in the same process gives what it gives on its own
+    alone = train(compose("learning_rate=2e-3", "max_iters=20", "eval_interval=10"), tmp_path / "alone")
+    finished = json.loads((runs["2"] / "metrics.json").read_text())
+    assert finished["final_val_loss"] == pytest.approx(alone["final_val_loss"], abs=1e-5)
+    assert report["jobs"][2]["best_val_loss"] == pytest.approx(alone["best_val_loss"], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_continues_with_resume_true(data_root, tmp_path):
+    args = ["-m", "learning_rate=2e-3,1e-3", "max_iters=200", "eval_interval=20", "always_save_checkpoint=true",
+            *TINY, f"data.root={data_root}"]
+    a = _start(args, tmp_path)
+    t0 = time.time()
+    while not list(tmp_path.glob("outputs/multirun/*/*/1_learning_rate=0.001/last.ckpt")):
+        assert a.poll() is None, a.communicate()[1][-3000:]
+        assert time.time() - t0 < 240
+        time.sleep(0.05)
+    a.send_signal(signal.SIGTERM)  # pre-empted while its second run trains
+    _, err = a.communicate(timeout=120)
+    assert a.returncode == 143, err[-3000:]
+    m = re.search(r"^stopped: SIGTERM at optimizer step (\d+).*Resume with:\n  (python -m gptlab.train -m .*)$", err, re.M)
+    assert m, err[-3000:]
+    command = shlex.split(m.group(2))
+    (sweep,) = tmp_path.glob("outputs/multirun/*/*")
+    assert command[-2:] == ["resume=true", f"out_dir={sweep.resolve()}"] and "learning_rate=2e-3,1e-3" in command
+    runs = _runs(sweep)
+    mtime = (runs["0"] / "metrics.json").stat().st_mtime_ns
+    assert not (runs["1"] / "metrics.json").exists()
+
+    # the printed command: the finished run is skipped, the stopped one continues where it stopped
+    p = subprocess.run([sys.executable, *command[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "sweep finished: all 2 runs completed" in p.stdout + p.stderr
+    assert (runs["0"] / "metrics.json").stat().st_mtime_ns == mtime  # not retrained
+    resumed = json.loads((runs["1"] / "metrics.json").read_text())
+    assert resumed["iters"] == 200 and [e["step"] for e in resumed["evals"]] == list(range(0, 201, 20))
+    steps = [int(line.split()[1][:-1]) for line in (runs["1"] / "training.log").read_text().splitlines()]
+    assert steps == list(range(0, 201, 20))  # continued where it stopped, nothing repeated
