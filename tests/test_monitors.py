@@ -98,9 +98,9 @@ def test_gradient_monitoring_in_tensorboard_and_metrics(monitored_run):
     ea = EventAccumulator(str(run), size_guidance={"histograms": 0, "scalars": 0})
     ea.Reload()
     scalars = set(ea.Tags()["scalars"])
-    assert {"grad/norm", "grad/clipped_frac", "grad_layer/h0.attn", "grad_layer/wte/head", "update_ratio/h1.mlp",
+    assert {"train/grad_norm", "grad/clipped_frac", "grad_layer/h0.attn", "grad_layer/wte/head", "update_ratio/h1.mlp",
             "init/val_loss", "init/random_guess_loss"} <= scalars
-    assert [e.step for e in ea.Scalars("grad/norm")] == [10, 20, 30, 40]
+    assert [e.step for e in ea.Scalars("train/grad_norm")] == [10, 20, 30, 40]
     assert {"grad_hist/h0.mlp", "weight_hist/ln_f"} <= set(ea.Tags()["histograms"])
     ratios = [e.value for e in ea.Scalars("update_ratio/h1.mlp")]
     assert all(1e-6 < r < 1 for r in ratios)

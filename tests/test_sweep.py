@@ -41,13 +41,17 @@ def test_failed_runs_do_not_stop_a_sweep(data_root, compose, tmp_path):
     sweep = next(s for s in sweeps if (s / "0_learning_rate=1e+30").is_dir())
     runs = _runs(sweep)
     summary = a_err[a_err.index("sweep finished with 2 of 3 runs failed"):]
-    assert f"{runs['0'].resolve()}: NonFiniteLossError: the training loss became NaN/inf" in summary
-    assert f"{runs['1'].resolve()}: ConfigError: learning_rate must be > 0" in summary
+    assert f"{runs['0'].resolve()}: diverged: NonFiniteLossError: the training loss became NaN/inf" in summary
+    assert f"{runs['1'].resolve()}: failed: ConfigError: learning_rate must be > 0" in summary
     assert str(runs["2"].resolve()) not in summary
-    assert json.loads((runs["0"] / "failed.json").read_text())["type"] == "NonFiniteLossError"
-    assert not (runs["0"] / "metrics.json").exists() and not (runs["1"] / "best.ckpt").exists()
+    # every run has metrics.json with its status; the diverged one with what it measured before
+    diverged = json.loads((runs["0"] / "metrics.json").read_text())
+    assert diverged["status"] == "diverged" and diverged["error"].startswith("NonFiniteLossError")
+    assert diverged["evals"][0]["step"] == 0 and diverged["params"] > 0
+    bad = json.loads((runs["1"] / "metrics.json").read_text())
+    assert bad["status"] == "failed" and "learning_rate must be > 0" in bad["error"] and not (runs["1"] / "best.ckpt").exists()
     report = json.loads((sweep / "sweep.json").read_text())
-    assert (report["runs"], report["failed"]) == (3, 2) and report["jobs"][2]["status"] == "finished"
+    assert (report["runs"], report["failed"]) == (3, 2) and [j["status"] for j in report["jobs"]] == ["diverged", "failed", "ok"]
 
     # the run after two failures in the same process gives what it gives on its own
     alone = train(compose("learning_rate=2e-3", "max_iters=20", "eval_interval=10"), tmp_path / "alone")

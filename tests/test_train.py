@@ -75,7 +75,7 @@ def test_tensorboard_has_the_curves(trained):
     ea = EventAccumulator(str(run))
     ea.Reload()
     tags = set(ea.Tags()["scalars"])
-    assert {"train/loss", "val/loss", "train/lr", "perf/tokens_per_s", "train/batch_loss"} <= tags
+    assert {"train/loss", "val/loss", "train/lr", "perf/tokens_per_sec", "train/batch_loss"} <= tags
     assert [e.step for e in ea.Scalars("val/loss")] == [0, 40, 80, 120]
     lrs = [e.value for e in ea.Scalars("train/lr")]
     assert lrs[0] > lrs[-1]  # cosine decay visible

@@ -27,9 +27,10 @@ class TrainingLog(L.Callback):
     """After every evaluation: one line in <run dir>/training.log and on the console, and the
     history kept for metrics.json."""
 
-    def __init__(self, path: str | Path, append: bool = False):
+    def __init__(self, path: str | Path, append: bool = False, tokens_per_step: int = 0):
         self.path = Path(path)
         self.append = append
+        self.tokens_per_step = tokens_per_step  # for the losses against tokens seen (TensorBoard by_tokens/)
         self.history: list[dict] = []
 
     @rank_zero_only
@@ -50,6 +51,10 @@ class TrainingLog(L.Callback):
         with open(self.path, "a") as f:
             f.write(line + "\n")
         log.info(line)
+        if trainer.logger is not None and self.tokens_per_step:
+            # the same losses with tokens seen as the x axis: runs with different batch sizes compare fairly
+            trainer.logger.log_metrics({"by_tokens/train_loss": rec["train_loss"], "by_tokens/val_loss": rec["val_loss"]},
+                                       step=rec["step"] * self.tokens_per_step)
 
     def state_dict(self) -> dict:
         return {"history": self.history}  # in checkpoints: metrics.json of a resumed run covers it all
@@ -93,6 +98,7 @@ class ProgressLog(L.Callback):
         self.trained_tokens = 0  # real tokens when batches count them
         self._real = self._slots = 0  # of dict batches since the last line (counted on the host)
         self.real_tokens = self.slots = 0  # all the run's dict batches (this process)
+        self.curve: list[list] = []  # [step, mean training loss over the interval]: metrics.json's train_curve
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._t0 = time.perf_counter()
@@ -137,7 +143,8 @@ class ProgressLog(L.Callback):
         self.trained_tokens += tokens
         tok_s = tokens / max(elapsed, 1e-9)
         lr = trainer.optimizers[0].param_groups[0]["lr"]
-        metrics = {"train/batch_loss": loss, "train/lr": lr, "perf/tokens_per_s": tok_s, "perf/ms_per_step": ms}
+        self.curve.append([step, round(loss, 5)])
+        metrics = {"train/batch_loss": loss, "train/lr": lr, "perf/tokens_per_sec": tok_s, "perf/ms_per_step": ms}
         if efficiency is not None:
             metrics["perf/padding_efficiency"] = efficiency
         if trainer.logger is not None:
@@ -150,6 +157,12 @@ class ProgressLog(L.Callback):
             if g is not None:
                 line += f", grad norm {g['last']:.2f}" + (f" (clipped {g['clipped_frac']:.0%})" if g["clipped"] else "")
             log.info(line)
+
+    def state_dict(self) -> dict:
+        return {"curve": self.curve}  # a resumed run's train_curve starts where the stopped one ended
+
+    def load_state_dict(self, state: dict) -> None:
+        self.curve = [list(p) for p in state.get("curve", [])]
 
     @property
     def tokens_per_second(self) -> float | None:
@@ -235,3 +248,39 @@ class NonFiniteGuard(L.Callback):
             f"checkpoint was written after it (best.ckpt / last.ckpt hold the last good weights). "
             f"Try: {', '.join(fixes)}."
         )
+
+
+def generate_sample(model, tokenizer, n_tokens: int, seed: int, suppress: list[int] | None = None) -> str:
+    """n_tokens generated from a newline (or the end-of-text token) with its own seeded generator,
+    so sampling never moves the training's random streams; the model's mode is restored."""
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    if tokenizer.eot_token is not None:
+        start = tokenizer.eot_token
+    else:
+        start = int(tokenizer.encode("\n")[0]) if "\n" in getattr(tokenizer, "stoi", {}) else 0
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    out = model.generate(torch.tensor([[start]], device=dev), n_tokens, temperature=0.8, top_k=200,
+                         generator=gen, suppress_tokens=suppress)
+    model.train(was_training)
+    return tokenizer.decode(out[0, 1:].tolist())
+
+
+class EvalSamples(L.Callback):
+    """After every evaluation: a short generated text in TensorBoard's TEXT tab (samples/eval), so
+    the dashboard shows what the model writes as its loss falls. Rank 0 generates alone: the
+    weights are whole on every rank (not under FSDP, where this callback is left out)."""
+
+    def __init__(self, n_tokens: int, tokenizer, seed: int, suppress: list[int] | None = None):
+        self.n_tokens, self.tokenizer, self.seed, self.suppress = n_tokens, tokenizer, seed, suppress
+
+    @rank_zero_only
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or trainer.logger is None or "val" not in pl_module.last_eval:
+            return
+        text = generate_sample(pl_module.model, self.tokenizer, self.n_tokens, self.seed, self.suppress)
+        # TensorBoard renders markdown: four spaces make a code block that keeps the line breaks
+        body = "\n".join("    " + line for line in text.splitlines())
+        trainer.logger.experiment.add_text("samples/eval", f"step {trainer.global_step}, val loss "
+                                           f"{pl_module.last_eval['val']:.4f}:\n\n{body}", trainer.global_step)

@@ -16,13 +16,30 @@ from omegaconf import OmegaConf
 from gptlab.errors import ConfigError, GptlabError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-GROUPS = ("data", "model", "trainer", "experiment")
+GROUPS = ("data", "model", "trainer", "experiment", "variant")
 
 # For conf/train.yaml's run folders. ${pid:}: two runs or sweeps started in the same second on one
 # machine get different folders (cached like Hydra's ${now:}, so every job of a sweep agrees).
 # ${if_null:a,b}: b when a is null (oc.select falls back only for missing keys, not null ones).
 OmegaConf.register_new_resolver("pid", lambda: os.getpid(), use_cache=True, replace=True)
 OmegaConf.register_new_resolver("if_null", lambda value, default: default if value is None else value, replace=True)
+
+
+def sweep_dir(experiment: str | None, date: str, time: str, pid: int) -> str:
+    """A sweep's folder: outputs/<experiment>/<date>_<time>_<pid>, or outputs/multirun/<date>/<time>_<pid>."""
+    return f"outputs/{experiment}/{date}_{time}_{pid}" if experiment else f"outputs/multirun/{date}/{time}_{pid}"
+
+
+def run_name(override_dirname: str) -> str:
+    """A sweep job's folder name from Hydra's override_dirname: a variant by its name alone
+    (variant=large_lr -> large_lr), first; the other swept settings as key=value."""
+    parts = [p for p in str(override_dirname).split(",") if p]
+    variants = [p.split("=", 1)[1] for p in parts if p.startswith("variant=")]
+    return ",".join(variants + [p for p in parts if not p.startswith("variant=")]) or "run"
+
+
+OmegaConf.register_new_resolver("sweep_dir", sweep_dir, replace=True)
+OmegaConf.register_new_resolver("run_name", run_name, replace=True)
 
 log = logging.getLogger("gptlab")
 
@@ -72,7 +89,7 @@ def sweep_folder_names(args: list[str]) -> list[str]:
     not after every override: fixed ones would make long names, and paths among them nested folders."""
     if not any(a in ("-m", "--multirun") for a in args):
         return []
-    fixed = {"out_dir", "experiment", "profile", "device", "seed", "resume"}
+    fixed = {"out_dir", "experiment", "profile", "device", "seed", "resume"}  # as conf/train.yaml's exclude_keys
     for a in args:
         if "=" in a and not a.startswith("-") and not a.startswith("hydra"):
             key, value = a.split("=", 1)
@@ -151,10 +168,17 @@ def explicit_keys(overrides: list[str]) -> set[str]:
             continue
         key, value = o.lstrip("+").split("=", 1)
         keys.add(key)
-        if key in ("model", "experiment"):
+        if key in ("model", "experiment", "variant"):
             for v in value.split(","):  # a sweep over groups: each choice counts
                 keys |= _yaml_keys(CONF_DIR / key / f"{v.strip()}.yaml")
     return keys
+
+
+def typed_keys(overrides: list[str]) -> set[str]:
+    """Keys named on the command line itself (or by a sweep's parameters), not those a chosen
+    model, experiment or variant file sets: an experiment's CPU scale leaves only these alone."""
+    keys = {o.lstrip("+").split("=", 1)[0] for o in overrides if "=" in o and not o.startswith(("~", "hydra"))}
+    return keys - set(GROUPS)
 
 
 def load_profile(name: str = "cpu") -> dict:

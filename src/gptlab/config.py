@@ -22,12 +22,16 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 PRECISION = {"float32": "32-true", "bfloat16": "bf16-mixed", "float16": "16-mixed"}
 
 
-def apply_profile(cfg: DictConfig, profile: dict, explicit: set[str], on_cpu: bool) -> list[str]:
-    """Apply the CPU recipe to the keys the user did not set. Returns what it changed."""
+def _cpu_profile_on(cfg: DictConfig, on_cpu: bool) -> bool:
     mode = cfg.profile
     if mode not in ("auto", "cpu", "none"):
         raise ConfigError(f"profile must be auto, cpu or none, got '{mode}'")
-    if mode == "none" or (mode == "auto" and not on_cpu):
+    return mode == "cpu" or (mode == "auto" and on_cpu)
+
+
+def apply_profile(cfg: DictConfig, profile: dict, explicit: set[str], on_cpu: bool) -> list[str]:
+    """Apply the CPU recipe to the keys the user did not set. Returns what it changed."""
+    if not _cpu_profile_on(cfg, on_cpu):
         return []
     changed = []
     with open_dict(cfg):
@@ -36,6 +40,34 @@ def apply_profile(cfg: DictConfig, profile: dict, explicit: set[str], on_cpu: bo
                 continue
             changed.append(f"{key}={value}")
             cfg[key] = value
+    return changed
+
+
+def _flatten(node: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in node.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def apply_cpu_scale(cfg: DictConfig, typed: set[str], on_cpu: bool) -> list[str]:
+    """An experiment's CPU scale: where the CPU profile is on (no GPU, or profile=cpu), the values
+    in its `cpu_scale` node replace the experiment's own -- the guide's numbers are meant for a
+    GPU -- except for keys typed on the command line. Returns what it changed."""
+    scale = cfg.get("cpu_scale")
+    if not scale or not _cpu_profile_on(cfg, on_cpu):
+        return []
+    changed = []
+    for key, value in _flatten(OmegaConf.to_container(scale)).items():
+        if OmegaConf.select(cfg, key, default="<missing>") == "<missing>":
+            raise ConfigError(f"cpu_scale sets '{key}', which is not a config key; the keys are listed in conf/train.yaml")
+        if key in typed or OmegaConf.select(cfg, key) == value:
+            continue
+        OmegaConf.update(cfg, key, value, merge=False, force_add=True)
+        changed.append(f"{key}={value}")
     return changed
 
 
@@ -49,7 +81,9 @@ def validate(cfg: DictConfig) -> None:
     """Reject contradictory or impossible settings before any work starts."""
     for key in ("batch_size", "block_size", "n_layer", "n_head", "n_embd", "eval_interval", "log_interval", "eval_iters", "gradient_accumulation_steps"):
         _positive_int(cfg, key)
-    for key in ("max_iters", "warmup_iters", "lr_decay_iters"):
+    if cfg.get("eval_batch_size") is not None:
+        _positive_int(cfg, "eval_batch_size")
+    for key in ("max_iters", "warmup_iters", "lr_decay_iters", "sample_tokens", "eval_sample_tokens"):
         _positive_int(cfg, key, minimum=0)
     if cfg.max_iters == 0 and not cfg.eval_only:
         raise ConfigError("max_iters=0 trains nothing; give max_iters>0, or eval_only=true to only evaluate")

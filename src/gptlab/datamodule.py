@@ -24,20 +24,27 @@ class RandomWindows(IterableDataset):
     vectorised read from the memmap rather than a Python loop per row.
     """
 
-    def __init__(self, path: Path, dtype: str, block_size: int, batch_size: int, seed: int):
+    def __init__(self, path: Path, dtype: str, block_size: int, batch_size: int, seed: int, group: int = 1):
         super().__init__()
         self.path, self.dtype = Path(path), np.dtype(dtype)
         self.block_size, self.batch_size = block_size, batch_size
+        # the offsets of `group` batches (one optimizer step's micro-batches) are drawn at once, so
+        # that 16 x 4 accumulation sees exactly the 64 windows that a batch of 64 would
+        self.group = max(1, int(group))
         self.rng = np.random.default_rng(seed)
-        self.state_before_draw: dict | None = None  # the rng state before the latest batch
+        self.state_before_draw: dict | None = None  # the rng state before the latest draw
+        self._starts: list[np.ndarray] = []  # offsets drawn for the rest of the current group
         self._offsets = np.arange(block_size + 1)
 
     def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
         # a fresh memmap per batch: pages read through a long-lived map stay counted in the
         # process's memory, which then looks like a leak over a long run (nanoGPT does the same)
         data = np.memmap(self.path, dtype=self.dtype, mode="r")
-        self.state_before_draw = self.rng.bit_generator.state
-        starts = self.rng.integers(0, len(data) - self.block_size, size=self.batch_size)
+        if not self._starts:
+            self.state_before_draw = self.rng.bit_generator.state
+            starts = self.rng.integers(0, len(data) - self.block_size, size=self.batch_size * self.group)
+            self._starts = list(starts.reshape(self.group, self.batch_size))
+        starts = self._starts.pop(0)
         w = torch.from_numpy(data[starts[:, None] + self._offsets].astype(np.int64))
         return w[:, :-1], w[:, 1:]
 
@@ -49,7 +56,9 @@ class RandomWindows(IterableDataset):
         return self.rng.bit_generator.state
 
     def load_state_dict(self, state: dict) -> None:
+        # checkpoints are taken between optimizer steps, where a group starts: draw it afresh
         self.rng.bit_generator.state = state
+        self._starts = []
 
 
 class GPTDataModule(L.LightningDataModule):
@@ -67,6 +76,8 @@ class GPTDataModule(L.LightningDataModule):
         seed: int = 1337,
         batching: str = "random",
         bucket_batches: int = 16,
+        accumulation: int = 1,
+        eval_batch_size: int | None = None,
     ):
         super().__init__()
         if batching not in BATCHING:
@@ -74,6 +85,8 @@ class GPTDataModule(L.LightningDataModule):
         self.data_dir = Path(data_dir)
         self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
         self.batching, self.bucket_batches = batching, bucket_batches
+        self.accumulation = accumulation  # micro-batches per optimizer step: random windows are drawn per step
+        self.eval_batch_size = eval_batch_size or batch_size
         self.meta = load_meta(self.data_dir)
         self.tokenizer = tokenizer_from_meta(self.meta)
         self.pin_memory = False
@@ -102,19 +115,20 @@ class GPTDataModule(L.LightningDataModule):
         # one independent stream per (rank, role): DDP ranks draw different windows
         seeds = np.random.SeedSequence([self.seed, rank]).spawn(3)
         if self._train is None:
-            self._train = self.sampler("train", seeds[0])
-            self._eval = [self.sampler("train", seeds[1]), self.sampler("val", seeds[2])]
+            self._train = self.sampler("train", seeds[0], group=self.accumulation)
+            self._eval = [self.sampler("train", seeds[1], self.eval_batch_size), self.sampler("val", seeds[2], self.eval_batch_size)]
         if self.trainer is not None:
             self.pin_memory = self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator"
 
-    def sampler(self, split: str, seed) -> RandomWindows | PackedRows | PaddedBatches:
+    def sampler(self, split: str, seed, batch_size: int | None = None, group: int = 1) -> RandomWindows | PackedRows | PaddedBatches:
         args = (self.data_dir / f"{split}.bin", self.meta["dtype"])
+        batch_size = batch_size or self.batch_size
         if self.batching == "random":
-            return RandomWindows(*args, self.block_size, self.batch_size, seed)
+            return RandomWindows(*args, self.block_size, batch_size, seed, group=group)
         offsets = open_documents(self.data_dir, split, self.meta)
         if self.batching == "packed":
-            return PackedRows(*args, offsets, self.block_size, self.batch_size, seed)
-        return PaddedBatches(*args, offsets, self.block_size, self.batch_size, seed, self.bucket_batches)
+            return PackedRows(*args, offsets, self.block_size, batch_size, seed)
+        return PaddedBatches(*args, offsets, self.block_size, batch_size, seed, self.bucket_batches)
 
     def _loader(self, ds: RandomWindows) -> DataLoader:
         # batch_size=None: the dataset already yields whole batches; no workers: sampling is one

@@ -293,7 +293,8 @@ def main() -> None:
         try:
             if cfg.init_from != "scratch" or cfg.eval_only:
                 raise ConfigError("lr_find trains a fresh model: drop init_from=resume / eval_only")
-            found = train(cfg, Path(hc.runtime.output_dir), cli.explicit_keys(list(hc.overrides.task)), lr_find_only=True)
+            found = train(cfg, Path(hc.runtime.output_dir), cli.explicit_keys(list(hc.overrides.task)), lr_find_only=True,
+                          typed=cli.typed_keys(list(hc.overrides.task)))
         except GptlabError as e:  # one line instead of Hydra's "Error executing job" and a traceback
             print(f"error: {e}", file=sys.stderr, flush=True)
             sys.exit(e.exit_code)

@@ -80,7 +80,7 @@ class GradientMonitor(L.Callback):
         self.total_clipped += st["clipped"]
         if trainer.logger is not None:
             trainer.logger.log_metrics(
-                {"grad/norm": st["last"], "grad/norm_mean": st["mean"], "grad/norm_max": st["max"],
+                {"train/grad_norm": st["last"], "grad/norm_mean": st["mean"], "grad/norm_max": st["max"],
                  "grad/clipped_frac": st["clipped_frac"]},
                 step=trainer.global_step,
             )
@@ -235,7 +235,7 @@ class PlateauHint(L.Callback):
             log.warning(
                 head + " Checklist (guide, Q1): 1) learning rate too small? try 10x learning_rate; "
                 "2) data aligned? python -m gptlab.inspect shows X and Y side by side; 3) model too small? "
-                "raise n_layer or n_embd; 4) gradients present? see grad/norm in TensorBoard or python -m gptlab.gradviz <run>."
+                "raise n_layer or n_embd; 4) gradients present? see train/grad_norm in TensorBoard or python -m gptlab.gradviz <run>."
             )
 
     def state_dict(self) -> dict:

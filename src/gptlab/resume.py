@@ -9,6 +9,7 @@ whether a run already finished.
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
@@ -24,7 +25,7 @@ from gptlab.errors import ConfigError, RunInterrupted
 
 log = logging.getLogger("gptlab")
 
-FINISHED = "metrics.json"  # written last, and only when a run completed
+FINISHED = "metrics.json"  # written last: status ok when a run completed (failed / diverged otherwise)
 
 
 def newest_checkpoint(run_dir: Path) -> Path | None:
@@ -37,10 +38,18 @@ def newest_checkpoint(run_dir: Path) -> Path | None:
     return max(found, key=checkpoint_step)  # ties: last.ckpt (listed first)
 
 
+def run_status(run_dir: Path) -> str | None:
+    """The status in a run's metrics.json (ok, failed, diverged), or None when there is none."""
+    f = Path(run_dir) / FINISHED
+    if not f.is_file():
+        return None
+    return json.loads(f.read_text()).get("status", "ok")  # metrics.json before statuses: finished runs
+
+
 def run_state(run_dir: Path) -> str:
-    """'finished' (metrics.json written), 'stopped' (a checkpoint but no metrics.json), or 'new'."""
+    """'finished' (metrics.json with status ok), 'stopped' (a checkpoint, not finished), or 'new'."""
     run_dir = Path(run_dir)
-    if (run_dir / FINISHED).is_file():
+    if run_status(run_dir) == "ok":
         return "finished"
     if (run_dir / LAST).is_file() or (run_dir / BEST).is_file():
         return "stopped"

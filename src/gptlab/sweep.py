@@ -1,9 +1,11 @@
 """Sweeps that survive their failures: the Hydra side of `python -m gptlab.train -m ...`.
 
-A run of a sweep that fails (bad settings, NaN divergence, a crash) writes ``failed.json`` in its
-folder and the sweep goes on with the next run; ``SweepReport``, a Hydra callback named in
-conf/train.yaml, lists the failed runs when the sweep ends, writes ``sweep.json`` next to them
-and sets the exit status. Like the entry points, this module knows Hydra; the library does not.
+A run of a sweep that fails (bad settings, NaN divergence, a crash) writes ``metrics.json`` with
+status failed or diverged in its folder and the sweep goes on with the next run; ``SweepReport``,
+a Hydra callback named in conf/train.yaml, lists the failed runs when the sweep ends, writes
+``sweep.json`` next to them and sets the exit status. It reads the run folders, so it works with
+any launcher (sequential, joblib's processes, SLURM jobs). Like the entry points, this module
+knows Hydra; the library does not.
 """
 
 from __future__ import annotations
@@ -17,71 +19,106 @@ from typing import Any
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from gptlab.checkpoint import write_text_atomic
-from gptlab.resume import FINISHED
+from gptlab.errors import NonFiniteLossError
+from gptlab.resume import FINISHED, run_status
 
 log = logging.getLogger("gptlab")
 
-FAILED = "failed.json"  # why a run of a sweep failed; removed when the run is started again
 SUMMARY = "sweep.json"  # in the sweep folder: every run, its status and best val loss or error
 
 
-def record_failure(run_dir: Path, error: BaseException) -> None:
+def write_failure(run_dir: Path, error: BaseException, partial: dict | None = None) -> None:
+    """metrics.json of a run that did not finish: status diverged (NaN/inf) or failed, the error,
+    and whatever the run measured before it stopped (partial, from train)."""
     text = str(error).splitlines()[0] if str(error) else ""
-    write_text_atomic(Path(run_dir) / FAILED, json.dumps({"error": text, "type": type(error).__name__}, indent=1))
+    status = "diverged" if isinstance(error, NonFiniteLossError) else "failed"
+    rec = {**(partial or {}), "status": status, "error": f"{type(error).__name__}: {text}"}
+    write_text_atomic(Path(run_dir) / FINISHED, json.dumps(rec, indent=1))
+
+
+def record_failure(run_dir: Path, error: BaseException) -> None:
+    """A sweep job that failed: keep the metrics.json train wrote if it got that far."""
+    if run_status(run_dir) in (None, "ok"):
+        write_failure(run_dir, error)
 
 
 def clear_failure(run_dir: Path) -> None:
-    (Path(run_dir) / FAILED).unlink(missing_ok=True)
+    """Before a job starts again: a failed attempt's metrics.json goes (a finished one stays)."""
+    if run_status(run_dir) not in (None, "ok"):
+        (Path(run_dir) / FINISHED).unlink()
 
 
 def job_outcome(run_dir: Path) -> dict:
-    """What a run's folder says about it: finished (metrics.json), failed (failed.json, why),
-    or stopped (neither: killed, or still running)."""
+    """What a run's folder says about it: ok, failed or diverged (metrics.json: status, best val
+    loss or error), or stopped (no metrics.json: killed, or still running)."""
     run_dir = Path(run_dir)
-    if (run_dir / FINISHED).is_file():
-        return {"status": "finished", "best_val_loss": json.loads((run_dir / FINISHED).read_text()).get("best_val_loss")}
-    if (run_dir / FAILED).is_file():
-        f = json.loads((run_dir / FAILED).read_text())
-        return {"status": "failed", "error": f"{f['type']}: {f['error']}"}
-    return {"status": "stopped"}
+    f = run_dir / FINISHED
+    if not f.is_file():
+        return {"status": "stopped"}
+    m = json.loads(f.read_text())
+    status = m.get("status", "ok")
+    if status == "ok":
+        return {"status": "ok", "best_val_loss": m.get("best_val_loss")}
+    return {"status": status, "error": m.get("error", "")}
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """The job folders of a sweep (each holds Hydra's .hydra/), in job-number order."""
+    dirs = [d for d in Path(sweep_dir).iterdir() if d.is_dir() and (d / ".hydra").is_dir()] if Path(sweep_dir).is_dir() else []
+
+    def number(d: Path):
+        head = d.name.split("_", 1)[0]
+        return (int(head), d.name) if head.isdigit() else (1 << 30, d.name)
+
+    return sorted(dirs, key=number)
 
 
 class SweepReport(Callback):
     """At the end of a multirun: one line per failed run (its folder and why), sweep.json, and
-    exit status 1 when any run failed (0 when all finished)."""
+    exit status 1 when any run failed (0 when all finished).
+
+    The outcome of each job is read from its folder, not collected in on_job_end: launchers that
+    run jobs in other processes (joblib) or on other machines (SLURM) call on_job_end there."""
 
     def __init__(self) -> None:
-        self.jobs: list[dict] = []
+        self.crashed: dict[str, str] = {}  # run dir -> an exception the job did not catch (this process's jobs)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self.jobs = []
+        self.crashed = {}
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        if config.hydra.mode != RunMode.MULTIRUN:
-            return
-        run_dir = Path(config.hydra.runtime.output_dir)
-        rec = {"dir": str(run_dir), "overrides": list(job_return.overrides or []), **job_outcome(run_dir)}
-        if job_return.status == JobStatus.FAILED:  # an exception the task did not catch
+        if config.hydra.mode == RunMode.MULTIRUN and job_return.status == JobStatus.FAILED:
             e = job_return._return_value
-            rec.update(status="failed", error=f"{type(e).__name__}: {e}")
-        self.jobs.append(rec)
+            self.crashed[str(Path(config.hydra.runtime.output_dir))] = f"{type(e).__name__}: {e}"
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        failed = [j for j in self.jobs if j["status"] != "finished"]
-        write_text_atomic(sweep_dir / SUMMARY, json.dumps({"runs": len(self.jobs), "failed": len(failed), "jobs": self.jobs}, indent=1))
-        done = [j for j in self.jobs if j["status"] == "finished" and j.get("best_val_loss") is not None]
+        jobs = []
+        for d in job_dirs(sweep_dir):
+            rec = {"dir": str(d), "overrides": _overrides(d), **job_outcome(d)}
+            if str(d) in self.crashed:
+                rec.update(status="failed", error=self.crashed[str(d)])
+            jobs.append(rec)
+        failed = [j for j in jobs if j["status"] != "ok"]
+        write_text_atomic(sweep_dir / SUMMARY, json.dumps({"runs": len(jobs), "failed": len(failed), "jobs": jobs}, indent=1))
+        done = [j for j in jobs if j["status"] == "ok" and j.get("best_val_loss") is not None]
         if done:
             best = min(done, key=lambda j: j["best_val_loss"])
             log.info(f"best val loss {best['best_val_loss']:.4f}: {best['dir']}")
         if not failed:
-            log.info(f"sweep finished: all {len(self.jobs)} runs completed ({sweep_dir / SUMMARY})")
+            log.info(f"sweep finished: all {len(jobs)} runs completed ({sweep_dir / SUMMARY}); "
+                     f"compare them: python -m gptlab.report {sweep_dir}")
             return
-        lines = [f"sweep finished with {len(failed)} of {len(self.jobs)} runs failed ({sweep_dir / SUMMARY}):"]
-        lines += [f"  {j['dir']}: {j.get('error', j['status'])}" for j in failed]
+        lines = [f"sweep finished with {len(failed)} of {len(jobs)} runs failed ({sweep_dir / SUMMARY}):"]
+        lines += [f"  {j['dir']}: {j['status']}: {j.get('error', '')}" for j in failed]
         print("\n".join(lines), file=sys.stderr, flush=True)
         # Hydra hands nothing back from a multirun to its caller, so the exit status is set here
         sys.exit(1)
+
+
+def _overrides(run_dir: Path) -> list[str]:
+    f = run_dir / ".hydra" / "overrides.yaml"
+    return [str(o) for o in OmegaConf.load(f)] if f.is_file() else []

@@ -10,6 +10,7 @@ import contextlib
 import gc
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -30,8 +31,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from gptlab import cli, lr_find
-from gptlab.callbacks import FinalEvaluation, NonFiniteGuard, ProgressLog, TrainingLog
+from gptlab import cli, lr_find, memory
+from gptlab.callbacks import EvalSamples, FinalEvaluation, NonFiniteGuard, ProgressLog, TrainingLog, generate_sample
 from gptlab.checkpoint import (
     BEST,
     EXPORT,
@@ -45,6 +46,7 @@ from gptlab.checkpoint import (
     write_text_atomic,
 )
 from gptlab.config import (
+    apply_cpu_scale,
     apply_profile,
     data_spec,
     model_config,
@@ -60,7 +62,7 @@ from gptlab.errors import GptlabError, RunInterrupted
 from gptlab.module import GPTModule
 from gptlab.monitors import GradientMonitor, InitialLossCheck, LayerGradients, PlateauHint
 from gptlab.resume import FINISHED, RngState, StopOnSignal, starting_point
-from gptlab.sweep import clear_failure, record_failure
+from gptlab.sweep import clear_failure, record_failure, write_failure
 from gptlab.tokenizer import undecodable_ids
 
 log = logging.getLogger("gptlab")
@@ -80,13 +82,17 @@ def _quiet_lightning() -> None:
 
 
 def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset(), lr_find_only: bool = False,
-          callbacks: Sequence[L.Callback] = ()) -> dict:
+          callbacks: Sequence[L.Callback] = (), typed: set[str] | None = None) -> dict:
     """Train (or evaluate) as cfg says, writing into run_dir. Returns the metrics.json dict.
 
+    explicit: keys the user set (command line, or a chosen model/experiment/variant file); the CPU
+    recipe leaves them alone. typed: keys on the command line itself; an experiment's cpu_scale
+    leaves only these alone (default: explicit).
     lr_find_only: run only the learning-rate range test (python -m gptlab.lr_find) on the model and
     batches this config would train, and return its lr_find.json dict.
     callbacks are added after the run's own (the bench times steps through one)."""
     _quiet_lightning()
+    typed = set(explicit if typed is None else typed)
     if rank_zero_only.rank != 0:
         log.setLevel(logging.WARNING)  # under DDP only rank 0 writes the console log
     run_dir = Path(run_dir)
@@ -99,6 +105,12 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
             "training on CPU: the CPU recipe (conf/profiles/cpu.yaml) sets "
             + ", ".join(changed)
             + " -- any key you set yourself wins; profile=none turns this off"
+        )
+    scaled = apply_cpu_scale(cfg, typed, on_cpu=device.on_cpu)
+    if scaled:
+        log.info(
+            "the experiment's CPU scale (its cpu_scale node) sets " + ", ".join(scaled)
+            + " -- keys on the command line win; profile=none runs the guide's numbers"
         )
     validate(cfg)
 
@@ -113,6 +125,7 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
     if resume:
         log.info(f"continuing from {ckpt_path}")
     remove_partial_writes(run_dir)  # leftovers of a write that a SIGKILL cut short
+    memory.reset_peak(cuda=device.accelerator == "gpu")  # this run's own peak, even as job 4 of a sweep
 
     spec = data_spec(cfg)
     batching = str(cfg.data.get("batching", "random"))
@@ -120,6 +133,7 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
     dm = GPTDataModule(
         spec.dir, int(cfg.block_size), int(cfg.batch_size), seed=int(cfg.seed),
         batching=batching, bucket_batches=int(cfg.data.get("bucket_batches", 16)),
+        accumulation=int(cfg.gradient_accumulation_steps), eval_batch_size=cfg.get("eval_batch_size"),
     )
     dm.check_block_size()
     masking = token_masking(cfg, dm.vocab_size)  # None unless augment.mask_prob > 0
@@ -172,7 +186,7 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
             "tokens/s counts real tokens, slots are at most the figure above"
         )
 
-    training_log = TrainingLog(run_dir / "training.log", append=resume)
+    training_log = TrainingLog(run_dir / "training.log", append=resume, tokens_per_step=tokens_per_step)
     mon = cfg.monitor
     grad_monitor = (
         GradientMonitor(int(cfg.log_interval), float(mon.grad_warn), float(cfg.grad_clip)) if mon.enabled else None
@@ -208,6 +222,9 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
         StopOnSignal(run_dir / LAST),
         *callbacks,
     ]
+    suppress = undecodable_ids(dm.tokenizer, mconf.vocab_size)  # padded rows and [MASK] are never sampled
+    if int(cfg.eval_sample_tokens) > 0 and str(tr.strategy) != "fsdp":
+        callbacks.append(EvalSamples(int(cfg.eval_sample_tokens), dm.tokenizer, int(cfg.seed), suppress))
     early_stop = None
     if cfg.early_stopping.patience:
         # counts the evaluations during fit (not the step-0 one) without val loss < best - min_delta
@@ -251,23 +268,30 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
             (run_dir / FINISHED).unlink(missing_ok=True)  # written again only when this run completes
 
     t0 = time.time()
+    on_gpu = device.accelerator == "gpu"
     if cfg.eval_only:
         trainer.validate(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True, verbose=False)
     else:
         try:
             if not resume:
-                logger.log_hyperparams(_hparams(cfg))
+                logger.log_hyperparams(_hparams(cfg, typed))
                 trainer.validate(module, datamodule=dm, verbose=False)  # the step-0 evaluation
             trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True)
         except SIGTERMException:
             # Lightning's handler caught a SIGTERM outside the training steps (StopOnSignal covers
             # those); its exception would end the process with status 0, as if the run had finished
             raise RunInterrupted("SIGTERM outside the training steps; nothing new was saved.", signal.SIGTERM, str(run_dir)) from None
+        except Exception as e:
+            if trainer.is_global_zero and not isinstance(e, RunInterrupted):
+                # what the run got to before it failed, for the sweep's summary and the report
+                failed = _metrics(training_log, progress, trainer, module, time.time() - t0, cfg, tokens_per_step, on_gpu)
+                write_failure(run_dir, e, failed)
+            raise
         if not cfg.always_save_checkpoint:
             trainer.save_checkpoint(run_dir / LAST, weights_only=False)  # full state: resumable
     wall = time.time() - t0
 
-    metrics = _metrics(training_log, progress, trainer, module, wall)
+    metrics = _metrics(training_log, progress, trainer, module, wall, cfg, tokens_per_step, on_gpu)
     metrics["stop_reason"], metrics["stop_message"] = _stop_reason(cfg, trainer, early_stop)
     for cb in monitors:
         if isinstance(cb, GradientMonitor) and cb.clipped_fraction is not None:
@@ -277,18 +301,21 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
         elif isinstance(cb, LayerGradients) and cb.flagged:
             metrics["layer_warnings"] = cb.flagged
     if trainer.is_global_zero:
+        if int(cfg.sample_tokens) > 0 and not cfg.eval_only:
+            metrics["sample"] = generate_sample(module.model, dm.tokenizer, int(cfg.sample_tokens), int(cfg.seed), suppress)
         if not cfg.eval_only:
             metrics["checkpoint_bytes"] = _disk_report(run_dir, bool(cfg.get("export_weights")))
         write_text_atomic(run_dir / FINISHED, json.dumps(metrics, indent=1))  # last: marks the run finished
         best = metrics.get("best_val_loss")
         if best is not None and not cfg.eval_only:
             # the HParams dashboard: one row per run of a sweep, with its best val loss
-            logger.log_hyperparams(_hparams(cfg), metrics={"hp/best_val_loss": best})
+            logger.log_hyperparams(_hparams(cfg, typed), metrics={
+                "hp/best_val_loss": best, "hp/final_val_loss": metrics["final_val_loss"], "hp/final_train_loss": metrics["final_train_loss"]})
             logger.save()
             log.info(f"training stopped at step {metrics['iters']}: {metrics['stop_message']}")
             log.info(f"best val loss {best:.4f} at step {metrics['best_step']}; checkpoints in {run_dir}")
-        if int(cfg.sample_tokens) > 0 and not cfg.eval_only:
-            log.info("sample:\n" + _sample(module, dm, int(cfg.sample_tokens), int(cfg.seed)))
+        if metrics.get("sample"):
+            log.info("sample:\n" + metrics["sample"])
     return metrics
 
 
@@ -314,30 +341,51 @@ def _strategy(name: str):
     return name
 
 
-def _hparams(cfg: DictConfig) -> dict:
-    flat = {}
-    for k, v in plain(cfg).items():
-        if isinstance(v, dict):
-            flat.update({f"{k}.{kk}": vv for kk, vv in v.items() if not isinstance(vv, (dict, list))})
-        elif not isinstance(v, list):
-            flat[k] = v
-    return {k: ("None" if v is None else v) for k, v in flat.items()}
+# The hyperparameters experiments vary; TensorBoard's HPARAMS tab shows these and any key set on
+# the command line or by a sweep (all ~80 keys would bury the swept ones)
+HPARAMS = ("variant", "learning_rate", "batch_size", "gradient_accumulation_steps", "block_size", "n_layer", "n_head",
+           "n_embd", "dropout", "weight_decay", "max_iters", "warmup_iters", "decay_lr", "lr_decay_iters", "min_lr",
+           "grad_clip", "seed", "augment.mask_prob")
 
 
-def _metrics(training_log: TrainingLog, progress: ProgressLog, trainer, module, wall: float) -> dict:
+def _hparams(cfg: DictConfig, typed: set[str] = frozenset()) -> dict:
+    keys = list(HPARAMS) + sorted(k for k in typed if k not in HPARAMS)
+    out = {}
+    for k in keys:
+        v = OmegaConf.select(cfg, k, default=None)
+        if OmegaConf.is_config(v):
+            continue  # a whole group (data=...): its keys are in config.yaml
+        out[k] = "None" if v is None else v
+    return out
+
+
+def _metrics(training_log: TrainingLog, progress: ProgressLog, trainer, module, wall: float, cfg: DictConfig,
+             tokens_per_step: int, on_gpu: bool) -> dict:
     best = training_log.best()
     last = training_log.history[-1] if training_log.history else {}
+    finite_train = [r["train_loss"] for r in training_log.history if math.isfinite(r["train_loss"])]
+    peak, kind = memory.peak(cuda=on_gpu)
+    steps = int(trainer.global_step)
     return {
-        "iters": int(trainer.global_step),
+        "status": "ok",
+        "iters": steps,
+        "max_iters": int(cfg.max_iters),
         "final_train_loss": last.get("train_loss"),
         "final_val_loss": last.get("val_loss"),
         "best_val_loss": best["val_loss"] if best else None,
+        "best_train_loss": min(finite_train) if finite_train else None,
         "best_step": best["step"] if best else None,
         "evals": training_log.history,
+        "train_curve": progress.curve,  # [step, mean training loss over the log_interval before it]
+        "tokens_per_step": tokens_per_step,  # slots: packed/padded batches hold fewer real tokens
+        "tokens_seen": steps * tokens_per_step,
         "tokens_per_s": progress.tokens_per_second,
         "padding_efficiency": progress.padding_efficiency,
         "wall_time_s": round(wall, 2),
+        "peak_memory_bytes": peak,  # this run's peak: GPU allocator (cuda) or resident set size (rss)
+        "peak_memory_kind": kind,
         "params": module.model.num_params(),
+        "vocab_size": module.model.config.vocab_size,
     }
 
 
@@ -357,18 +405,6 @@ def _stop_reason(cfg: DictConfig, trainer, early_stop: EarlyStopping | None) -> 
     if trainer.global_step >= int(cfg.max_iters):
         return "max_iters", f"max_iters={cfg.max_iters} reached"
     return "stopped", f"stopped at step {trainer.global_step} before max_iters={cfg.max_iters}"
-
-
-def _sample(module: GPTModule, dm: GPTDataModule, n_tokens: int, seed: int) -> str:
-    tok = dm.tokenizer
-    model = module.model.eval()
-    dev = next(model.parameters()).device
-    start = tok.eot_token if tok.eot_token is not None else int(tok.encode("\n")[0]) if "\n" in getattr(tok, "stoi", {}) else 0
-    idx = torch.tensor([[start]], device=dev)
-    gen = torch.Generator(device=dev).manual_seed(seed)
-    out = model.generate(idx, n_tokens, temperature=0.8, top_k=200, generator=gen,
-                         suppress_tokens=undecodable_ids(tok, model.config.vocab_size))
-    return tok.decode(out[0, 1:].tolist())
 
 
 _ARGS: list[str] = []  # the command line as given (set by main), for the resume command
@@ -408,7 +444,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     try:
         clear_failure(run_dir)
         with _ranks_for_this_job(hc, run_dir):
-            metrics = train(cfg, run_dir, cli.explicit_keys(overrides))
+            metrics = train(cfg, run_dir, cli.explicit_keys(overrides), typed=cli.typed_keys(overrides))
         return metrics.get("best_val_loss")  # what a Hydra sweeper would minimise
     except RunInterrupted as e:
         # a signal stops a whole sweep too; the same command with resume=true continues it

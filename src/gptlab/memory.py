@@ -1,0 +1,51 @@
+"""A run's peak memory: what experiment 5 asks about ("how does memory grow with size").
+
+On a GPU, the most memory PyTorch's allocator held (torch.cuda.max_memory_allocated). On CPU, the
+process's peak resident set size. Both are reset when a run starts, so every job of a sequential
+sweep -- all in one process -- reports its own peak, not the largest of the jobs before it.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+from pathlib import Path
+
+import torch
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def reset_peak(cuda: bool) -> None:
+    if cuda and torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        _CLEAR_REFS.write_text("5")  # Linux: "5" resets the peak RSS (VmHWM) to the current RSS
+    except OSError:
+        pass  # elsewhere the peak stays the process's since it started (ru_maxrss)
+
+
+def peak(cuda: bool) -> tuple[int, str]:
+    """(bytes, kind): kind is "cuda" (allocator peak on the GPU) or "rss" (resident memory)."""
+    if cuda and torch.cuda.is_available():
+        return int(torch.cuda.max_memory_allocated()), "cuda"
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024, "rss"
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return int(rss if sys.platform == "darwin" else rss * 1024), "rss"
+
+
+def current_rss() -> int:
+    """The process's resident memory now, in bytes (0 where /proc is absent)."""
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
