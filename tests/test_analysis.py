@@ -22,7 +22,7 @@ def test_convergence_verdicts():
     flat = [(0, 4.2), (100, 4.15), (200, 4.15)]  # never learned
     assert an.convergence(converged).name == "converged"
     v = an.convergence(improving)
-    assert v.name == "still improving" and "steps 800-1000" in v.why and "-15.4%" in v.why
+    assert v.name == "still improving" and "steps 800-1000" in v.why and "2.600 -> 2.200 (-15.38%)" in v.why
     v = an.convergence(oscillating)
     assert v.name == "oscillating" and "steps 300, 500, 700" in v.why
     assert an.convergence(nan).why == "non-finite loss at step 200"

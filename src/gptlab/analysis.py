@@ -67,7 +67,7 @@ def convergence(curve: list[Point], status: str = "ok") -> Verdict:
         return Verdict("oscillating", f"rose by more than {OSCILLATE_RISE:.0%} at steps {', '.join(map(str, rises))}")
     ref_step, ref = nearest(curve[:-1], s_end - CONVERGED_WINDOW * (s_end - s0))
     change = (final - ref) / ref
-    window = f"steps {ref_step}-{s_end}: {ref:.3f} -> {final:.3f} ({change:+.1%})"
+    window = f"steps {ref_step}-{s_end}: {ref:.3f} -> {final:.3f} ({change:+.2%})"
     if abs(change) < CONVERGED_CHANGE:
         return Verdict("converged", window)
     if change > 0:
@@ -123,13 +123,15 @@ def overfitting(final_train: float | None, final_val: float | None, best_val: fl
     above its best while the train loss kept falling (train_at_best: train loss when val was best)."""
     if not (finite(final_train) and finite(final_val)):
         return Overfit(None, None, "no final train and val loss")
-    gap = final_val - final_train
+    gap = round(final_val - final_train, 9)  # 1.35 - 1.25 is 0.10000000000000009 in floats, not above 0.1
     if gap > OVERFIT_GAP:
         return Overfit(True, gap, f"gap {gap:.3f} > {OVERFIT_GAP:g}")
-    if finite(best_val) and finite(train_at_best) and final_val - best_val >= OVERFIT_VAL_RISE and final_train < train_at_best:
-        return Overfit(True, gap, f"val rose {final_val - best_val:.3f} above its best {best_val:.3f} while train fell "
-                                  f"{train_at_best:.3f} -> {final_train:.3f}")
-    return Overfit(False, gap, f"gap {gap:.3f} <= {OVERFIT_GAP:g}, val within {OVERFIT_VAL_RISE:g} of its best")
+    rise = round(final_val - best_val, 9) if finite(best_val) else None
+    if rise is None or rise < OVERFIT_VAL_RISE:
+        return Overfit(False, gap, f"gap {gap:.3f} <= {OVERFIT_GAP:g}" + (f", val within {OVERFIT_VAL_RISE:g} of its best" if rise is not None else ""))
+    if finite(train_at_best) and final_train < train_at_best:
+        return Overfit(True, gap, f"val rose {rise:.3f} above its best {best_val:.3f} while train fell {train_at_best:.3f} -> {final_train:.3f}")
+    return Overfit(False, gap, f"gap {gap:.3f} <= {OVERFIT_GAP:g}; val rose {rise:.3f} above its best, but train did not fall meanwhile")
 
 
 @dataclass(frozen=True)
