@@ -276,6 +276,14 @@ def test_failed_runs_are_listed_with_their_error(tmp_path):
     assert verdict_line(text) == "**Verdict:** lowest best_val_loss: learning_rate=0.001 (1.6001)"
 
 
+def test_an_unknown_analysis_is_refused_before_writing(tmp_path, capsys):
+    write_run(tmp_path, "0_a", decay(1.5), variant="a", analysis="scalling")
+    with pytest.raises(SystemExit) as e:
+        report.main([str(tmp_path)])
+    assert e.value.code == 2 and "report.analysis must be one of hparams, grad_accum, regularization, lr_schedule, scaling or null, got 'scalling'" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.png")) and not (tmp_path / "report.md").exists()
+
+
 def test_the_newest_sweep_of_an_experiment_folder(tmp_path, monkeypatch, capsys):
     exp = tmp_path / "outputs" / "exp2_grad_accum"
     old, new = exp / "2026-11-29_22-30-01_1234", exp / "2026-11-30_08-00-00_999"

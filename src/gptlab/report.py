@@ -45,7 +45,6 @@ COLUMNS = {  # metric name -> table heading
     "gap": "gap (val - train)",
     "best_val_loss": "best val",
 }
-ANALYSES = ("hparams", "grad_accum", "regularization", "lr_schedule", "scaling")
 NOT_SETTINGS = {"out_dir", "variant", "seed", "resume", "overwrite"}  # config keys that do not make two runs differ
 FIRST_STEPS, LAST_STEPS = 100, 200  # experiment 4's windows: the guide's "first 100" and "last 200 steps"
 
@@ -655,15 +654,16 @@ def report(folder: str | Path | None) -> str:
     spec = next((r.report for r in runs if r.report.get("question") or r.report.get("analysis")), {})
     kind = spec.get("analysis")
     if kind is not None and kind not in SECTIONS:
-        raise ConfigError(f"report.analysis must be one of {', '.join(ANALYSES)} or null, got '{kind}'")
+        raise ConfigError(f"report.analysis must be one of {', '.join(SECTIONS)} or null, got '{kind}'")
     question = spec.get("question")
     # job folders of the sweep that wrote nothing: killed, or still going
     unfinished = sorted(d.name for d in sweep_dir.iterdir()
                         if d.is_dir() and not d.name.startswith(".") and JOB_DIR.match(d.name) and not _has_result(d))
-    title = question or f"{sweep_dir.name}: loss curves"
-    plot_curves(runs, keys, sweep_dir / "loss_curves.png", title)
-    plot(runs, keys, sweep_dir / "comparison.png", question or "experiment comparison")
     found = assess(runs)
+    # the answer first: a bad report: node is refused before any file is written
+    answer = SECTIONS[kind](runs, keys, found, sweep_dir) if kind else ["**Verdict:** " + verdict(runs, keys)]
+    plot_curves(runs, keys, sweep_dir / "loss_curves.png", question or f"{sweep_dir.name}: loss curves")
+    plot(runs, keys, sweep_dir / "comparison.png", question or "experiment comparison")
     bad = [r for r in runs if r.status != "ok"]
     notes = "gap = final val loss - final train loss, both from the last evaluation (clean inputs, eval mode)."
     if unfinished:
@@ -676,7 +676,7 @@ def report(folder: str | Path | None) -> str:
         parts.append("Runs that did not finish well:\n" + "\n".join(
             f"- `{r.name}` ({label(r, keys)}): {r.status}: {r.metrics.get('error') or 'no error recorded'}" for r in bad))
     parts.append(f"## {question or 'Verdict'}")
-    parts += SECTIONS[kind](runs, keys, found, sweep_dir) if kind else ["**Verdict:** " + verdict(runs, keys)]
+    parts += answer
     parts += ["## Loss curves", "![train and val loss](loss_curves.png)", "![val-loss curves, train dotted](comparison.png)",
               "## Each run", *(run_block(r, found[r.path], keys) for r in runs),
               "## Rules", "\n".join(an.rules()),
