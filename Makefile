@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install prepare train sample test test-all lint tensorboard clean bench bench-gpu gpu-carry
+.PHONY: help install prepare train sample report test test-all lint tensorboard clean bench bench-gpu gpu-carry
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ train: install ## train the default model (CPU recipe without a GPU) and print a
 
 sample: install ## sample from a run: make sample ARGS="ckpt=outputs/<date>/<time>"
 	$(BIN)/python -m gptlab.sample $(ARGS)
+
+report: install ## a sweep's report.md and plots: make report ARGS=outputs/exp2_grad_accum (default: the newest sweep in outputs/)
+	$(BIN)/python -m gptlab.report $(ARGS)
 
 test: install ## run the tests, without the slow ones (what CI runs)
 	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
