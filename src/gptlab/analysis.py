@@ -30,6 +30,9 @@ OVERFIT_VAL_RISE = 0.05  # or val loss this far above its best while the train l
 # grad_accum: two eval curves within this of each other at every evaluation are "the same"
 SAME_CURVES_TOL = 0.01
 
+# the experiments whose own question a report answers (report.analysis in an experiment's config)
+ANALYSES = ("hparams", "grad_accum", "regularization", "lr_schedule", "scaling")
+
 
 def finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from gptlab.analysis import ANALYSES
 from gptlab.augment import TokenMasking
 from gptlab.data import DOCUMENT_KINDS, DataSpec
 from gptlab.errors import ConfigError
@@ -83,6 +84,10 @@ def validate(cfg: DictConfig) -> None:
         _positive_int(cfg, key)
     if cfg.get("eval_batch_size") is not None:
         _positive_int(cfg, "eval_batch_size")
+    analysis = OmegaConf.select(cfg, "report.analysis", default=None)
+    if analysis is not None and analysis not in ANALYSES:
+        # caught here, before the sweep trains, rather than by the report afterwards
+        raise ConfigError(f"report.analysis must be one of {', '.join(ANALYSES)} or null, got '{analysis}'")
     for key in ("max_iters", "warmup_iters", "lr_decay_iters", "sample_tokens", "eval_sample_tokens"):
         _positive_int(cfg, key, minimum=0)
     if cfg.max_iters == 0 and not cfg.eval_only:

@@ -591,6 +591,7 @@ def scaling(runs: list[Run], keys: list[str], found: dict[Path, Assessment], swe
 
 SECTIONS = {"hparams": hparams, "grad_accum": grad_accum, "regularization": regularization,
             "lr_schedule": lr_schedule, "scaling": scaling}
+assert tuple(SECTIONS) == an.ANALYSES
 
 
 # --- figures

@@ -92,12 +92,12 @@ class SweepReport(Callback):
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if config.hydra.mode == RunMode.MULTIRUN and job_return.status == JobStatus.FAILED:
             e = job_return._return_value
-            self.crashed[str(Path(config.hydra.runtime.output_dir))] = f"{type(e).__name__}: {e}"
+            self.crashed[str(Path(config.hydra.runtime.output_dir).resolve())] = f"{type(e).__name__}: {e}"
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         jobs = []
-        for d in job_dirs(sweep_dir):
+        for d in job_dirs(sweep_dir.resolve()):  # absolute: the lines and sweep.json name folders unambiguously
             rec = {"dir": str(d), "overrides": _overrides(d), **job_outcome(d)}
             if str(d) in self.crashed:
                 rec.update(status="failed", error=self.crashed[str(d)])

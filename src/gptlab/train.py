@@ -301,8 +301,8 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
         elif isinstance(cb, LayerGradients) and cb.flagged:
             metrics["layer_warnings"] = cb.flagged
     if trainer.is_global_zero:
-        if int(cfg.sample_tokens) > 0 and not cfg.eval_only:
-            metrics["sample"] = generate_sample(module.model, dm.tokenizer, int(cfg.sample_tokens), int(cfg.seed), suppress)
+        metrics["sample"] = "" if int(cfg.sample_tokens) == 0 or cfg.eval_only else generate_sample(
+            module.model, dm.tokenizer, int(cfg.sample_tokens), int(cfg.seed), suppress)
         if not cfg.eval_only:
             metrics["checkpoint_bytes"] = _disk_report(run_dir, bool(cfg.get("export_weights")))
         write_text_atomic(run_dir / FINISHED, json.dumps(metrics, indent=1))  # last: marks the run finished
