@@ -19,7 +19,7 @@ if _shared.is_dir():
 # A model small enough that a few dozen steps take a few seconds on 2 cores.
 TINY = [
     "n_layer=2", "n_head=2", "n_embd=32", "block_size=32", "batch_size=8", "dropout=0.0",
-    "eval_iters=4", "log_interval=5", "warmup_iters=2", "sample_tokens=0", "profile=none", "device=cpu",
+    "eval_iters=4", "log_interval=5", "warmup_iters=2", "sample_tokens=0", "eval_sample_tokens=0", "profile=none", "device=cpu",
 ]
 
 

@@ -135,3 +135,20 @@ def test_exp2_curves_agree_to_float_tolerance(data_root, tmp_path):
         assert ea["val_loss"] == pytest.approx(eb["val_loss"], abs=1e-5)
         assert ea["train_loss"] == pytest.approx(eb["train_loss"], abs=1e-5)
     assert a["train_curve"][-1][1] < a["train_curve"][0][1] - 0.1  # and they did learn
+
+
+def test_typed_group_choices_keep_their_keys():
+    """model=small and data=shakespeare typed with an experiment win over its CPU scale."""
+    (first, *_) = jobs("exp1_hparams", "model=small")
+    assert shapes([job_config(first, cpu=True)]) == [(4, 4, 256)]
+    (first, *_) = jobs("exp3_regularization", "data=shakespeare")
+    cfg = job_config(first, cpu=True)
+    assert (cfg.data.name, cfg.data.tokenizer, cfg.data.val_fraction) == ("shakespeare", "gpt2", 0.1)
+    assert cfg.max_iters == 1000  # the rest of the CPU scale still applies
+
+
+def test_launcher_configs_compose():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    with initialize_config_dir(config_dir=str(cli.CONF_DIR), version_base="1.3"):
+        cfg = hydra_compose("train", ["hydra/launcher=slurm"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher") and cfg.hydra.launcher.tasks_per_node == 1

@@ -62,6 +62,8 @@ def test_resume_matches_an_unbroken_run(straight, compose, tmp_path):
     for step in range(21, 41):
         assert got[step] == pytest.approx(want[step], abs=1e-6), step
     assert tb_scalars(tmp_path, "val/loss") == pytest.approx(tb_scalars(straight, "val/loss"), abs=1e-6)
+    # the losses against tokens seen survive the resumed writer's purge of the stretch after the checkpoint
+    assert tb_scalars(tmp_path, "by_tokens/val_loss") == pytest.approx(tb_scalars(straight, "by_tokens/val_loss"), abs=1e-6)
     assert log_steps(tmp_path) == [0, 10, 20, 30, 40]  # appended, no evaluation repeated
     assert [e["step"] for e in metrics["evals"]] == [0, 10, 20, 30, 40]  # metrics.json covers both parts
     assert metrics["iters"] == 40

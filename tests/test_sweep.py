@@ -91,3 +91,15 @@ def test_interrupted_sweep_continues_with_resume_true(data_root, tmp_path):
     assert resumed["iters"] == 200 and [e["step"] for e in resumed["evals"]] == list(range(0, 201, 20))
     steps = [int(line.split()[1][:-1]) for line in (runs["1"] / "training.log").read_text().splitlines()]
     assert steps == list(range(0, 201, 20))  # continued where it stopped, nothing repeated
+
+
+def test_resume_true_runs_failed_and_diverged_runs_again(tmp_path):
+    from gptlab.resume import FINISHED, starting_point
+    from gptlab.sweep import clear_failure
+
+    for status, again in (("failed", True), ("diverged", True), ("eval_only", True), ("ok", False)):
+        (tmp_path / "metrics.json").write_text(json.dumps({"status": status}))
+        start = starting_point(tmp_path, "scratch", None, resume=True, overwrite=False, eval_only=False)
+        assert (start != FINISHED) == again, status
+        clear_failure(tmp_path)  # what a sweep job does before it starts: only a failure record goes
+        assert (tmp_path / "metrics.json").exists() == (status in ("ok", "eval_only")), status

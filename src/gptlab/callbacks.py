@@ -32,6 +32,7 @@ class TrainingLog(L.Callback):
         self.append = append
         self.tokens_per_step = tokens_per_step  # for the losses against tokens seen (TensorBoard by_tokens/)
         self.history: list[dict] = []
+        self._replay: list[dict] = []  # evaluations restored from a checkpoint, logged again on resume
 
     @rank_zero_only
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -59,8 +60,20 @@ class TrainingLog(L.Callback):
     def state_dict(self) -> dict:
         return {"history": self.history}  # in checkpoints: metrics.json of a resumed run covers it all
 
+    @rank_zero_only
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if self._replay and trainer.logger is not None and self.tokens_per_step:
+            # a resumed run's TensorBoard writer purges every event at or after its first step, in all
+            # tags -- by_tokens/ steps (tokens) are far larger than optimizer steps, so the whole curve
+            # would go; write the evaluations before the checkpoint again
+            for rec in self._replay:
+                trainer.logger.log_metrics({"by_tokens/train_loss": rec["train_loss"], "by_tokens/val_loss": rec["val_loss"]},
+                                           step=rec["step"] * self.tokens_per_step)
+            self._replay = []
+
     def load_state_dict(self, state: dict) -> None:
         self.history = list(state.get("history", []))
+        self._replay = list(self.history)
         if self.history and rank_zero_only.rank == 0 and self.path.is_file():
             # lines after the checkpoint's last evaluation belong to a stretch the resumed run
             # repeats (a run killed between an evaluation and its checkpoint); drop them so that

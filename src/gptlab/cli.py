@@ -132,7 +132,7 @@ def check_override_keys(overrides: list[str], extra: set[str] = frozenset()) -> 
         head, _, rest = key.partition(".")
         if head not in keys[""]:
             _unknown(key, keys[""])
-        if rest and head in keys and rest.split(".")[0] not in keys[head]:
+        if rest and head in keys and head != "cpu_scale" and rest.split(".")[0] not in keys[head]:
             _unknown(key, {f"{head}.{k}" for k in keys[head]})
 
 
@@ -177,8 +177,19 @@ def explicit_keys(overrides: list[str]) -> set[str]:
 def typed_keys(overrides: list[str]) -> set[str]:
     """Keys named on the command line itself (or by a sweep's parameters), not those a chosen
     model, experiment or variant file sets: an experiment's CPU scale leaves only these alone."""
-    keys = {o.lstrip("+").split("=", 1)[0] for o in overrides if "=" in o and not o.startswith(("~", "hydra"))}
-    return keys - set(GROUPS)
+    keys: set[str] = set()
+    for o in overrides:
+        if "=" not in o or o.startswith(("~", "hydra")):
+            continue
+        key, value = o.lstrip("+").split("=", 1)
+        if key == "model":  # a model typed by name keeps its shape
+            for v in value.split(","):
+                keys |= _yaml_keys(CONF_DIR / "model" / f"{v.strip()}.yaml")
+        elif key == "data":
+            keys.add("data")  # a data set typed by name keeps all its data.* keys
+        elif key not in GROUPS:  # experiment= and variant= files are what the CPU scale replaces
+            keys.add(key)
+    return keys
 
 
 def load_profile(name: str = "cpu") -> dict:

@@ -65,7 +65,7 @@ def apply_cpu_scale(cfg: DictConfig, typed: set[str], on_cpu: bool) -> list[str]
     for key, value in _flatten(OmegaConf.to_container(scale)).items():
         if OmegaConf.select(cfg, key, default="<missing>") == "<missing>":
             raise ConfigError(f"cpu_scale sets '{key}', which is not a config key; the keys are listed in conf/train.yaml")
-        if key in typed or OmegaConf.select(cfg, key) == value:
+        if key in typed or key.split(".")[0] in typed or OmegaConf.select(cfg, key) == value:
             continue
         OmegaConf.update(cfg, key, value, merge=False, force_add=True)
         changed.append(f"{key}={value}")

@@ -23,7 +23,7 @@ def reset_peak(cuda: bool) -> None:
     try:
         _CLEAR_REFS.write_text("5")  # Linux: "5" resets the peak RSS (VmHWM) to the current RSS
     except OSError:
-        pass  # elsewhere the peak stays the process's since it started (ru_maxrss)
+        pass  # elsewhere (macOS) the peak stays the process's since it started (ru_maxrss)
 
 
 def peak(cuda: bool) -> tuple[int, str]:
@@ -40,8 +40,10 @@ def peak(cuda: bool) -> tuple[int, str]:
     return int(rss if sys.platform == "darwin" else rss * 1024), "rss"
 
 
-def current_rss() -> int:
-    """The process's resident memory now, in bytes (0 where /proc is absent)."""
+def current(cuda: bool) -> int:
+    """Memory in use now, in bytes, of the kind peak() reports (0 where it cannot be read)."""
+    if cuda and torch.cuda.is_available():
+        return int(torch.cuda.memory_allocated())
     try:
         for line in _STATUS.read_text().splitlines():
             if line.startswith("VmRSS:"):

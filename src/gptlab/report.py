@@ -35,7 +35,7 @@ from gptlab.errors import ConfigError
 # The guide's plot_loss.py pattern for training.log lines (gptlab.callbacks.EVAL_LINE writes them)
 EVAL_RE = re.compile(r"step (\d+): train loss ([\d.]+), val loss ([\d.]+)")
 METRICS = "metrics.json"
-FAILED = "failed.json"  # gptlab.sweep.FAILED, written by runs of older sweeps that failed (not imported: it loads torch)
+FAILED = "failed.json"  # how failed runs of older sweeps were marked, before metrics.json carried a status
 OUTPUTS = Path("outputs")  # where runs go by default; searched when no folder is given
 JOB_DIR = re.compile(r"\d+_")  # Hydra's sweep subdir: <job number>_<overrides or variant>
 SEARCH_DEPTH = 4  # outputs/multirun/<date>/<time>_<pid> is three levels down
@@ -242,7 +242,9 @@ def settings(runs: list[Run]) -> dict[Path, str]:
     """What a variant changed: the config values that differ between the runs, per run."""
     flat = {r.path: _flat({k: v for k, v in r.config.items() if k != "report"}) for r in runs if r.config}
     keys = sorted({k for f in flat.values() for k in f})
-    differ = [k for k in keys if k not in NOT_SETTINGS and len({repr(f.get(k)) for f in flat.values()}) > 1]
+    # cpu_scale.* are the values a CPU run already applied (they show in the keys themselves)
+    differ = [k for k in keys if k not in NOT_SETTINGS and not k.startswith("cpu_scale.")
+              and len({repr(f.get(k)) for f in flat.values()}) > 1]
     return {p: ", ".join(f"{k}={f.get(k)}" for k in differ) for p, f in flat.items()}
 
 
@@ -440,10 +442,10 @@ def grad_accum(runs: list[Run], keys: list[str], found: dict[Path, Assessment], 
         worst = max((x.max_abs for x in d.values() if x), default=None)
         pair = f"{label(a, keys)} vs {label(b, keys)}"
         lines = [f"{pair}, largest |Δ loss|:"]
-        lines += [f"- {split} loss at the evaluations: " + (f"{x.max_abs:.4f} at step {x.step} ({x.common} common evaluations)" if x else "no common steps")
+        lines += [f"- {split} loss at the evaluations: " + (f"{_delta(x.max_abs)} at step {x.step} ({x.common} common evaluations)" if x else "no common steps")
                   for split, x in d.items()]
         lines.append("- training-batch loss (train_curve, per log interval): "
-                     + (f"{dense.max_abs:.4f} at step {dense.step} ({dense.common} common steps)" if dense else "-"))
+                     + (f"{_delta(dense.max_abs)} at step {dense.step} ({dense.common} common steps)" if dense else "-"))
         wa, wb = a.metrics.get("wall_time_s"), b.metrics.get("wall_time_s")
         ratio = f"{wb / wa:.2f}×" if an.finite(wa) and an.finite(wb) and wa > 0 else "-"
         lines.append(f"- wall time {label(b, keys)} / {label(a, keys)}: {ratio} ({_time(b.metrics)} vs {_time(a.metrics)}; "
@@ -454,8 +456,13 @@ def grad_accum(runs: list[Run], keys: list[str], found: dict[Path, Assessment], 
         else:
             same = worst <= an.SAME_CURVES_TOL
             verdicts.append(f"{pair}: **{'the same' if same else 'not the same'}** -- the eval curves differ by at most "
-                            f"{worst:.4f} ({'≤' if same else '>'} the tolerance {an.SAME_CURVES_TOL:g}); wall-time ratio {ratio}")
+                            f"{_delta(worst)} ({'≤' if same else '>'} the tolerance {an.SAME_CURVES_TOL:g}); wall-time ratio {ratio}")
     return [*out, "**Verdict:** " + "; ".join(verdicts)]
+
+
+def _delta(v: float) -> str:
+    # differences of float rounding (1e-6) would print as 0.0000: show their size
+    return f"{v:.4f}" if v == 0 or v >= 1e-3 else f"{v:.1e}"
 
 
 def _is_zero(v) -> bool:

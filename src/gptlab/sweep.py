@@ -13,12 +13,14 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from gptlab.checkpoint import write_text_atomic
@@ -40,15 +42,21 @@ def write_failure(run_dir: Path, error: BaseException, partial: dict | None = No
 
 
 def record_failure(run_dir: Path, error: BaseException) -> None:
-    """A sweep job that failed: keep the metrics.json train wrote if it got that far."""
-    if run_status(run_dir) in (None, "ok"):
+    """A sweep job that failed: keep the metrics.json train wrote if it got that far (a failure
+    after a completed run keeps its measurements, with the status changed)."""
+    if rank_zero_only.rank != 0:
+        return  # under DDP (or SLURM tasks) rank 0 writes the run's files
+    status = run_status(run_dir)
+    if status is None:
         write_failure(run_dir, error)
+    elif status in ("ok", "eval_only"):
+        write_failure(run_dir, error, json.loads((Path(run_dir) / FINISHED).read_text()))
 
 
 def clear_failure(run_dir: Path) -> None:
     """Before a job starts again: a failed attempt's metrics.json goes (a finished one stays)."""
-    if run_status(run_dir) not in (None, "ok"):
-        (Path(run_dir) / FINISHED).unlink()
+    if rank_zero_only.rank == 0 and run_status(run_dir) in ("failed", "diverged"):
+        (Path(run_dir) / FINISHED).unlink(missing_ok=True)
 
 
 def job_outcome(run_dir: Path) -> dict:
@@ -65,9 +73,13 @@ def job_outcome(run_dir: Path) -> dict:
     return {"status": status, "error": m.get("error", "")}
 
 
-def job_dirs(sweep_dir: Path) -> list[Path]:
-    """The job folders of a sweep (each holds Hydra's .hydra/), in job-number order."""
-    dirs = [d for d in Path(sweep_dir).iterdir() if d.is_dir() and (d / ".hydra").is_dir()] if Path(sweep_dir).is_dir() else []
+def job_dirs(sweep_dir: Path, since: float = 0.0) -> list[Path]:
+    """The job folders of a sweep (each holds Hydra's .hydra/), in job-number order. since: only
+    jobs Hydra started at or after this time (it rewrites .hydra/ for every job it launches, so
+    folders left from an earlier sweep into the same out_dir are not counted)."""
+    sweep_dir = Path(sweep_dir)
+    dirs = [d for d in sweep_dir.iterdir() if (d / ".hydra" / "overrides.yaml").is_file()] if sweep_dir.is_dir() else []
+    dirs = [d for d in dirs if (d / ".hydra" / "overrides.yaml").stat().st_mtime >= since]
 
     def number(d: Path):
         head = d.name.split("_", 1)[0]
@@ -85,9 +97,11 @@ class SweepReport(Callback):
 
     def __init__(self) -> None:
         self.crashed: dict[str, str] = {}  # run dir -> an exception the job did not catch (this process's jobs)
+        self.started = 0.0
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.crashed = {}
+        self.started = time.time()
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if config.hydra.mode == RunMode.MULTIRUN and job_return.status == JobStatus.FAILED:
@@ -97,12 +111,12 @@ class SweepReport(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         jobs = []
-        for d in job_dirs(sweep_dir.resolve()):  # absolute: the lines and sweep.json name folders unambiguously
+        for d in job_dirs(sweep_dir.resolve(), since=self.started - 5):  # absolute paths: unambiguous in sweep.json
             rec = {"dir": str(d), "overrides": _overrides(d), **job_outcome(d)}
             if str(d) in self.crashed:
                 rec.update(status="failed", error=self.crashed[str(d)])
             jobs.append(rec)
-        failed = [j for j in jobs if j["status"] != "ok"]
+        failed = [j for j in jobs if j["status"] not in ("ok", "eval_only")]
         write_text_atomic(sweep_dir / SUMMARY, json.dumps({"runs": len(jobs), "failed": len(failed), "jobs": jobs}, indent=1))
         done = [j for j in jobs if j["status"] == "ok" and j.get("best_val_loss") is not None]
         if done:

@@ -126,6 +126,7 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
         log.info(f"continuing from {ckpt_path}")
     remove_partial_writes(run_dir)  # leftovers of a write that a SIGKILL cut short
     memory.reset_peak(cuda=device.accelerator == "gpu")  # this run's own peak, even as job 4 of a sweep
+    memory_at_start = memory.current(cuda=device.accelerator == "gpu")
 
     spec = data_spec(cfg)
     batching = str(cfg.data.get("batching", "random"))
@@ -284,15 +285,17 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
         except Exception as e:
             if trainer.is_global_zero and not isinstance(e, RunInterrupted):
                 # what the run got to before it failed, for the sweep's summary and the report
-                failed = _metrics(training_log, progress, trainer, module, time.time() - t0, cfg, tokens_per_step, on_gpu)
+                failed = _metrics(training_log, progress, trainer, module, time.time() - t0, cfg, tokens_per_step, on_gpu, memory_at_start)
                 write_failure(run_dir, e, failed)
             raise
         if not cfg.always_save_checkpoint:
             trainer.save_checkpoint(run_dir / LAST, weights_only=False)  # full state: resumable
     wall = time.time() - t0
 
-    metrics = _metrics(training_log, progress, trainer, module, wall, cfg, tokens_per_step, on_gpu)
+    metrics = _metrics(training_log, progress, trainer, module, wall, cfg, tokens_per_step, on_gpu, memory_at_start)
     metrics["stop_reason"], metrics["stop_message"] = _stop_reason(cfg, trainer, early_stop)
+    if cfg.eval_only:
+        metrics["status"] = "eval_only"  # evaluated, not trained: resume=true still trains this folder
     for cb in monitors:
         if isinstance(cb, GradientMonitor) and cb.clipped_fraction is not None:
             metrics["grad_clipped_frac"] = cb.clipped_fraction
@@ -301,8 +304,9 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
         elif isinstance(cb, LayerGradients) and cb.flagged:
             metrics["layer_warnings"] = cb.flagged
     if trainer.is_global_zero:
-        metrics["sample"] = "" if int(cfg.sample_tokens) == 0 or cfg.eval_only else generate_sample(
-            module.model, dm.tokenizer, int(cfg.sample_tokens), int(cfg.seed), suppress)
+        # under FSDP the weights are sharded: rank 0 alone cannot run the model
+        skip = int(cfg.sample_tokens) == 0 or cfg.eval_only or str(tr.strategy) == "fsdp"
+        metrics["sample"] = "" if skip else generate_sample(module.model, dm.tokenizer, int(cfg.sample_tokens), int(cfg.seed), suppress)
         if not cfg.eval_only:
             metrics["checkpoint_bytes"] = _disk_report(run_dir, bool(cfg.get("export_weights")))
         write_text_atomic(run_dir / FINISHED, json.dumps(metrics, indent=1))  # last: marks the run finished
@@ -349,7 +353,8 @@ HPARAMS = ("variant", "learning_rate", "batch_size", "gradient_accumulation_step
 
 
 def _hparams(cfg: DictConfig, typed: set[str] = frozenset()) -> dict:
-    keys = list(HPARAMS) + sorted(k for k in typed if k not in HPARAMS)
+    where = {"out_dir", "resume", "device", "profile", "data.root", "init_from", "ckpt_path", "overwrite"}  # not hyperparameters
+    keys = list(HPARAMS) + sorted(k for k in typed if k not in HPARAMS and k not in where)
     out = {}
     for k in keys:
         v = OmegaConf.select(cfg, k, default=None)
@@ -360,7 +365,7 @@ def _hparams(cfg: DictConfig, typed: set[str] = frozenset()) -> dict:
 
 
 def _metrics(training_log: TrainingLog, progress: ProgressLog, trainer, module, wall: float, cfg: DictConfig,
-             tokens_per_step: int, on_gpu: bool) -> dict:
+             tokens_per_step: int, on_gpu: bool, memory_at_start: int = 0) -> dict:
     best = training_log.best()
     last = training_log.history[-1] if training_log.history else {}
     finite_train = [r["train_loss"] for r in training_log.history if math.isfinite(r["train_loss"])]
@@ -384,6 +389,7 @@ def _metrics(training_log: TrainingLog, progress: ProgressLog, trainer, module, 
         "wall_time_s": round(wall, 2),
         "peak_memory_bytes": peak,  # this run's peak: GPU allocator (cuda) or resident set size (rss)
         "peak_memory_kind": kind,
+        "memory_at_start_bytes": memory_at_start,  # before data and model: imported code, the sweep's earlier jobs' leftovers
         "params": module.model.num_params(),
         "vocab_size": module.model.config.vocab_size,
     }
@@ -441,6 +447,10 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     run_dir = Path(hc.runtime.output_dir)
     overrides = list(hc.overrides.task)
     multirun = hc.mode == RunMode.MULTIRUN
+    params = OmegaConf.select(hc, "sweeper.params", default=None)
+    if not multirun and params and hc.runtime.choices.get("experiment"):
+        log.info(f"experiment={hc.runtime.choices['experiment']} declares a sweep ({', '.join(f'{k}: {v}' for k, v in params.items())}); "
+                 "this is one run with the file's own values -- add -m to run them all")
     try:
         clear_failure(run_dir)
         with _ranks_for_this_job(hc, run_dir):
