@@ -260,7 +260,12 @@ def _memory(m: dict) -> str:
     b = m.get("peak_memory_bytes")
     if not isinstance(b, (int, float)):
         return "-"
-    return f"{b / 1e6:,.0f} MB {'GPU' if m.get('peak_memory_kind') == 'cuda' else 'RSS'}"
+    text = f"{b / 1e6:,.0f} MB {'GPU' if m.get('peak_memory_kind') == 'cuda' else 'RSS'}"
+    start = m.get("memory_at_start_bytes")
+    if isinstance(start, (int, float)) and start > 0:
+        # on CPU most of the resident memory is imported code; what the run itself added is the difference
+        text += f" (+{(b - start) / 1e6:,.0f} MB over the {start / 1e6:,.0f} MB at its start)"
+    return text
 
 
 def _speed(m: dict) -> str:
