@@ -567,8 +567,10 @@ def scaling(runs: list[Run], keys: list[str], found: dict[Path, Assessment], swe
         if params and an.finite(r.value("best_val_loss")):
             pts.append((label(r, keys), float(params), r.value("best_val_loss")))
     head = ["run", "n_layer", "n_head", "n_embd", "guide formula", "params", "best val", "time", "speed", "peak memory", "status"]
-    out = [_md_table(head, rows), "guide formula = n_layer·16·n_embd² + vocab_size·n_embd (attention 4·n_embd² and MLP 8·n_embd² "
-                                  "per block, plus the token embedding); params: the model's exact count."]
+    out = [_md_table(head, rows), "guide formula = n_layer·16·n_embd² + vocab_size·n_embd, the guide's estimate; params: the "
+                                  "model's exact count (without position embeddings, as nanoGPT counts). A block holds about "
+                                  "12·n_embd² weights (attention 4·n_embd², MLP 8·n_embd²), so the formula's 16 overstates them "
+                                  "by a third: the guide's estimate is an upper bound."]
     if len(pts) < 2:
         return [*out, "**Verdict:** needs two runs with a val loss and a size to compare."]
     plt = _plt()
