@@ -320,12 +320,15 @@ def main(argv: list[str] | None = None) -> None:
                    help="the two sides, A then B: 'gptlab' or 'plain', each optionally followed by overrides, e.g. 'gptlab compile=true'")
     p.add_argument("--rounds", type=int, default=3, help="A, B pairs per configuration")
     p.add_argument("--steps", help="WARMUP,TIMED optimizer steps (default: per preset)")
-    p.add_argument("--intervals", default="default,none", help="default: the config's eval/log intervals; none: no eval or log inside the window; or both")
+    p.add_argument("--intervals", default="default,none",
+                   help="default: the config's eval/log intervals; none: no eval or log inside the window; default,none (the default): both")
     p.add_argument("--threads", type=int, help="torch threads per run (default: torch's choice, one per core)")
     p.add_argument("--no-data", action="store_true", help="skip the tokenizer speed figures")
     p.add_argument("--costs", action="store_true", help="measure each single optimisation instead (see gptlab.costs)")
     p.add_argument("--json", help="also write every figure to this file")
     args = p.parse_args(argv)
+    if not set(args.intervals.split(",")) <= {"default", "none"}:
+        p.error(f"--intervals takes default, none or default,none, not '{args.intervals}'")
     cli.setup_console_logging()
     if args.threads:
         torch.set_num_threads(args.threads)  # this process's work: the CPU peak, --costs
