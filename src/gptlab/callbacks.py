@@ -53,9 +53,7 @@ class TrainingLog(L.Callback):
             f.write(line + "\n")
         log.info(line)
         if trainer.logger is not None and self.tokens_per_step:
-            # the same losses with tokens seen as the x axis: runs with different batch sizes compare fairly
-            trainer.logger.log_metrics({"by_tokens/train_loss": rec["train_loss"], "by_tokens/val_loss": rec["val_loss"]},
-                                       step=rec["step"] * self.tokens_per_step)
+            self._log_by_tokens(trainer, rec)
 
     def state_dict(self) -> dict:
         return {"history": self.history}  # in checkpoints: metrics.json of a resumed run covers it all
@@ -67,9 +65,13 @@ class TrainingLog(L.Callback):
             # tags -- by_tokens/ steps (tokens) are far larger than optimizer steps, so the whole curve
             # would go; write the evaluations before the checkpoint again
             for rec in self._replay:
-                trainer.logger.log_metrics({"by_tokens/train_loss": rec["train_loss"], "by_tokens/val_loss": rec["val_loss"]},
-                                           step=rec["step"] * self.tokens_per_step)
+                self._log_by_tokens(trainer, rec)
             self._replay = []
+
+    def _log_by_tokens(self, trainer, rec: dict) -> None:
+        # the same losses with tokens seen as the x axis: runs with different batch sizes compare fairly
+        trainer.logger.log_metrics({"by_tokens/train_loss": rec["train_loss"], "by_tokens/val_loss": rec["val_loss"]},
+                                   step=rec["step"] * self.tokens_per_step)
 
     def load_state_dict(self, state: dict) -> None:
         self.history = list(state.get("history", []))

@@ -26,16 +26,24 @@ def reset_peak(cuda: bool) -> None:
         pass  # elsewhere (macOS) the peak stays the process's since it started (ru_maxrss)
 
 
+def _status_bytes(field: str) -> int | None:
+    """A size line of /proc/self/status (VmHWM: peak, VmRSS: now), in bytes; None without /proc."""
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def peak(cuda: bool) -> tuple[int, str]:
     """(bytes, kind): kind is "cuda" (allocator peak on the GPU) or "rss" (resident memory)."""
     if cuda and torch.cuda.is_available():
         return int(torch.cuda.max_memory_allocated()), "cuda"
-    try:
-        for line in _STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024, "rss"
-    except OSError:
-        pass
+    hwm = _status_bytes("VmHWM")
+    if hwm is not None:
+        return hwm, "rss"
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return int(rss if sys.platform == "darwin" else rss * 1024), "rss"
 
@@ -44,10 +52,4 @@ def current(cuda: bool) -> int:
     """Memory in use now, in bytes, of the kind peak() reports (0 where it cannot be read)."""
     if cuda and torch.cuda.is_available():
         return int(torch.cuda.memory_allocated())
-    try:
-        for line in _STATUS.read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return _status_bytes("VmRSS") or 0
