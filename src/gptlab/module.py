@@ -45,8 +45,10 @@ class GPTModule(L.LightningModule):
         self._train_loss_count = 0
         self._eval_sums: dict[int, list] = {}
         self.last_eval: dict[str, float] = {}
-        # gradient-norm statistics since the last read, kept on the device (see pop_grad_stats)
-        self._grad_stats: dict[str, torch.Tensor] | None = None
+        # gradient norms of the optimizer steps since the last read, on the device (see pop_grad_stats)
+        self._grad_norms: list[torch.Tensor] = []
+        self.keep_grad_norms = False  # set by the callback that reads them (GradientMonitor)
+        self._clip_val = 0.0
         self.last_grad_norm: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ model
@@ -93,36 +95,31 @@ class GPTModule(L.LightningModule):
             # takes the parameters (it scales their .grad), and the norm computed above
             torch.nn.utils.clip_grads_with_norm_(params, clip, norm, foreach=True)
         self.last_grad_norm = norm.detach()
-        n = norm.detach().float()
-        finite = torch.isfinite(n)
-        # a non-finite norm is a step float16's grad scaler skips (or divergence, which the
-        # NonFiniteGuard reports); keep it out of the mean and max
-        n = torch.where(finite, n, torch.zeros_like(n))
-        clipped = (n > clip).float() if clip > 0 else torch.zeros_like(n)
-        if self._grad_stats is None:
-            self._grad_stats = {"sum": n.clone(), "max": n.clone(), "clipped": clipped,
-                                "nonfinite": (~finite).float(), "steps": torch.ones_like(n)}
-        else:
-            st = self._grad_stats
-            st["sum"] += n
-            st["max"] = torch.maximum(st["max"], n)
-            st["clipped"] += clipped
-            st["nonfinite"] += (~finite).float()
-            st["steps"] += 1
+        self._clip_val = clip
+        if self.keep_grad_norms:
+            # a list of device scalars: appending launches no kernel and reads nothing back;
+            # pop_grad_stats reduces them in one go (GradientMonitor, every log_interval)
+            self._grad_norms.append(self.last_grad_norm)
 
     def pop_grad_stats(self) -> dict[str, float] | None:
         """Gradient-norm statistics since the last call: last, mean and max norm, and the share
         of optimizer steps that were clipped. Reading them is one host sync."""
-        if self._grad_stats is None:
+        if not self._grad_norms:
             return None
-        st = self._grad_stats
-        last, total, mx, clipped, nonfinite, steps = torch.stack(
-            [self.last_grad_norm.float(), st["sum"], st["max"], st["clipped"], st["nonfinite"], st["steps"]]
+        n = torch.stack(self._grad_norms).float()
+        self._grad_norms = []
+        finite = torch.isfinite(n)
+        # a non-finite norm is a step float16's grad scaler skips (or divergence, which the
+        # NonFiniteGuard reports); keep it out of the mean and max
+        fn = torch.where(finite, n, torch.zeros_like(n))
+        clipped = (fn > self._clip_val).sum() if self._clip_val > 0 else torch.zeros_like(fn[0])
+        last, total, mx, n_clipped, nonfinite = torch.stack(
+            [n[-1], fn.sum(), fn.max(), clipped.float(), (~finite).sum().float()]
         ).tolist()
-        self._grad_stats = None
+        steps = float(len(n))
         finite_steps = max(steps - nonfinite, 1.0)
-        return {"last": last, "mean": total / finite_steps, "max": mx, "clipped": clipped,
-                "clipped_frac": clipped / steps, "nonfinite": nonfinite, "steps": steps}
+        return {"last": last, "mean": total / finite_steps, "max": mx, "clipped": n_clipped,
+                "clipped_frac": n_clipped / steps, "nonfinite": nonfinite, "steps": steps}
 
     # ------------------------------------------------------------------ augmentation
 

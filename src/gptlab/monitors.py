@@ -69,6 +69,9 @@ class GradientMonitor(L.Callback):
         self.total_clipped = 0.0
         self.warnings = 0
 
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        pl_module.keep_grad_norms = True  # the module collects each step's norm for this callback
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if (batch_idx + 1) % trainer.accumulate_grad_batches != 0 or trainer.global_step % self.log_interval != 0:
             return
