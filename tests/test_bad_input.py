@@ -40,6 +40,7 @@ def refused(cfg, run_dir, error, match):
         (["max_iters=0"], "max_iters=0 trains nothing; give max_iters>0"),
         (["warmup_iters=50", "max_iters=10"], r"warmup_iters \(50\) > max_iters \(10\).*Use warmup_iters<=10"),
         (["lr_decay_iters=3", "warmup_iters=5", "max_iters=10"], r"lr_decay_iters \(3\) < warmup_iters \(5\).*lr_decay_iters = max_iters"),
+        (["eval_sample_budget=5"], r"eval_sample_budget=5 must be a share of the training time between 0 and 1"),
     ],
 )
 def test_zero_negative_and_contradictory_sizes(compose, tmp_path, overrides, match):

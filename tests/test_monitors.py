@@ -9,10 +9,11 @@ import torch
 
 from gptlab import gradviz
 from gptlab import inspect as gl_inspect
+from gptlab.callbacks import EvalSamples
 from gptlab.checkpoint import load_model
 from gptlab.datamodule import GPTDataModule
 from gptlab.module import GPTModule
-from gptlab.monitors import InitialLossCheck, LayerGradients, PlateauHint, diagnose
+from gptlab.monitors import InitialLossCheck, LayerGradients, PlateauHint, add_histogram, diagnose
 from gptlab.train import train
 
 
@@ -187,3 +188,57 @@ def test_compile_trains_and_checkpoints_load_both_ways(compose, tmp_path):
     train(compose("max_iters=4", "eval_interval=2"), tmp_path / "u")
     m2 = train(compose("compile=true", "max_iters=6", "eval_interval=2", "init_from=resume"), tmp_path / "u")
     assert m2["iters"] == 6
+
+
+@pytest.mark.parametrize("budget, steps", [(1.0, [4, 8, 12]), (0.0, [12])])
+def test_eval_samples_keep_to_their_share_of_the_time(compose, tmp_path, budget, steps):
+    """budget 1: a sample after every evaluation of the training; 0: only after the last. Never
+    one for the step-0 evaluation, a random model's text."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(compose("max_iters=12", "eval_interval=4", "eval_sample_tokens=8", f"eval_sample_budget={budget}"), tmp_path)
+    ea = EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
+    ea.Reload()
+    (tag,) = [t for t in ea.Tags()["tensors"] if t.startswith("samples/eval")]
+    assert [e.step for e in ea.Tensors(tag)] == steps
+
+
+def test_eval_sample_budget_counts_the_time_spent_against_the_time_trained():
+    class Trainer:
+        global_step, max_steps = 500, 2000
+
+    cb = EvalSamples(64, tokenizer=None, seed=0, budget=0.01)
+    cb.on_train_start(Trainer(), None)
+    cb._t_start -= 40.0  # 40 s of training: 0.4 s for samples
+    cb._cost = 0.3
+    assert cb._due(Trainer(), None)
+    cb._spent = 0.3  # one taken: a second would make 0.6 s
+    assert not cb._due(Trainer(), None)
+    cb._t_start -= 20.0  # 60 s: 0.6 s allowed
+    assert cb._due(Trainer(), None)
+    cb.exclude(30.0)  # a pause is not training time
+    assert not cb._due(Trainer(), None)
+    Trainer.global_step = 2000  # the last evaluation always has one
+    assert cb._due(Trainer(), None)
+
+
+def test_histograms_counted_on_the_device_read_back_by_tensorboard(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    w = SummaryWriter(str(tmp_path))
+    v = torch.randn(10_000, generator=torch.Generator().manual_seed(0))
+    add_histogram(w, "h", v, 3)
+    add_histogram(w, "ones", torch.ones(100), 3)  # all equal (a fresh LayerNorm's weights)
+    w.close()
+    ea = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0})
+    ea.Reload()
+    h = ea.Histograms("h")[0]
+    assert h.step == 3 and h.histogram_value.num == 10_000 and sum(h.histogram_value.bucket) == 10_000
+    assert h.histogram_value.min == pytest.approx(float(v.min())) and h.histogram_value.max == pytest.approx(float(v.max()))
+    assert h.histogram_value.sum_squares == pytest.approx(float((v * v).sum()), rel=1e-5)
+    # the middle buckets hold the most: a normal distribution, not an empty or flat one
+    counts = h.histogram_value.bucket
+    assert max(counts) == max(counts[24:40]) and counts[0] < counts[32]
+    ones = ea.Histograms("ones")[0].histogram_value
+    assert ones.min == ones.max == 1.0 and sum(ones.bucket) == 100

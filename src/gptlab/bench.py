@@ -47,7 +47,7 @@ def _cpu_recipe() -> list[str]:
 
 PRESETS = {
     # timed steps: a multiple of eval_interval (250), so evaluations take their usual share of the window
-    "cpu": Preset("the CPU recipe 4/4/128, block 64, batch 12", _cpu_recipe(), (50, 250), (50, 500)),
+    "cpu": Preset("the CPU recipe 4/4/128, block 64, batch 12", _cpu_recipe(), (50, 500), (50, 500)),
     "baby": Preset("the baby GPT 6/6/384, block 256, batch 64", ["model=baby", "block_size=256", "batch_size=64"], (1, 3), (50, 250)),
     "gpt2": Preset(
         "GPT-2 124M, block 1024, batch 16 x 4 accumulation, bf16, compiled, vocab padded to 50,304",
@@ -128,6 +128,7 @@ class StepTimer:
         self.chunk_s: list[float] = []
         self.cpu_s = 0.0  # process CPU time: both threads' work, steadier than wall time alone
         self._t = self._cpu = None
+        self.waited_s = 0.0  # blocked while the other side ran
         self.loss = None
 
     def mark(self, step: int, loss: torch.Tensor) -> None:
@@ -143,7 +144,9 @@ class StepTimer:
             self.loss = float(loss.detach())
         if self.turns is not None:
             self.turns.done()
+            t = time.perf_counter()
             self.turns.wait()  # after the last chunk too: the run's ending must not overlap the other's steps
+            self.waited_s += time.perf_counter() - t
         if not last:
             self._t, self._cpu = time.perf_counter(), time.process_time()
 
@@ -157,6 +160,7 @@ class StepTimer:
 def _run_gptlab(cfg, run_dir: Path, timer: StepTimer) -> dict:
     import lightning as L
 
+    from gptlab.callbacks import EvalSamples
     from gptlab.train import train
 
     class Timer(L.Callback):  # local: the plain side's process must not import Lightning
@@ -164,7 +168,11 @@ def _run_gptlab(cfg, run_dir: Path, timer: StepTimer) -> dict:
             accum = trainer.accumulate_grad_batches
             if (batch_idx + 1) % accum == 0:
                 loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+                waited = timer.waited_s
                 timer.mark(trainer.global_step, loss * accum)  # Lightning hands back loss / accumulation
+                for cb in trainer.callbacks:  # the eval samples' time budget counts training time only
+                    if isinstance(cb, EvalSamples):
+                        cb.exclude(timer.waited_s - waited)
 
     cli.setup_console_logging()
     metrics = train(cfg, run_dir, callbacks=[Timer()])

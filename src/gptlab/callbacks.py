@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from gptlab.checkpoint import write_text_atomic
 from gptlab.errors import NonFiniteLossError
+from gptlab.scalars import ScalarSeries
 
 log = logging.getLogger("gptlab")
 
@@ -217,12 +218,12 @@ class NonFiniteGuard(L.Callback):
         self.check_interval = max(1, int(check_interval))
         self.learning_rate, self.dtype = learning_rate, dtype
         # "loss"/"gradient" -> (optimizer step numbers, their values) since the last check
-        self._seen: dict[str, tuple[list[int], list[torch.Tensor]]] = {"loss": ([], []), "gradient": ([], [])}
+        self._seen = {kind: ([], ScalarSeries()) for kind in ("loss", "gradient")}
 
     def _note(self, kind: str, value: torch.Tensor, step: int) -> None:
         steps, values = self._seen[kind]
         steps.append(step)
-        values.append(value.detach())
+        values.append(value)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
@@ -247,9 +248,9 @@ class NonFiniteGuard(L.Callback):
     def check(self, trainer) -> None:
         bad = {}
         for kind, (steps, values) in self._seen.items():
-            if not values:
+            if not len(values):
                 continue
-            where = torch.nonzero(~torch.isfinite(torch.stack([v.float() for v in values])))  # the host sync
+            where = torch.nonzero(~torch.isfinite(values.values()))  # the host sync
             if where.numel():
                 bad[kind] = steps[int(where[0, 0])]
             steps.clear(), values.clear()
@@ -285,18 +286,66 @@ def generate_sample(model, tokenizer, n_tokens: int, seed: int, suppress: list[i
 
 
 class EvalSamples(L.Callback):
-    """After every evaluation: a short generated text in TensorBoard's TEXT tab (samples/eval), so
-    the dashboard shows what the model writes as its loss falls. Rank 0 generates alone: the
-    weights are whole on every rank (not under FSDP, where this callback is left out)."""
+    """After evaluations during training: a short generated text in TensorBoard's TEXT tab
+    (samples/eval), so the dashboard shows what the model writes as its loss falls.
 
-    def __init__(self, n_tokens: int, tokenizer, seed: int, suppress: list[int] | None = None):
+    Generating goes one token at a time (~5 ms a token for the CPU recipe's model on 2 cores), so
+    the samples are kept to `budget` of the training time: an evaluation skips its sample when
+    the samples so far plus this one would take more than that share of the time since training
+    started (the first one's cost is estimated from one forward pass). The last evaluation always
+    has one. Rank 0 generates alone: the weights are whole on every rank (not under FSDP, where
+    this callback is left out)."""
+
+    def __init__(self, n_tokens: int, tokenizer, seed: int, suppress: list[int] | None = None, budget: float = 0.01):
         self.n_tokens, self.tokenizer, self.seed, self.suppress = n_tokens, tokenizer, seed, suppress
+        self.budget = budget
+        self._t_start: float | None = None
+        self._spent = 0.0  # seconds spent generating since training started
+        self._cost: float | None = None  # seconds the last sample took
+        self.steps: list[int] = []  # the optimizer steps that got a sample
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._t_start = time.perf_counter()
+
+    def _estimate(self, model) -> float:
+        # one forward pass over the longest context generation will see, times the tokens
+        ctx = min(self.n_tokens, model.config.block_size)
+        dev = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        with torch.inference_mode():
+            idx = torch.zeros((1, ctx), dtype=torch.long, device=dev)
+            t = time.perf_counter()
+            float(model(idx)[0][0, -1, 0])  # reading a value waits for the GPU
+            cost = self.n_tokens * (time.perf_counter() - t)
+        model.train(was_training)
+        return cost
+
+    def _due(self, trainer, pl_module) -> bool:
+        if self._t_start is None:
+            return False  # evaluations outside training: the step-0 one is a random model's text
+        if self.budget >= 1 or trainer.global_step >= trainer.max_steps:
+            return True
+        if self._cost is None:
+            self._cost = self._estimate(pl_module.model)
+        return self._spent + self._cost <= self.budget * (time.perf_counter() - self._t_start)
+
+    def exclude(self, seconds: float) -> None:
+        """Leave out of the training time a pause that is not training (the bench's turns)."""
+        if self._t_start is not None:
+            self._t_start += seconds
 
     @rank_zero_only
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or trainer.logger is None or "val" not in pl_module.last_eval:
             return
+        if not self._due(trainer, pl_module):
+            return
+        t = time.perf_counter()
         text = generate_sample(pl_module.model, self.tokenizer, self.n_tokens, self.seed, self.suppress)
+        self._cost = time.perf_counter() - t
+        self._spent += self._cost
+        self.steps.append(trainer.global_step)
         # TensorBoard renders markdown: four spaces make a code block that keeps the line breaks
         body = "\n".join("    " + line for line in text.splitlines())
         trainer.logger.experiment.add_text("samples/eval", f"step {trainer.global_step}, val loss "

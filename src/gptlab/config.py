@@ -90,6 +90,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"report.analysis must be one of {', '.join(ANALYSES)} or null, got '{analysis}'")
     for key in ("max_iters", "warmup_iters", "lr_decay_iters", "sample_tokens", "eval_sample_tokens"):
         _positive_int(cfg, key, minimum=0)
+    budget = cfg.get("eval_sample_budget", 0.01)
+    if not isinstance(budget, (int, float)) or isinstance(budget, bool) or not 0 <= budget <= 1:
+        raise ConfigError(f"eval_sample_budget={budget} must be a share of the training time between 0 and 1 "
+                          "(0.01: samples take at most 1%; 1: a sample at every evaluation)")
     if cfg.max_iters == 0 and not cfg.eval_only:
         raise ConfigError("max_iters=0 trains nothing; give max_iters>0, or eval_only=true to only evaluate")
     if cfg.n_embd % cfg.n_head != 0:

@@ -16,6 +16,7 @@ import torch
 from gptlab.augment import TokenMasking, corrupt_inputs
 from gptlab.model import GPT, GPTConfig
 from gptlab.packing import unpack_batch
+from gptlab.scalars import ScalarSeries
 from gptlab.schedule import OptimConfig
 
 
@@ -46,7 +47,7 @@ class GPTModule(L.LightningModule):
         self._eval_sums: dict[int, list] = {}
         self.last_eval: dict[str, float] = {}
         # gradient norms of the optimizer steps since the last read, on the device (see pop_grad_stats)
-        self._grad_norms: list[torch.Tensor] = []
+        self._grad_norms = ScalarSeries()
         self.keep_grad_norms = False  # set by the callback that reads them (GradientMonitor)
         self._clip_val = 0.0
         self.last_grad_norm: torch.Tensor | None = None
@@ -97,17 +98,16 @@ class GPTModule(L.LightningModule):
         self.last_grad_norm = norm.detach()
         self._clip_val = clip
         if self.keep_grad_norms:
-            # a list of device scalars: appending launches no kernel and reads nothing back;
-            # pop_grad_stats reduces them in one go (GradientMonitor, every log_interval)
+            # kept on the device, nothing read back; pop_grad_stats reduces them in one go
+            # (GradientMonitor, every log_interval)
             self._grad_norms.append(self.last_grad_norm)
 
     def pop_grad_stats(self) -> dict[str, float] | None:
         """Gradient-norm statistics since the last call: last, mean and max norm, and the share
         of optimizer steps that were clipped. Reading them is one host sync."""
-        if not self._grad_norms:
+        if not len(self._grad_norms):
             return None
-        n = torch.stack(self._grad_norms).float()
-        self._grad_norms = []
+        n = self._grad_norms.values()
         finite = torch.isfinite(n)
         # a non-finite norm is a step float16's grad scaler skips (or divergence, which the
         # NonFiniteGuard reports); keep it out of the mean and max
@@ -117,6 +117,7 @@ class GPTModule(L.LightningModule):
             [n[-1], fn.sum(), fn.max(), clipped.float(), (~finite).sum().float()]
         ).tolist()
         steps = float(len(n))
+        self._grad_norms.clear()
         finite_steps = max(steps - nonfinite, 1.0)
         return {"last": last, "mean": total / finite_steps, "max": mx, "clipped": n_clipped,
                 "clipped_frac": n_clipped / steps, "nonfinite": nonfinite, "steps": steps}

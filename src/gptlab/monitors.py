@@ -101,6 +101,21 @@ class GradientMonitor(L.Callback):
         return self.total_clipped / self.total_steps if self.total_steps else None
 
 
+def add_histogram(exp, tag: str, values: torch.Tensor, step: int, bins: int = 64) -> None:
+    """A TensorBoard histogram counted where the values are (torch.histc) and written with
+    SummaryWriter.add_histogram_raw. SummaryWriter.add_histogram would copy every value to the host
+    as float64 and sort it: ~5 ms per layer group for the CPU recipe's model, 144 ms for its 30
+    histograms, and a copy of all the weights from a GPU."""
+    v = values.detach().float().flatten()
+    lo, hi, total, squares = torch.stack([v.min(), v.max(), v.sum(), v.pow(2).sum()]).tolist()
+    width = (hi - lo) or max(abs(lo), 1e-12)  # all values equal (a fresh LayerNorm's weights): one bucket around them
+    left = lo if hi > lo else lo - width / 2
+    counts = torch.histc(v, bins=bins, min=left, max=left + width).tolist()
+    limits = [left + width * (i + 1) / bins for i in range(bins)]  # right edge of each bucket
+    exp.add_histogram_raw(tag, min=lo, max=hi, num=v.numel(), sum=total, sum_squares=squares,
+                          bucket_limits=limits, bucket_counts=counts, global_step=step)
+
+
 class LayerGradients(L.Callback):
     """Every `interval` optimizer steps: gradient norm per layer group (before clipping), the
     update-to-weight ratio of each group (||w_after - w_before|| / ||w_before||, which should sit
@@ -132,8 +147,8 @@ class LayerGradients(L.Callback):
             for k, ps in groups.items():
                 grads = [p.grad.detach().flatten() for p in ps if p.grad is not None]
                 if grads:
-                    exp.add_histogram(f"grad_hist/{k}", torch.cat(grads).float().cpu(), step)
-                exp.add_histogram(f"weight_hist/{k}", torch.cat([p.detach().flatten() for p in ps]).float().cpu(), step)
+                    add_histogram(exp, f"grad_hist/{k}", torch.cat(grads), step)
+                add_histogram(exp, f"weight_hist/{k}", torch.cat([p.detach().flatten() for p in ps]), step)
         for verdict in diagnose(norms, self.ratio):
             if verdict not in self.flagged:
                 self.flagged[verdict] = step

@@ -225,7 +225,8 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
     ]
     suppress = undecodable_ids(dm.tokenizer, mconf.vocab_size)  # padded rows and [MASK] are never sampled
     if int(cfg.eval_sample_tokens) > 0 and str(tr.strategy) != "fsdp":
-        callbacks.append(EvalSamples(int(cfg.eval_sample_tokens), dm.tokenizer, int(cfg.seed), suppress))
+        callbacks.append(EvalSamples(int(cfg.eval_sample_tokens), dm.tokenizer, int(cfg.seed), suppress,
+                                     budget=float(cfg.eval_sample_budget)))
     early_stop = None
     if cfg.early_stopping.patience:
         # counts the evaluations during fit (not the step-0 one) without val loss < best - min_delta
