@@ -348,6 +348,12 @@ def bench_preset(name: str, sides: list[Side], extra: list[str], rounds: int, st
             results[i].append(res)
             print(f"   round {r + 1} {side.label:<28} {res['ms_per_step']:8.1f} ms/step ({res['cpu_ms_per_step']:.1f} CPU) {res['tokens_per_s']:10,.0f} tok/s "
                   f"peak RSS {res['peak_rss_mb']:6.0f} MB  loss {res['loss_at_end']:.4f}", flush=True)
+    if peak[1].startswith("CPU"):
+        # a matmul rate measured once can catch a busy moment on a shared machine: keep the best seen
+        again = _measured_matmul_peak("cpu", torch.float32, 1024)
+        if again > peak[0]:
+            peak = (again, peak[1])
+            print(f"   MFU against {again / 1e12:.3f} TFLOP/s: a higher matmul rate measured after these runs")
     print(f"   {'side':<28} {'ms/step':>9} {'tok/s':>10} {'MFU':>7} {'peak RSS':>9} {'GPU peak':>9}   (medians)")
     rows = []
     for side, res in zip(sides, results):
