@@ -41,6 +41,30 @@ def test_bench_command_alternates_sides_and_reports_ratios(tmp_path, data_root, 
     gl, pl = (runs[0] for runs in b["runs"])
     assert gl["loss_at_end"] == pytest.approx(pl["loss_at_end"], abs=1e-4)  # the same training on both sides
     assert b["tokens_per_s_ratio"][0] == pytest.approx(gl["tokens_per_s"] / pl["tokens_per_s"])
+    assert "taking turns of 1 steps" in printed
+    assert len(gl["chunk_ms_per_step"]) == len(pl["chunk_ms_per_step"]) == 4  # one turn per timed step
+
+
+def test_turns_interleave_the_two_processes(tmp_path, data_root):
+    """While one side runs its turn the other is blocked: their turns never overlap in time."""
+    from conftest import TINY
+
+    sides = [bench.Side("gptlab"), bench.Side("plain")]
+    cfgs = [bench.compose_run(bench.PRESETS["cpu"], s, [*TINY, f"data.root={data_root}"], 2, 6, "none") for s in sides]
+    res = bench.run_round(sides, cfgs, tmp_path, 2, 6, 2, "r")
+    assert [len(r["chunk_ms_per_step"]) for r in res] == [3, 3]
+    spans = sorted((a, b, side.name) for side, r in zip(sides, res) for a, b in r["turns"])
+    assert len(spans) == 6 and {s for *_, s in spans} == {"gptlab", "plain"}
+    assert all(b1 <= a2 for (_, b1, _), (a2, _, _) in zip(spans, spans[1:]))  # no two turns at once
+    order = [s for *_, s in spans]
+    assert order == ["gptlab", "plain", "plain", "gptlab", "gptlab", "plain"]  # A B, B A, A B
+
+
+def test_bench_refuses_bad_steps_and_chunks():
+    with pytest.raises(SystemExit):
+        bench.main(["--configs", "cpu", "--steps", "0,4", "--no-data"])
+    with pytest.raises(SystemExit):
+        bench.main(["--configs", "cpu", "--chunk", "-1", "--no-data"])
 
 
 def test_data_preparation_speed(data_root):

@@ -129,6 +129,7 @@ class StepTimer:
         self.cpu_s = 0.0  # process CPU time: both threads' work, steadier than wall time alone
         self._t = self._cpu = None
         self.waited_s = 0.0  # blocked while the other side ran
+        self.turns_wall: list[tuple[float, float]] = []  # (start, end) of each chunk, wall clock: comparable across processes
         self.loss = None
 
     def mark(self, step: int, loss: torch.Tensor) -> None:
@@ -139,6 +140,7 @@ class StepTimer:
         if self._t is not None:
             self.chunk_s.append(time.perf_counter() - self._t)
             self.cpu_s += time.process_time() - self._cpu
+            self.turns_wall.append((self._wall, time.time()))
         last = step == self.marks[-1]
         if last:
             self.loss = float(loss.detach())
@@ -148,7 +150,7 @@ class StepTimer:
             self.turns.wait()  # after the last chunk too: the run's ending must not overlap the other's steps
             self.waited_s += time.perf_counter() - t
         if not last:
-            self._t, self._cpu = time.perf_counter(), time.process_time()
+            self._t, self._cpu, self._wall = time.perf_counter(), time.process_time(), time.time()
 
     @property
     def seconds(self) -> float:
@@ -199,6 +201,7 @@ def child(side: str, cfg_path: Path, out_path: Path, warmup: int, steps: int, ch
         ms_per_step=1000 * timer.seconds / steps,
         cpu_ms_per_step=1000 * timer.cpu_s / steps,
         chunk_ms_per_step=[1000 * t / (b - a) for t, a, b in zip(timer.chunk_s, timer.marks, timer.marks[1:])],
+        turns=timer.turns_wall,
         tokens_per_s=tokens / timer.seconds,
         loss_at_end=timer.loss,
         wall_s=time.perf_counter() - t,
