@@ -51,7 +51,8 @@ for stage in $STAGES; do
       say "baby: $(( $(date +%s) - t0 )) s for the whole command; $($PY -c "import json; m = json.load(open('$RESULT/baby_metrics.json')); print(f\"train() {m['wall_time_s']} s, best val loss {m['best_val_loss']:.4f} at step {m['best_step']}, {m['tokens_per_s']:,.0f} tok/s\")")"
       ;;
     gpt2)
-      $PY -m gptlab.bench --configs gpt2 --rounds 2 --intervals none --no-data --json "$RESULT/gpt2.json" data.root="$WORK/data" $EXTRA 2>&1 | tee -a "$LOG"
+      # turns of 10 steps: each turn ends with a CUDA sync, which would cost a little on every step
+      $PY -m gptlab.bench --configs gpt2 --rounds 2 --chunk 10 --intervals none --no-data --json "$RESULT/gpt2.json" data.root="$WORK/data" $EXTRA 2>&1 | tee -a "$LOG"
       ;;
     costs)
       $PY -m gptlab.bench --costs --rounds 3 --json "$RESULT/costs.json" data.root="$WORK/data" $EXTRA 2>&1 | tee -a "$LOG"
