@@ -208,8 +208,8 @@ class FinalEvaluation(L.Callback):
 class NonFiniteGuard(L.Callback):
     """Stop at the first NaN/inf loss or gradient, before it can reach a checkpoint.
 
-    Each micro-batch's loss and each optimizer step's gradient norm are kept as device scalars
-    (no kernel, no sync); they are read in one go every check_interval steps and before every
+    Each micro-batch's loss and each optimizer step's gradient norm are copied into a device
+    buffer (one small kernel, no sync); they are read in one go every check_interval steps and before every
     evaluation, which is when checkpoints are written. Under float16 a non-finite gradient is
     normal (the grad scaler skips that step and lowers its scale), so only the loss is checked there.
     """
@@ -302,7 +302,6 @@ class EvalSamples(L.Callback):
         self._t_start: float | None = None
         self._spent = 0.0  # seconds spent generating since training started
         self._cost: float | None = None  # seconds the last sample took
-        self.steps: list[int] = []  # the optimizer steps that got a sample
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._t_start = time.perf_counter()
@@ -345,7 +344,6 @@ class EvalSamples(L.Callback):
         text = generate_sample(pl_module.model, self.tokenizer, self.n_tokens, self.seed, self.suppress)
         self._cost = time.perf_counter() - t
         self._spent += self._cost
-        self.steps.append(trainer.global_step)
         # TensorBoard renders markdown: four spaces make a code block that keeps the line breaks
         body = "\n".join("    " + line for line in text.splitlines())
         trainer.logger.experiment.add_text("samples/eval", f"step {trainer.global_step}, val loss "
