@@ -6,8 +6,7 @@ Times the same model, batches, optimizer and schedule (a) through gptlab's train
 so start-up and peak resident memory belong to one side. In each round the two processes take
 turns of a few optimizer steps (A, B, B, A, ...), so that a spell of load from elsewhere on a
 shared machine slows both sides alike; the ratio A / B is reported per round as min / median /
-max. Also reports tokenizer speed on Tiny
-Shakespeare (MB/s). ``--costs`` measures the single optimisations instead (gptlab.costs).
+max. Also reports tokenizer speed on Tiny Shakespeare (MB/s). ``--costs`` measures the single optimisations instead (gptlab.costs).
 """
 
 from __future__ import annotations
@@ -172,9 +171,10 @@ def _run_gptlab(cfg, run_dir: Path, timer: StepTimer) -> dict:
                 loss = outputs["loss"] if isinstance(outputs, dict) else outputs
                 waited = timer.waited_s
                 timer.mark(trainer.global_step, loss * accum)  # Lightning hands back loss / accumulation
-                for cb in trainer.callbacks:  # the eval samples' time budget counts training time only
-                    if isinstance(cb, EvalSamples):
-                        cb.exclude(timer.waited_s - waited)
+                if timer.waited_s != waited:  # a turn ended: the eval samples' budget counts training time only
+                    for cb in trainer.callbacks:
+                        if isinstance(cb, EvalSamples):
+                            cb.exclude(timer.waited_s - waited)
 
     cli.setup_console_logging()
     metrics = train(cfg, run_dir, callbacks=[Timer()])
@@ -428,7 +428,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--intervals", default="default,none",
                    help="default: the config's eval/log intervals; none: no eval or log inside the window; default,none (the default): both")
     p.add_argument("--chunk", type=int,
-                   help="optimizer steps per turn: both sides run at once and take turns of this many timed steps "
+                   help="optimizer steps per turn: both sides' processes stay alive and take turns of this many timed steps "
                         "(default: a fiftieth of the timed steps); 0: one whole run after the other")
     p.add_argument("--threads", type=int, help="torch threads per run (default: torch's choice, one per core)")
     p.add_argument("--no-data", action="store_true", help="skip the tokenizer speed figures")
@@ -439,6 +439,14 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"--chunk takes a number of steps (0: no turns), not {args.chunk}")
     if not set(args.intervals.split(",")) <= {"default", "none"}:
         p.error(f"--intervals takes default, none or default,none, not '{args.intervals}'")
+    user_steps = None
+    if args.steps:  # checked before any work starts
+        try:
+            user_steps = tuple(int(x) for x in args.steps.split(","))
+        except ValueError:
+            user_steps = ()
+        if len(user_steps) != 2 or min(user_steps) < 1:
+            p.error(f"--steps takes WARMUP,TIMED, both at least 1, not '{args.steps}'")
     cli.setup_console_logging()
     if args.threads:
         torch.set_num_threads(args.threads)  # this process's work: the CPU peak, --costs
@@ -466,12 +474,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="gptlab-bench-") as work:
         for n in names:
             preset = PRESETS[n]
-            try:
-                steps = tuple(int(x) for x in args.steps.split(",")) if args.steps else (preset.gpu_steps if on_cuda else preset.cpu_steps)
-            except ValueError:
-                steps = ()
-            if len(steps) != 2 or steps[0] < 1 or steps[1] < 1:
-                p.error(f"--steps takes WARMUP,TIMED, both at least 1, not '{args.steps}'")
+            steps = user_steps or (preset.gpu_steps if on_cuda else preset.cpu_steps)
             chunk = max(1, steps[1] // 50) if args.chunk is None else args.chunk
             for intervals in args.intervals.split(","):
                 if intervals == "none" and "default" in args.intervals and not _marks_in_window(preset, args.overrides, *steps):
