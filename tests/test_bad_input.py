@@ -77,7 +77,7 @@ def test_data_missing_offline_and_damaged(compose, tmp_path, monkeypatch):
     out = prepare_dataset(DataSpec(name="poem", root=str(tmp_path), path=str(src)), log=lambda m: None)
     (out / "meta.json").write_text('{"vocab_size": 2')
     refused(compose("data=text", f"data.path={src}", "data.name=poem", f"data.root={tmp_path}", "max_iters=10"),
-            tmp_path / "r2", DataError, "meta.json is not valid JSON.*delete .* and prepare it again")
+            tmp_path / "r2", DataError, "damaged gptlab dataset.*delete .* and prepare it again")
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from gptlab import sample
-from gptlab.checkpoint import EXPORT, load_checkpoint, load_model
+from gptlab.checkpoint import load_checkpoint, load_model
 from gptlab.errors import CheckpointError
+from gptlab.rundir import EXPORT
 from gptlab.train import train
 
 
@@ -64,7 +65,7 @@ def test_malicious_checkpoint_is_refused_and_never_runs(run, compose, tmp_path, 
 def test_disk_holds_last_and_best_only_and_reports_sizes(run):
     d, metrics = run
     assert sorted(p.name for p in d.iterdir() if p.suffix in (".ckpt", ".pt", ".tmp")) == ["best.ckpt", "last.ckpt", EXPORT]
-    assert not list(d.glob(".*"))  # no temporary files left behind
+    assert not list(d.glob(".*.tmp"))  # no temporary files left behind
     sizes = metrics["checkpoint_bytes"]
     assert sizes == {n: (d / n).stat().st_size for n in ("last.ckpt", "best.ckpt", EXPORT)}
     assert json.loads((d / "metrics.json").read_text())["checkpoint_bytes"] == sizes

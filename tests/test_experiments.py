@@ -143,7 +143,7 @@ def test_typed_group_choices_keep_their_keys():
     assert shapes([job_config(first, cpu=True)]) == [(4, 4, 256)]
     (first, *_) = jobs("exp3_regularization", "data=shakespeare")
     cfg = job_config(first, cpu=True)
-    assert (cfg.data.name, cfg.data.tokenizer, cfg.data.val_fraction) == ("shakespeare", "gpt2", 0.1)
+    assert (cfg.data.name, cfg.data.tokenizer, cfg.data.val_fraction) == ("shakespeare_gpt2", "gpt2", 0.1)
     assert cfg.max_iters == 1000  # the rest of the CPU scale still applies
 
 

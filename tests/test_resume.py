@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from conftest import ROOT, TINY
-from gptlab.checkpoint import LAST, checkpoint_step, load_checkpoint
+from gptlab.checkpoint import checkpoint_step, load_checkpoint
 from gptlab.errors import RunInterrupted
 from gptlab.module import GPTModule
+from gptlab.rundir import LAST
 from gptlab.train import train
 
 # dropout > 0 and gradient accumulation: both RNG streams and the accumulation boundary matter.
@@ -197,7 +198,10 @@ def test_sampler_state_replays_the_prefetched_batch_and_ranks_stay_apart(data_ro
 
 
 def test_resume_true_leaves_a_finished_run_alone(straight, compose):
-    before = {p.name: p.stat().st_mtime_ns for p in straight.iterdir()}
+    def files():  # the lock file is the one thing a run in the folder writes (its pid)
+        return {p.name: p.stat().st_mtime_ns for p in straight.iterdir() if p.name != ".lock"}
+
+    before = files()
     metrics = train(compose(*EXACT, "max_iters=40", "log_interval=1", "resume=true"), straight)
     assert metrics["iters"] == 40  # read from its metrics.json
-    assert {p.name: p.stat().st_mtime_ns for p in straight.iterdir()} == before  # nothing trained or rewritten
+    assert files() == before  # nothing trained or rewritten

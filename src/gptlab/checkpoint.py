@@ -21,9 +21,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from gptlab.errors import CheckpointError
 from gptlab.model import GPT, GPTConfig
+from gptlab.rundir import BEST, LAST
 
-BEST, LAST = "best.ckpt", "last.ckpt"
-EXPORT = "weights.pt"  # export_weights=true: weights, model shape and tokenizer only
 TMP_SUFFIX = ".tmp"  # .<name>.<random>.tmp: a write in progress
 MODEL_PREFIX = "model."  # the LightningModule holds the GPT as self.model
 

@@ -23,6 +23,8 @@ GROUPS = ("data", "model", "trainer", "experiment", "variant")
 # ${if_null:a,b}: b when a is null (oc.select falls back only for missing keys, not null ones).
 OmegaConf.register_new_resolver("pid", lambda: os.getpid(), use_cache=True, replace=True)
 OmegaConf.register_new_resolver("if_null", lambda value, default: default if value is None else value, replace=True)
+# ${when:cond,a,b}: a if cond else b (eval_only keeps Hydra's files and log apart from a run's own)
+OmegaConf.register_new_resolver("when", lambda cond, a, b: a if cond is True else b, replace=True)
 
 
 def sweep_dir(experiment: str | None, date: str, time: str, pid: int) -> str:

@@ -3,8 +3,10 @@ and precision, and the small dataclasses the library takes. Knows OmegaConf, not
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -78,8 +80,35 @@ def _positive_int(cfg: DictConfig, key: str, minimum: int = 1) -> None:
         raise ConfigError(f"{key} must be an integer >= {minimum}, got {v!r}")
 
 
+# Keys that take only true or false: YAML's yes/no/on/off and other strings are refused, so that
+# overwrite=no never counts as true.
+BOOL_KEYS = ("eval_only", "always_save_checkpoint", "overwrite", "resume", "export_weights", "decay_lr", "compile",
+             "pad_vocab", "bias", "monitor.enabled", "monitor.histograms", "monitor.initial_loss_check",
+             "trainer.deterministic")
+
+
+def _validate_bools(cfg: DictConfig) -> None:
+    for key in BOOL_KEYS:
+        v = OmegaConf.select(cfg, key, default=False)
+        if not isinstance(v, bool):
+            raise ConfigError(f"{key} must be true or false, got {v!r}")
+
+
+def _validate_run_mode(cfg: DictConfig) -> None:
+    """overwrite starts over, resume continues, eval_only reads: at most one of them."""
+    resumes = cfg.init_from == "resume" or bool(cfg.get("resume"))
+    if cfg.overwrite and resumes:
+        raise ConfigError("overwrite=true starts the run over, init_from=resume / resume=true continue it: drop one of them")
+    if cfg.overwrite and cfg.eval_only:
+        raise ConfigError("eval_only=true never changes a run's files, so overwrite=true has nothing to do: drop it")
+
+
 def validate(cfg: DictConfig) -> None:
     """Reject contradictory or impossible settings before any work starts."""
+    _validate_bools(cfg)
+    if cfg.init_from not in ("scratch", "resume"):
+        raise ConfigError(f"init_from must be scratch or resume, got '{cfg.init_from}'")
+    _validate_run_mode(cfg)
     for key in ("batch_size", "block_size", "n_layer", "n_head", "n_embd", "eval_interval", "log_interval", "eval_iters", "gradient_accumulation_steps"):
         _positive_int(cfg, key)
     if cfg.get("eval_batch_size") is not None:
@@ -133,8 +162,6 @@ def validate(cfg: DictConfig) -> None:
         )
     if cfg.dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got '{cfg.dtype}'")
-    if cfg.init_from not in ("scratch", "resume"):
-        raise ConfigError(f"init_from must be scratch or resume, got '{cfg.init_from}'")
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(cfg.device)):
         raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got '{cfg.device}'")
     if cfg.data.get("path") is None and cfg.data.get("source") is None:
@@ -236,9 +263,10 @@ def data_spec(cfg: DictConfig) -> DataSpec:
     d = cfg.data
     name = d.get("name")
     if not name:
-        from pathlib import Path
-
-        name = f"text_{Path(str(d.path)).stem}_{d.tokenizer}"
+        # the file's path in the name: two texts called input.txt in different folders never share one
+        path = Path(str(d.path)).expanduser()
+        where = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
+        name = f"text_{path.stem}_{where}_{d.tokenizer}"
     return DataSpec(
         name=str(name),
         root=str(d.root),

@@ -61,6 +61,11 @@ class DataSpec:
         return Path(self.root) / self.name
 
 
+# The files prepare writes into a dataset folder; nothing else is ever removed from one.
+DATASET_FILES = ("train.bin", "val.bin", "meta.json", "train_docs.bin", "val_docs.bin")
+RESERVED_NAMES = ("raw",)  # <root>/raw/ holds the downloaded corpora
+
+
 # --------------------------------------------------------------------------- raw text
 
 
@@ -204,6 +209,7 @@ def prepare_dataset(spec: DataSpec, log=print) -> Path:
     dtype = token_dtype(tok.vocab_size)
 
     out = spec.dir
+    check_replaceable(out, spec, src)  # before any work is written: refuse to touch what is not ours
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}.", dir=out.parent))
     try:
@@ -217,23 +223,104 @@ def prepare_dataset(spec: DataSpec, log=print) -> Path:
             "train_tokens": int(len(train_ids)),
             "val_tokens": int(len(val_ids)),
             "source": str(src),
+            "source_id": source_id(spec),
             "source_sha256": _sha256(src) if src.is_file() else None,
             "val_fraction": spec.val_fraction,
             "documents": {"kind": spec.documents, "train": len(starts[0]), "val": len(starts[1])},
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        _swap_in(tmp, out)
     finally:
         if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            _remove_dataset(tmp)
     log(
         f"prepared {out}: {tok.name} tokenizer, vocab {tok.vocab_size:,}, "
         f"{meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens ({dtype.name}); "
         f"documents ({spec.documents}): {len(starts[0]):,} train, {len(starts[1]):,} val"
     )
     return out
+
+
+def source_id(spec: DataSpec) -> str:
+    """What a dataset was made from: a named corpus, or the resolved path of the user's text."""
+    return f"corpus:{spec.source}" if spec.source and not spec.path else str(Path(spec.path).expanduser().resolve())
+
+
+def check_name(spec: DataSpec) -> None:
+    """data.name is one folder under data.root: not a path, not the root itself, not raw/."""
+    name = spec.name
+    if not name or name in (".", "..") or "/" in name or os.sep in name or name in RESERVED_NAMES:
+        raise DataError(
+            f"data.name='{name}' must be a plain folder name under data.root ({spec.root}), such as my_text_char; "
+            f"not a path, '.', '..' or {', '.join(RESERVED_NAMES)}"
+        )
+
+
+def check_replaceable(out: Path, spec: DataSpec, src: Path | None = None) -> None:
+    """Refuse unless out is absent, an empty folder, or a gptlab dataset of the same text and
+    tokenizer: prepare replaces only what it wrote itself, never a folder of the user's."""
+    check_name(spec)
+    if src is not None and out.resolve() in (src.resolve(), *src.resolve().parents):
+        raise DataError(f"data.path '{src}' is inside the dataset folder {out}; choose another data.name or data.root")
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir() or out.is_symlink():
+        raise DataError(f"{out} exists and is not a folder; gptlab writes datasets only into folders it created. "
+                        "Move it, or choose another data.name")
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return
+    foreign = [n for n in entries if n not in DATASET_FILES]
+    meta = _read_meta_or_none(out)
+    if not foreign and meta is None:
+        raise DataError(f"{out} looks like a damaged gptlab dataset (its meta.json is unreadable or incomplete); "
+                        f"delete {out} and prepare it again")
+    if foreign or meta is None:
+        what = f"files gptlab did not write ({', '.join(foreign[:5])})" if foreign else "no readable meta.json"
+        raise DataError(f"{out} holds {what}: it is not a prepared gptlab dataset, so prepare will not replace it. "
+                        "Choose another data.name (or data.root), or move those files")
+    theirs = (meta.get("tokenizer"), meta.get("source_id"))
+    ours = (spec.tokenizer, source_id(spec))
+    if theirs[0] != ours[0] or (theirs[1] is not None and theirs[1] != ours[1]) or _val_fraction_differs(meta, spec):
+        raise DataError(
+            f"{out} holds another dataset ({meta.get('tokenizer')} tokens of {theirs[1] or meta.get('source')}, "
+            f"val_fraction {meta.get('val_fraction')}); this one is {ours[0]} tokens of {ours[1]}, val_fraction "
+            f"{spec.val_fraction}. Give it its own folder: data.name=<another name>"
+        )
+
+
+def _val_fraction_differs(meta: dict, spec: DataSpec) -> bool:
+    return meta.get("val_fraction") is not None and float(meta["val_fraction"]) != float(spec.val_fraction)
+
+
+def _read_meta_or_none(folder: Path) -> dict | None:
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and "dtype" in meta and "tokenizer" in meta else None
+
+
+def _swap_in(new: Path, out: Path) -> None:
+    """Put the freshly written folder at out. An old dataset there is renamed aside first and
+    removed only after the new one is in place, so a stop midway never loses both."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old.{os.getpid()}")
+        os.replace(out, old)
+    os.replace(new, out)
+    if old is not None:
+        _remove_dataset(old)
+
+
+def _remove_dataset(folder: Path) -> None:
+    """Remove a dataset folder prepare wrote: its known files, then the folder if that empties it."""
+    for name in DATASET_FILES:
+        (folder / name).unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:
+        pass  # something else is in it: leave it
 
 
 def _token_starts(tok, text: str, ids: np.ndarray, char_starts: np.ndarray) -> np.ndarray:
@@ -301,19 +388,22 @@ def load_meta(data_dir: Path) -> dict:
     path = Path(data_dir) / "meta.json"
     if not path.is_file():
         raise DataError(f"{data_dir} is not a prepared dataset (no meta.json); run python -m gptlab.prepare data=...")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path} is not valid JSON ({e}); delete {data_dir} and prepare it again") from e
+    meta = _read_meta_or_none(Path(data_dir))
+    if meta is None:
+        raise DataError(f"{path} is damaged (not JSON, or without dtype/tokenizer); prepare the dataset again: "
+                        "python -m gptlab.prepare data=...")
+    return meta
 
 
 def is_prepared(spec: DataSpec, documents: bool = False) -> bool:
-    """Whether spec.dir holds this dataset. documents=True: with spec's document index too."""
+    """Whether spec.dir holds this dataset, complete. documents=True: with spec's document index too."""
     d = spec.dir
     if not all((d / f).is_file() for f in ("train.bin", "val.bin", "meta.json")):
         return False
-    meta = load_meta(d)
-    if meta.get("tokenizer") != spec.tokenizer:
+    meta = _read_meta_or_none(d)
+    if meta is None or meta.get("tokenizer") != spec.tokenizer or _val_fraction_differs(meta, spec):
+        return False  # prepare then replaces it if it is ours, or refuses
+    if meta.get("source_id") not in (None, source_id(spec)) or size_problem(d, meta):
         return False
     # a dataset prepared before document indexes existed still serves random windows; packed or
     # padded batches, eot documents (whose ids differ) or another kind of document prepare it again
@@ -335,10 +425,29 @@ def ensure_prepared(spec: DataSpec, log=print, documents: bool = False) -> Path:
     return prepare_dataset(spec, log=log)
 
 
+def size_problem(data_dir: Path, meta: dict) -> str | None:
+    """Why a prepared dataset's token files do not match meta.json (truncated, or another
+    dataset's), or None when their sizes agree."""
+    try:
+        itemsize = np.dtype(meta["dtype"]).itemsize
+        for split in ("train", "val"):
+            path = Path(data_dir) / f"{split}.bin"
+            want = int(meta[f"{split}_tokens"]) * itemsize
+            if not path.is_file():
+                return f"{path.name} is missing"
+            if path.stat().st_size != want:
+                return f"{path.name} has {path.stat().st_size:,} bytes where meta.json says {want:,}"
+    except (KeyError, TypeError, ValueError) as e:
+        return f"meta.json lacks or garbles {e}"
+    return None
+
+
 def open_tokens(data_dir: Path, split: str, meta: dict) -> np.memmap:
     path = Path(data_dir) / f"{split}.bin"
-    if not path.is_file():
-        raise DataError(f"{path} is missing; prepare the dataset again (python -m gptlab.prepare data=...)")
+    problem = size_problem(data_dir, meta)
+    if problem:
+        raise DataError(f"{data_dir} is damaged ({problem}); prepare it again: python -m gptlab.prepare data=... "
+                        "(training re-prepares a damaged dataset of its own)")
     return np.memmap(path, dtype=np.dtype(meta["dtype"]), mode="r")
 
 

@@ -20,12 +20,13 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 
 from gptlab.callbacks import NonFiniteGuard
-from gptlab.checkpoint import BEST, LAST, checkpoint_step
+from gptlab.checkpoint import checkpoint_step
 from gptlab.errors import ConfigError, RunInterrupted
+from gptlab.rundir import BEST, LAST, METRICS
 
 log = logging.getLogger("gptlab")
 
-FINISHED = "metrics.json"  # written last: status ok when a run completed (failed / diverged otherwise)
+FINISHED = METRICS  # written last: status ok when a run completed (failed / diverged otherwise)
 
 
 def newest_checkpoint(run_dir: Path) -> Path | None:
@@ -61,6 +62,10 @@ def starting_point(run_dir: Path, init_from: str, ckpt_path: str | None, resume:
     """Where a run starts: a checkpoint to continue from, None (from scratch), or FINISHED when
     resume=true finds the run already complete."""
     run_dir = Path(run_dir)
+    if ckpt_path in ("last", "best"):  # the run folder's own checkpoint, by name
+        ckpt_path = str(run_dir / (LAST if ckpt_path == "last" else BEST))
+    if ckpt_path and not resume:
+        init_from = "resume"  # a checkpoint named is a checkpoint continued (as Lightning's ckpt_path), never ignored
     if resume:  # resume=true: whatever state the folder is in, carry on from there
         state = run_state(run_dir)
         if state == "finished" and not eval_only:

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from gptlab.checkpoint import write_text_atomic
 from gptlab.errors import NonFiniteLossError
 from gptlab.resume import FINISHED, run_status
+from gptlab.rundir import EVAL
 
 log = logging.getLogger("gptlab")
 
@@ -64,6 +65,8 @@ def job_outcome(run_dir: Path) -> dict:
     loss or error), or stopped (no metrics.json: killed, or still running)."""
     run_dir = Path(run_dir)
     f = run_dir / FINISHED
+    if not f.is_file() and (run_dir / EVAL).is_file():
+        return {"status": "eval_only", "val_loss": json.loads((run_dir / EVAL).read_text()).get("val_loss")}
     if not f.is_file():
         return {"status": "stopped"}
     m = json.loads(f.read_text())

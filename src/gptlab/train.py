@@ -34,15 +34,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from gptlab import cli, lr_find, memory
 from gptlab.callbacks import EvalSamples, FinalEvaluation, NonFiniteGuard, ProgressLog, TrainingLog, generate_sample
 from gptlab.checkpoint import (
-    BEST,
-    EXPORT,
-    LAST,
     AtomicCheckpointIO,
     check_compatible,
     check_resumable,
     export_weights,
     load_checkpoint,
     remove_partial_writes,
+    resolve_checkpoint,
     write_text_atomic,
 )
 from gptlab.config import (
@@ -58,10 +56,11 @@ from gptlab.config import (
 )
 from gptlab.data import ensure_prepared
 from gptlab.datamodule import GPTDataModule
-from gptlab.errors import GptlabError, RunInterrupted
+from gptlab.errors import ConfigError, GptlabError, RunInterrupted
 from gptlab.module import GPTModule
 from gptlab.monitors import GradientMonitor, InitialLossCheck, LayerGradients, PlateauHint
 from gptlab.resume import FINISHED, RngState, StopOnSignal, starting_point
+from gptlab.rundir import BEST, CONFIG, EVAL, EXPORT, LAST, TRAINING_LOG, RunLock, clear_run
 from gptlab.sweep import clear_failure, record_failure, write_failure
 from gptlab.tokenizer import undecodable_ids
 
@@ -83,6 +82,15 @@ def _quiet_lightning() -> None:
 
 def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset(), lr_find_only: bool = False,
           callbacks: Sequence[L.Callback] = (), typed: set[str] | None = None) -> dict:
+    """Train (or evaluate) as cfg says, writing into run_dir, which no other run may use meanwhile
+    (under DDP rank 0 holds the lock for all). Returns the metrics.json dict; see _train."""
+    lock = RunLock(Path(run_dir)) if rank_zero_only.rank == 0 else contextlib.nullcontext()
+    with lock:
+        return _train(cfg, Path(run_dir), explicit, lr_find_only, callbacks, typed)
+
+
+def _train(cfg: DictConfig, run_dir: Path, explicit: set[str] = frozenset(), lr_find_only: bool = False,
+           callbacks: Sequence[L.Callback] = (), typed: set[str] | None = None) -> dict:
     """Train (or evaluate) as cfg says, writing into run_dir. Returns the metrics.json dict.
 
     explicit: keys the user set (command line, or a chosen model/experiment/variant file); the CPU
@@ -113,6 +121,13 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
             + " -- keys on the command line win; profile=none runs the guide's numbers"
         )
     validate(cfg)
+    if cfg.eval_only and not lr_find_only:
+        return evaluate_only(cfg, run_dir, device)
+    if cfg.overwrite and not lr_find_only and trainer_rank_zero():
+        removed = clear_run(run_dir)  # before anything is written: a later resume can never mix two runs
+        if removed:
+            log.info(f"overwrite=true: removed the earlier run's {len(removed)} files in {run_dir} "
+                     f"({', '.join(p.name for p in removed[:6])}{', ...' if len(removed) > 6 else ''})")
 
     start = None if lr_find_only else starting_point(
         run_dir, cfg.init_from, cfg.ckpt_path, bool(cfg.get("resume")), bool(cfg.overwrite), bool(cfg.eval_only))
@@ -128,17 +143,8 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
     memory.reset_peak(cuda=device.accelerator == "gpu")  # this run's own peak, even as job 4 of a sweep
     memory_at_start = memory.current(cuda=device.accelerator == "gpu")
 
-    spec = data_spec(cfg)
-    batching = str(cfg.data.get("batching", "random"))
-    ensure_prepared(spec, log=log.info, documents=batching != "random")
-    dm = GPTDataModule(
-        spec.dir, int(cfg.block_size), int(cfg.batch_size), seed=int(cfg.seed),
-        batching=batching, bucket_batches=int(cfg.data.get("bucket_batches", 16)),
-        accumulation=int(cfg.gradient_accumulation_steps), eval_batch_size=cfg.get("eval_batch_size"),
-    )
-    dm.check_block_size()
-    masking = token_masking(cfg, dm.vocab_size)  # None unless augment.mask_prob > 0
-    mconf = model_config(cfg, dm.vocab_size + (masking is not None))  # + the [MASK] token
+    spec, dm, masking, mconf = build_data(cfg)
+    batching = dm.batching
     resume_step = 0
     if ckpt_path is not None:
         ckpt = load_checkpoint(ckpt_path)
@@ -158,15 +164,7 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
             return found.to_dict()
         lr_find.use_suggestion(cfg, found, set(explicit))
 
-    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    tokenizer_meta = {k: v for k, v in dm.meta.items() if k in ("tokenizer", "vocab_size", "chars", "eot_token")}
-    module = GPTModule(
-        mconf,
-        optim_config(cfg),
-        compile=bool(cfg.compile),
-        extra={"config": plain(cfg), "tokenizer": tokenizer_meta, "data_dir": str(spec.dir)},
-        augment=masking,
-    )
+    module = build_module(cfg, spec, dm, mconf, masking)
 
     tr = cfg.trainer
     n_proc = (len(device.devices) if isinstance(device.devices, list) else int(device.devices)) * int(tr.num_nodes)
@@ -187,7 +185,7 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
             "tokens/s counts real tokens, slots are at most the figure above"
         )
 
-    training_log = TrainingLog(run_dir / "training.log", append=resume, tokens_per_step=tokens_per_step)
+    training_log = TrainingLog(run_dir / TRAINING_LOG, append=resume, tokens_per_step=tokens_per_step)
     mon = cfg.monitor
     grad_monitor = (
         GradientMonitor(int(cfg.log_interval), float(mon.grad_warn), float(cfg.grad_clip)) if mon.enabled else None
@@ -265,38 +263,32 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
     )
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-        if not cfg.eval_only:
-            (run_dir / FINISHED).unlink(missing_ok=True)  # written again only when this run completes
+        OmegaConf.save(cfg, run_dir / CONFIG, resolve=True)
+        (run_dir / FINISHED).unlink(missing_ok=True)  # written again only when this run completes
 
     t0 = time.time()
     on_gpu = device.accelerator == "gpu"
-    if cfg.eval_only:
-        trainer.validate(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True, verbose=False)
-    else:
-        try:
-            if not resume:
-                logger.log_hyperparams(_hparams(cfg, typed))
-                trainer.validate(module, datamodule=dm, verbose=False)  # the step-0 evaluation
-            trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True)
-        except SIGTERMException:
-            # Lightning's handler caught a SIGTERM outside the training steps (StopOnSignal covers
-            # those); its exception would end the process with status 0, as if the run had finished
-            raise RunInterrupted("SIGTERM outside the training steps; nothing new was saved.", signal.SIGTERM, str(run_dir)) from None
-        except Exception as e:
-            if trainer.is_global_zero and not isinstance(e, RunInterrupted):
-                # what the run got to before it failed, for the sweep's summary and the report
-                failed = _metrics(training_log, progress, trainer, module, time.time() - t0, cfg, tokens_per_step, on_gpu, memory_at_start)
-                write_failure(run_dir, e, failed)
-            raise
-        if not cfg.always_save_checkpoint:
-            trainer.save_checkpoint(run_dir / LAST, weights_only=False)  # full state: resumable
+    try:
+        if not resume:
+            logger.log_hyperparams(_hparams(cfg, typed))
+            trainer.validate(module, datamodule=dm, verbose=False)  # the step-0 evaluation
+        trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True)
+    except SIGTERMException:
+        # Lightning's handler caught a SIGTERM outside the training steps (StopOnSignal covers
+        # those); its exception would end the process with status 0, as if the run had finished
+        raise RunInterrupted("SIGTERM outside the training steps; nothing new was saved.", signal.SIGTERM, str(run_dir)) from None
+    except Exception as e:
+        if trainer.is_global_zero and not isinstance(e, RunInterrupted):
+            # what the run got to before it failed, for the sweep's summary and the report
+            failed = _metrics(training_log, progress, trainer, module, time.time() - t0, cfg, tokens_per_step, on_gpu, memory_at_start)
+            write_failure(run_dir, e, failed)
+        raise
+    if not cfg.always_save_checkpoint:
+        trainer.save_checkpoint(run_dir / LAST, weights_only=False)  # full state: resumable
     wall = time.time() - t0
 
     metrics = _metrics(training_log, progress, trainer, module, wall, cfg, tokens_per_step, on_gpu, memory_at_start)
     metrics["stop_reason"], metrics["stop_message"] = _stop_reason(cfg, trainer, early_stop)
-    if cfg.eval_only:
-        metrics["status"] = "eval_only"  # evaluated, not trained: resume=true still trains this folder
     for cb in monitors:
         if isinstance(cb, GradientMonitor) and cb.clipped_fraction is not None:
             metrics["grad_clipped_frac"] = cb.clipped_fraction
@@ -306,13 +298,12 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
             metrics["layer_warnings"] = cb.flagged
     if trainer.is_global_zero:
         # under FSDP the weights are sharded: rank 0 alone cannot run the model
-        skip = int(cfg.sample_tokens) == 0 or cfg.eval_only or str(tr.strategy) == "fsdp"
+        skip = int(cfg.sample_tokens) == 0 or str(tr.strategy) == "fsdp"
         metrics["sample"] = "" if skip else generate_sample(module.model, dm.tokenizer, int(cfg.sample_tokens), int(cfg.seed), suppress)
-        if not cfg.eval_only:
-            metrics["checkpoint_bytes"] = _disk_report(run_dir, bool(cfg.get("export_weights")))
+        metrics["checkpoint_bytes"] = _disk_report(run_dir, bool(cfg.get("export_weights")))
         write_text_atomic(run_dir / FINISHED, json.dumps(metrics, indent=1))  # last: marks the run finished
         best = metrics.get("best_val_loss")
-        if best is not None and not cfg.eval_only:
+        if best is not None:
             # the HParams dashboard: one row per run of a sweep, with its best val loss
             logger.log_hyperparams(_hparams(cfg, typed), metrics={
                 "hp/best_val_loss": best, "hp/final_val_loss": metrics["final_val_loss"], "hp/final_train_loss": metrics["final_train_loss"]})
@@ -322,6 +313,84 @@ def train(cfg: DictConfig, run_dir: str | Path, explicit: set[str] = frozenset()
         if metrics.get("sample"):
             log.info("sample:\n" + metrics["sample"])
     return metrics
+
+
+def trainer_rank_zero() -> bool:
+    return rank_zero_only.rank == 0
+
+
+def build_data(cfg: DictConfig):
+    """The prepared dataset (preparing it if needed), its DataModule, the token masking (None
+    unless augment.mask_prob > 0) and the model's shape for its vocabulary."""
+    spec = data_spec(cfg)
+    batching = str(cfg.data.get("batching", "random"))
+    ensure_prepared(spec, log=log.info, documents=batching != "random")
+    dm = GPTDataModule(
+        spec.dir, int(cfg.block_size), int(cfg.batch_size), seed=int(cfg.seed),
+        batching=batching, bucket_batches=int(cfg.data.get("bucket_batches", 16)),
+        accumulation=int(cfg.gradient_accumulation_steps), eval_batch_size=cfg.get("eval_batch_size"),
+    )
+    dm.check_block_size()
+    masking = token_masking(cfg, dm.vocab_size)
+    mconf = model_config(cfg, dm.vocab_size + (masking is not None))  # + the [MASK] token
+    return spec, dm, masking, mconf
+
+
+def build_module(cfg: DictConfig, spec, dm: GPTDataModule, mconf, masking) -> GPTModule:
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    tokenizer_meta = {k: v for k, v in dm.meta.items() if k in ("tokenizer", "vocab_size", "chars", "eot_token")}
+    return GPTModule(
+        mconf,
+        optim_config(cfg),
+        compile=bool(cfg.compile),
+        extra={"config": plain(cfg), "tokenizer": tokenizer_meta, "data_dir": str(spec.dir)},
+        augment=masking,
+    )
+
+
+def _eval_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """What eval_only evaluates: ckpt_path, else the run folder's best.ckpt (else last.ckpt),
+    else nothing (a fresh model: the loss before training)."""
+    if cfg.ckpt_path:
+        return resolve_checkpoint(cfg.ckpt_path)
+    if (run_dir / BEST).is_file() or (run_dir / LAST).is_file():
+        return resolve_checkpoint(run_dir)
+    if cfg.init_from == "resume":
+        raise ConfigError(f"eval_only=true init_from=resume: {run_dir} holds no checkpoint; give ckpt_path=FILE")
+    return None
+
+
+def evaluate_only(cfg: DictConfig, run_dir: Path, device) -> dict:
+    """eval_only=true: one evaluation of a checkpoint (or of a fresh model), written to eval.json.
+    A run's training.log, metrics.json, config.yaml, checkpoints and TensorBoard events are
+    never touched: evaluating a finished run leaves its history as it was."""
+    ckpt = _eval_checkpoint(cfg, run_dir)
+    spec, dm, masking, mconf = build_data(cfg)
+    step = 0
+    if ckpt is not None:
+        c = load_checkpoint(ckpt)
+        check_compatible(c["gptlab"], mconf.to_dict(), "config")
+        step = int(c.get("global_step", c["gptlab"].get("step", 0)))
+        del c
+    module = build_module(cfg, spec, dm, mconf, masking)
+    trainer = L.Trainer(
+        accelerator=device.accelerator, devices=device.devices, strategy=_strategy(str(cfg.trainer.strategy)),
+        num_nodes=int(cfg.trainer.num_nodes), precision=device.precision, limit_val_batches=int(cfg.eval_iters),
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=str(run_dir), use_distributed_sampler=False,
+    )
+    what = str(ckpt) if ckpt else "a freshly initialised model (no checkpoint in the run folder)"
+    log.info(f"eval_only: evaluating {what} on {cfg.eval_iters} batches per split")
+    trainer.validate(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None, weights_only=True, verbose=False)
+    ev = module.last_eval
+    result = {"status": "eval_only", "checkpoint": str(ckpt) if ckpt else None, "step": step,
+              "train_loss": ev.get("train"), "val_loss": ev.get("val"), "eval_iters": int(cfg.eval_iters),
+              "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if trainer.is_global_zero:
+        write_text_atomic(run_dir / EVAL, json.dumps(result, indent=1))
+        log.info(f"step {step}: train loss {result['train_loss']:.4f}, val loss {result['val_loss']:.4f} "
+                 f"(eval_only; written to {run_dir / EVAL})")
+    return result
 
 
 def _disk_report(run_dir: Path, export: bool) -> dict[str, int]:
@@ -398,8 +467,6 @@ def _metrics(training_log: TrainingLog, progress: ProgressLog, trainer, module, 
 
 def _stop_reason(cfg: DictConfig, trainer, early_stop: EarlyStopping | None) -> tuple[str, str]:
     """Why training ended: a short code for tools and a sentence for people."""
-    if cfg.eval_only:
-        return "eval_only", "eval_only=true: evaluated once, no training"
     if trainer.interrupted:
         return "interrupted", f"interrupted at step {trainer.global_step}"
     if early_stop is not None and early_stop.stopping_reason == EarlyStoppingReason.PATIENCE_EXHAUSTED:

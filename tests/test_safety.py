@@ -1,0 +1,194 @@
+"""Mistakes that must never lose data: prepare deletes only what it wrote, datasets of different
+tokenizers never share a folder, eval_only leaves a run's history alone, overwrite clears the old
+run before writing, one run per folder, and booleans that are booleans."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import TINY, run_cli
+from gptlab.data import DataError, DataSpec, ensure_prepared, is_prepared, load_meta, open_tokens, prepare_dataset
+from gptlab.errors import ConfigError
+from gptlab.rundir import RunLock, clear_run
+from gptlab.train import train
+
+QUIET = {"log": lambda m: None}
+
+
+def snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------- prepare
+
+
+def test_prepare_never_deletes_the_users_own_folder(tmp_path):
+    """The adversarial case: the dataset's folder is the one holding the user's text."""
+    mine = tmp_path / "mydata"
+    mine.mkdir()
+    (mine / "input.txt").write_text("to be or not to be\n" * 200)
+    (mine / "notes.md").write_text("my notes")
+    before = snapshot(mine)
+    p = run_cli("gptlab.prepare", "data=text", f"data.path={mine / 'input.txt'}", f"data.root={tmp_path}", "data.name=mydata")
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "inside the dataset folder" in p.stderr
+    assert snapshot(mine) == before
+
+
+@pytest.mark.parametrize("name", [".", "..", "raw", "a/b", ""])
+def test_prepare_refuses_a_name_that_is_not_one_folder(tmp_path, name):
+    text = tmp_path / "t.txt"
+    text.write_text("abc def\n" * 100)
+    (tmp_path / "keep.txt").write_text("keep")
+    with pytest.raises(DataError, match="plain folder name"):
+        prepare_dataset(DataSpec(name=name, root=str(tmp_path), path=str(text)), **QUIET)
+    assert (tmp_path / "keep.txt").read_text() == "keep"
+
+
+def test_prepare_refuses_a_folder_it_did_not_write(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("abc def\n" * 100)
+    other = tmp_path / "data" / "mine"
+    other.mkdir(parents=True)
+    (other / "thesis.tex").write_text("years of work")
+    with pytest.raises(DataError, match=r"thesis.tex.*not a prepared gptlab dataset"):
+        prepare_dataset(DataSpec(name="mine", root=str(tmp_path / "data"), path=str(text)), **QUIET)
+    assert (other / "thesis.tex").read_text() == "years of work"
+
+
+def test_a_gpt2_prepare_never_touches_the_char_dataset(tmp_path, compose):
+    """data.tokenizer=gpt2 over the char config gets its own folder; named the same, it is refused."""
+    root = tmp_path / "data"
+    char = compose(f"data.root={root}").data
+    bpe = compose(f"data.root={root}", "data.tokenizer=gpt2").data
+    assert (char.name, bpe.name) == ("shakespeare_char", "shakespeare_gpt2")
+    from gptlab.config import data_spec
+
+    char_dir = ensure_prepared(data_spec(compose(f"data.root={root}")), **QUIET)
+    before = snapshot(char_dir)
+    clash = DataSpec(name="shakespeare_char", root=str(root), source="tinyshakespeare", tokenizer="gpt2")
+    with pytest.raises(DataError, match="holds another dataset.*data.name="):
+        prepare_dataset(clash, **QUIET)
+    assert snapshot(char_dir) == before
+
+
+def test_a_damaged_dataset_is_prepared_again_or_refused(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("the cat sat on the mat\n" * 300)
+    spec = DataSpec(name="t", root=str(tmp_path / "data"), path=str(text))
+    out = prepare_dataset(spec, **QUIET)
+    good = (out / "train.bin").read_bytes()
+    meta = load_meta(out)
+    (out / "train.bin").write_bytes(good[:100])  # truncated
+    with pytest.raises(DataError, match="damaged.*train.bin has 100 bytes"):
+        open_tokens(out, "train", meta)
+    assert not is_prepared(spec)
+    ensure_prepared(spec, **QUIET)  # ours: prepared again
+    assert (out / "train.bin").read_bytes() == good
+    (out / "meta.json").write_text(json.dumps({"vocab_size": 20}))  # keys missing
+    with pytest.raises(DataError, match="meta.json is damaged"):
+        load_meta(out)
+
+
+def test_prepare_replaces_its_own_dataset_atomically(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("one two three\n" * 300)
+    spec = DataSpec(name="t", root=str(tmp_path / "data"), path=str(text))
+    prepare_dataset(spec, **QUIET)
+    text.write_text("four five six\n" * 300)
+    out = prepare_dataset(spec, **QUIET)
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["t"]  # no leftovers beside it
+    ids = np.fromfile(out / "train.bin", dtype=np.uint16)
+    assert load_meta(out)["vocab_size"] == len(set("four five six\n")) and ids.max() < 11
+
+
+# ---------------------------------------------------------------- runs
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, data_root):
+    from gptlab.cli import compose
+
+    run = tmp_path_factory.mktemp("finished")
+    train(compose("train", [*TINY, f"data.root={data_root}", "max_iters=20", "eval_interval=10"]), run)
+    return run
+
+
+def test_eval_only_leaves_a_finished_runs_history_alone(finished, data_root):
+    before = snapshot(finished)
+    p = run_cli("gptlab.train", *TINY, f"data.root={data_root}", f"out_dir={finished}", "eval_only=true", "resume=true")
+    assert p.returncode == 0, p.stderr[-2000:]
+    after = snapshot(finished)
+    for name, data in before.items():
+        if name.parts[0] not in (".lock",):
+            assert after[name] == data, f"{name} changed"
+    ev = json.loads((finished / "eval.json").read_text())
+    m = json.loads((finished / "metrics.json").read_text())
+    assert ev["checkpoint"].endswith("best.ckpt") and ev["step"] == m["best_step"]
+    assert abs(ev["val_loss"] - m["best_val_loss"]) < 0.05  # the trained weights, not a random model (~4.2)
+    assert (finished / ".hydra_eval" / "config.yaml").is_file() and (finished / "eval.log").is_file()
+
+
+@pytest.mark.parametrize("value", ["no", "yes", "0", "False_"])
+def test_booleans_accept_only_true_or_false(compose, tmp_path, value):
+    for key in ("overwrite", "eval_only", "compile"):
+        with pytest.raises(ConfigError, match=f"{key} must be true or false"):
+            train(compose(f"{key}={value}"), tmp_path)
+    assert not any(tmp_path.iterdir()) or [p.name for p in tmp_path.iterdir()] == [".lock"]
+
+
+def test_overwrite_clears_the_earlier_run_first(finished, compose, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    for p in finished.iterdir():
+        if p.is_file():
+            (run / p.name).write_bytes(p.read_bytes())
+    (run / "my_notes.txt").write_text("mine")
+    removed = {p.name for p in clear_run(run)}
+    assert {"best.ckpt", "last.ckpt", "training.log", "metrics.json", "config.yaml"} <= removed
+    kept = sorted(p.name for p in run.iterdir() if not p.name.startswith(".") and p.name not in ("console.log", "eval.log"))
+    assert kept == ["my_notes.txt"]  # Hydra's own logs stay: the new run's lines are going there already
+    # a whole new run over the copy: only its own evaluations in training.log
+    for p in finished.iterdir():
+        if p.is_file():
+            (run / p.name).write_bytes(p.read_bytes())
+    old_events = {p.name for p in run.glob("events.out.tfevents.*")}
+    m = train(compose("max_iters=6", "eval_interval=3", "overwrite=true"), run)
+    assert [e["step"] for e in m["evals"]] == [0, 3, 6]
+    assert [ln.split(":")[0] for ln in (run / "training.log").read_text().splitlines()] == ["step 0", "step 3", "step 6"]
+    assert old_events and not old_events & {p.name for p in run.glob("events.out.tfevents.*")}
+    with pytest.raises(ConfigError, match="drop one of them"):
+        train(compose("overwrite=true", "init_from=resume"), run)
+
+
+def test_a_second_run_in_the_same_folder_is_refused(compose, tmp_path):
+    with RunLock(tmp_path):
+        with pytest.raises(ConfigError, match=rf"in use by another run \(pid {os.getpid()} on"):
+            train(compose("max_iters=2"), tmp_path)
+    assert not (tmp_path / "training.log").exists()
+
+
+def test_a_killed_runs_lock_is_taken_over(tmp_path):
+    code = f"import time; from gptlab.rundir import RunLock; l = RunLock({str(tmp_path)!r}).__enter__(); print('held', flush=True); time.sleep(60)"
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    with pytest.raises(ConfigError, match=f"pid {p.pid}"):
+        RunLock(tmp_path).__enter__()
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    time.sleep(0.1)
+    with RunLock(tmp_path):
+        assert (tmp_path / ".lock").read_text().startswith(str(os.getpid()))
+
+
+def test_ckpt_path_alone_continues_the_run(finished, compose, tmp_path):
+    run = tmp_path / "more"
+    m = train(compose("max_iters=30", "eval_interval=10", f"ckpt_path={finished / 'last.ckpt'}"), run)
+    assert m["iters"] == 30 and [e["step"] for e in m["evals"]][-2:] == [20, 30]
+    assert 0 not in [e["step"] for e in m["evals"]][2:]  # continued, not started from scratch
