@@ -26,7 +26,7 @@ TINY = [
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory) -> Path:
     """A data root with Tiny Shakespeare prepared char-level (once per test session)."""
-    from gptlab.data import DataSpec, prepare_dataset
+    from gptlab.data.dataset import DataSpec, prepare_dataset
 
     root = tmp_path_factory.mktemp("data")
     prepare_dataset(DataSpec(name="shakespeare_char", root=str(root), source="tinyshakespeare", tokenizer="char"), log=lambda m: None)
@@ -36,7 +36,7 @@ def data_root(tmp_path_factory) -> Path:
 @pytest.fixture
 def compose(data_root):
     """compose(*overrides) -> the real train config, shrunk to the tiny model, data in data_root."""
-    from gptlab.cli import compose as _compose
+    from gptlab.cli.common import compose as _compose
 
     def _c(*overrides: str, tiny: bool = True):
         base = [*TINY, f"data.root={data_root}"] if tiny else [f"data.root={data_root}"]

@@ -13,8 +13,8 @@ import lightning as L
 import torch
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
-from gptlab.cli import compose, setup_console_logging
-from gptlab.train import train
+from gptlab.cli.common import compose, setup_console_logging
+from gptlab.training.run import train
 
 
 class Probe(L.Callback):

@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from gptlab.augment import TokenMasking, mask_tokens
-from gptlab.checkpoint import load_checkpoint, load_model
+from gptlab.cli.sample import generate
 from gptlab.config import token_masking, validate
+from gptlab.data.augment import TokenMasking, mask_tokens
 from gptlab.errors import ConfigError
 from gptlab.model import GPT, GPTConfig
-from gptlab.sample import generate
-from gptlab.train import train
+from gptlab.training.checkpoint import load_checkpoint, load_model
+from gptlab.training.run import train
 
 V, MASK = 65, 65
 
@@ -119,7 +119,7 @@ def test_bad_mask_prob(compose, value):
 
 def test_masking_combines_with_packed_documents(compose, tmp_path):
     """Document batches (dicts from gptlab.packing) get their inputs masked like (x, y) tuples."""
-    from gptlab.augment import corrupt_inputs
+    from gptlab.data.augment import corrupt_inputs
 
     masking = TokenMasking(mask_prob=0.5, mask_token=65, vocab_size=65, seed=0)
     x = torch.randint(0, 65, (4, 32))

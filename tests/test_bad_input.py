@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from gptlab import cli
-from gptlab.data import DataError, DataSpec, prepare_dataset
-from gptlab.datamodule import GPTDataModule
+from gptlab.cli import common as cli
+from gptlab.data.datamodule import GPTDataModule
+from gptlab.data.dataset import DataError, DataSpec, prepare_dataset
 from gptlab.errors import CheckpointError, ConfigError
-from gptlab.train import train
+from gptlab.training.run import train
 
 RESULTS = ("metrics.json", "training.log", "best.ckpt", "last.ckpt")
 

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from gptlab import bench
-from gptlab.checkpoint import CheckpointError, check_compatible, load_model
+from gptlab.bench import bench
 from gptlab.model import GPT, GPTConfig
+from gptlab.training.checkpoint import CheckpointError, check_compatible, load_model
 
 
 def test_plain_loop_trains_exactly_like_the_gptlab_path(compose, tmp_path):
@@ -87,7 +87,7 @@ def test_padded_vocabulary_never_produces_padding_ids():
 
 
 def test_pad_vocab_trains_saves_and_refuses_a_mismatched_resume(compose, tmp_path):
-    from gptlab.train import train
+    from gptlab.training.run import train
 
     train(compose("pad_vocab=true", "max_iters=4", "eval_interval=4"), tmp_path)
     model, info = load_model(tmp_path / "last.ckpt")
@@ -101,7 +101,7 @@ def test_pad_vocab_trains_saves_and_refuses_a_mismatched_resume(compose, tmp_pat
 
 @pytest.mark.slow
 def test_costs_table_runs(tmp_path, data_root, capsys):
-    from gptlab.costs import main
+    from gptlab.bench.costs import main
 
     rows = main([f"data.root={data_root}", "device=cpu"], rounds=1, json_path=str(tmp_path / "costs.json"))
     names = {r["what"] for r in rows}

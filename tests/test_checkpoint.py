@@ -7,11 +7,11 @@ import shutil
 import pytest
 import torch
 
-from gptlab import sample
-from gptlab.checkpoint import load_checkpoint, load_model
+from gptlab.cli import sample
 from gptlab.errors import CheckpointError
 from gptlab.rundir import EXPORT
-from gptlab.train import train
+from gptlab.training.checkpoint import load_checkpoint, load_model
+from gptlab.training.run import train
 
 
 class Payload:
@@ -28,7 +28,7 @@ class Payload:
 def run(tmp_path_factory, data_root):
     """A short run with an evaluation every 2 steps, last.ckpt rewritten each time, and an export."""
     from conftest import TINY
-    from gptlab.cli import compose
+    from gptlab.cli.common import compose
 
     d = tmp_path_factory.mktemp("ckrun")
     cfg = compose("train", [*TINY, f"data.root={data_root}", "max_iters=12", "eval_interval=2",

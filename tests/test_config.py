@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from gptlab import cli
-from gptlab.config import apply_profile, validate
+from gptlab.cli import common as cli
+from gptlab.config import validate
 from gptlab.errors import ConfigError
 
 CONF = Path(cli.CONF_DIR)
@@ -25,7 +25,7 @@ def test_every_config_in_conf_composes(group, compose):
 
 
 def test_defaults_reproduce_nanogpt_shakespeare_char(compose):
-    cfg = compose(tiny=False)
+    cfg = compose("profile=gpu", tiny=False)  # the config as written, whatever this machine has
     expected = dict(batch_size=64, block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2, learning_rate=1e-3,
                     max_iters=5000, lr_decay_iters=5000, min_lr=1e-4, beta2=0.99, warmup_iters=100, eval_interval=250,
                     eval_iters=200, log_interval=10, gradient_accumulation_steps=1, weight_decay=0.1, grad_clip=1.0)
@@ -35,26 +35,44 @@ def test_defaults_reproduce_nanogpt_shakespeare_char(compose):
 
 def test_model_groups_set_the_architecture(compose):
     shapes = {m: (compose(f"model={m}", tiny=False).n_layer, compose(f"model={m}", tiny=False).n_embd) for m in group_options("model")}
-    assert shapes == {"tiny": (2, 128), "small": (4, 256), "baby": (6, 384), "large": (8, 512), "gpt2": (12, 768)}
+    assert shapes == {"tiny": (2, 128), "small": (4, 256), "baby": (6, 384), "large": (8, 512), "gpt2": (12, 768), "cpu": (4, 128)}
 
 
 def test_cpu_profile_fills_only_keys_not_set(compose):
-    cfg = compose("max_iters=300", "batch_size=32", tiny=False)
-    explicit = cli.explicit_keys(["max_iters=300", "batch_size=32"])
-    changed = apply_profile(cfg, cli.load_profile("cpu"), explicit, on_cpu=True)
+    """profile=cpu puts the recipe under everything: typed keys win, the recipe fills the rest."""
+    cfg = compose("max_iters=300", "batch_size=32", "profile=cpu", tiny=False)
     assert cfg.max_iters == 300 and cfg.batch_size == 32  # the user's values win
     assert cfg.block_size == 64 and cfg.n_layer == 4 and cfg.eval_iters == 20  # the recipe fills the rest
     assert cfg.lr_decay_iters == 300  # follows max_iters
-    assert "block_size=64" in changed and not any(c.startswith("max_iters") for c in changed)
 
 
-def test_cpu_profile_respects_model_choice_and_none(compose):
-    cfg = compose("model=small", tiny=False)
-    apply_profile(cfg, cli.load_profile("cpu"), cli.explicit_keys(["model=small"]), on_cpu=True)
-    assert (cfg.n_layer, cfg.n_embd) == (4, 256) and cfg.block_size == 64
-    cfg = compose("profile=none", tiny=False)
-    assert apply_profile(cfg, cli.load_profile("cpu"), set(), on_cpu=True) == []
-    assert cfg.n_layer == 6
+def test_cpu_profile_respects_model_choice_and_gpu(compose):
+    cfg = compose("model=small", "profile=cpu", tiny=False)
+    assert (cfg.n_layer, cfg.n_embd) == (4, 256) and cfg.block_size == 64  # the typed model keeps its shape
+    for name in ("gpu", "none"):
+        cfg = compose(f"profile={name}", tiny=False)
+        assert (cfg.n_layer, cfg.block_size, cfg.max_iters) == (6, 256, 5000)
+
+
+def test_auto_profile_follows_the_hardware():
+    assert cli.resolve_profile(["n_layer=3"], cuda=False) == ["n_layer=3", "profile=cpu"]
+    assert cli.resolve_profile(["profile=auto"], cuda=True) == ["profile=gpu"]
+    assert cli.resolve_profile(["device=cpu"], cuda=True) == ["device=cpu", "profile=cpu"]
+    assert cli.resolve_profile(["trainer=cpu"], cuda=True) == ["trainer=cpu", "profile=cpu"]
+    assert cli.resolve_profile(["profile=none"], cuda=False) == ["profile=none"]
+
+
+def test_saved_config_is_what_cfg_job_shows(tmp_path):
+    """python -m gptlab.train --cfg job prints the config a run uses; the run saves exactly it."""
+    from conftest import run_cli
+
+    p = run_cli("gptlab.train", "--cfg", "job", "profile=cpu", "experiment=exp3_regularization", "max_iters=7")
+    assert p.returncode == 0, p.stderr
+    from omegaconf import OmegaConf
+
+    shown = OmegaConf.create(p.stdout)
+    assert shown.n_layer == 4 and shown.max_iters == 7 and shown.data.name == "shakespeare_char_10pct"
+    assert "cpu_scale" not in shown and "profile" not in shown
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 
 from conftest import TINY, run_cli
-from gptlab.report import parse_log
+from gptlab.report.report import parse_log
 
 # 1.6M parameters (weights, gradients and AdamW's two moments: ~26 MB per job): a job that kept
 # the previous job's model alive would show in the next job's peak memory

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from gptlab.data import DataError, DataSpec, fetch_corpus, prepare_dataset, read_text
-from gptlab.datamodule import GPTDataModule, RandomWindows
+from gptlab.data.datamodule import GPTDataModule, RandomWindows
+from gptlab.data.dataset import DataError, DataSpec, fetch_corpus, prepare_dataset, read_text
 
 
 def test_tiny_shakespeare_char_facts(data_root):

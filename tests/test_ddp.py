@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY
-from gptlab.cli import compose as compose_config
+from gptlab.cli.common import compose as compose_config
 from gptlab.errors import ConfigError
-from gptlab.train import train
+from gptlab.training.run import train
 
 HERE = Path(__file__).parent
 # global batch per optimizer step: 8 sequences x 2 micro-batches x 2 processes = 32 (DDP) and

@@ -7,10 +7,10 @@ import random
 
 import pytest
 
-from gptlab.checkpoint import load_model
 from gptlab.config import validate
 from gptlab.errors import ConfigError
-from gptlab.train import train
+from gptlab.training.checkpoint import load_model
+from gptlab.training.run import train
 
 
 def test_stops_when_val_loss_stops_improving(compose, tmp_path, caplog):

@@ -10,9 +10,9 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from conftest import TINY
-from gptlab import cli
-from gptlab.config import apply_cpu_scale, apply_profile, validate
-from gptlab.datamodule import RandomWindows
+from gptlab.cli import common as cli
+from gptlab.config import validate
+from gptlab.data.datamodule import RandomWindows
 
 
 def jobs(experiment: str, *cli_args: str) -> list[list[str]]:
@@ -27,11 +27,9 @@ def jobs(experiment: str, *cli_args: str) -> list[list[str]]:
 
 
 def job_config(overrides: list[str], cpu: bool):
-    """A job's config as train() sees it: the CPU recipe and the experiment's CPU scale applied
-    (cpu=True, as on a machine without a GPU) or not (the guide's numbers)."""
-    cfg = cli.compose("train", [*overrides, "device=cpu"] if cpu else [*overrides, "profile=none"])
-    apply_profile(cfg, cli.load_profile("cpu"), cli.explicit_keys(overrides), on_cpu=cpu)
-    apply_cpu_scale(cfg, cli.typed_keys(overrides), on_cpu=cpu)
+    """A job's config as train() sees it, composed by Hydra alone: the CPU profile's recipe and the
+    experiment's CPU scale (cpu=True, as on a machine without a GPU) or the guide's numbers."""
+    cfg = cli.compose("train", [*overrides, "device=cpu"] if cpu else [*overrides, "profile=gpu"])
     validate(cfg)
     return cfg
 
@@ -118,13 +116,13 @@ def test_grouped_windows_are_one_large_batch(tmp_path):
 
 def test_exp2_curves_agree_to_float_tolerance(data_root, tmp_path):
     """The experiment's two runs, shrunk: the same loss at every step and every evaluation."""
-    from gptlab.train import train
+    from gptlab.training.run import train
 
     def run(variant):
         tiny = [o for o in TINY if not o.startswith("batch_size=")]  # the variants set the batch layout
         overrides = ["experiment=exp2_grad_accum", f"variant={variant}", *tiny, f"data.root={data_root}",
                      "max_iters=12", "eval_interval=4", "eval_iters=2", "log_interval=1", "eval_sample_tokens=0"]
-        return train(cli.compose("train", overrides), tmp_path / variant, typed=cli.typed_keys(overrides))
+        return train(cli.compose("train", overrides), tmp_path / variant)
 
     a, b = run("large_batch"), run("grad_accum")
     assert a["tokens_per_step"] == b["tokens_per_step"] == 64 * 32  # 64 x 1 and 16 x 4 sequences of 32 tokens

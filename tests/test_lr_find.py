@@ -9,14 +9,15 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import TINY, run_cli
-from gptlab import cli, lr_find
+from gptlab.cli import common as cli
 from gptlab.config import resolve_device, validate
-from gptlab.datamodule import GPTDataModule
+from gptlab.data.datamodule import GPTDataModule
 from gptlab.errors import ConfigError
 from gptlab.model import GPTConfig
-from gptlab.module import GPTModule
-from gptlab.schedule import OptimConfig
-from gptlab.train import train
+from gptlab.training import lr_find
+from gptlab.training.module import GPTModule
+from gptlab.training.run import train
+from gptlab.training.schedule import OptimConfig
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

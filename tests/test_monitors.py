@@ -7,14 +7,14 @@ import lightning as L
 import pytest
 import torch
 
-from gptlab import gradviz
-from gptlab import inspect as gl_inspect
-from gptlab.callbacks import EvalSamples
-from gptlab.checkpoint import load_model
-from gptlab.datamodule import GPTDataModule
-from gptlab.module import GPTModule
-from gptlab.monitors import InitialLossCheck, LayerGradients, PlateauHint, add_histogram, diagnose
-from gptlab.train import train
+from gptlab.cli import inspect as gl_inspect
+from gptlab.data.datamodule import GPTDataModule
+from gptlab.report import gradviz
+from gptlab.training.callbacks.logs import EvalSamples
+from gptlab.training.callbacks.monitors import InitialLossCheck, LayerGradients, PlateauHint, add_histogram, diagnose
+from gptlab.training.checkpoint import load_model
+from gptlab.training.module import GPTModule
+from gptlab.training.run import train
 
 
 def test_inspect_shows_y_as_x_shifted(data_root, capsys):
@@ -46,7 +46,7 @@ def _layer_run(data_root, tamper, steps=3):
 
 
 def optim_config_default():
-    from gptlab.schedule import OptimConfig
+    from gptlab.training.schedule import OptimConfig
 
     return OptimConfig(learning_rate=1e-3, warmup_iters=0, lr_decay_iters=10)
 
@@ -84,7 +84,7 @@ def test_diagnose_rules():
 @pytest.fixture(scope="module")
 def monitored_run(tmp_path_factory, data_root):
     from conftest import TINY
-    from gptlab.cli import compose
+    from gptlab.cli.common import compose
 
     run = tmp_path_factory.mktemp("mon")
     cfg = compose("train", [*TINY, f"data.root={data_root}", "max_iters=40", "eval_interval=20",

@@ -9,11 +9,19 @@ import tiktoken
 import torch
 import torch.nn.functional as F
 
-from gptlab.data import DataError, DataSpec, ensure_prepared, is_prepared, load_meta, open_documents, prepare_dataset
-from gptlab.datamodule import GPTDataModule
-from gptlab.docstats import document_stats
+from gptlab.cli.docstats import document_stats
+from gptlab.data.datamodule import GPTDataModule
+from gptlab.data.dataset import (
+    DataError,
+    DataSpec,
+    ensure_prepared,
+    is_prepared,
+    load_meta,
+    open_documents,
+    prepare_dataset,
+)
+from gptlab.data.packing import IGNORE, PackedRows, PaddedBatches, document_mask, unpack_batch
 from gptlab.model import GPT, GPTConfig
-from gptlab.packing import IGNORE, PackedRows, PaddedBatches, document_mask, unpack_batch
 
 QUIET = dict(log=lambda m: None)
 
@@ -223,7 +231,7 @@ def test_padded_sampler_state_resumes_the_same_batches(data_root):
 def test_short_training_run(batching, compose, tmp_path, caplog):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from gptlab.train import train
+    from gptlab.training.run import train
 
     cfg = compose(f"data.batching={batching}", "max_iters=20", "eval_interval=10", "learning_rate=1e-2")
     with caplog.at_level("INFO", logger="gptlab"):
@@ -249,7 +257,7 @@ def test_bad_batching_settings(compose):
 
 
 def test_docstats_command(data_root, capsys):
-    from gptlab.docstats import main
+    from gptlab.cli.docstats import main
 
     main([f"data.root={data_root}", "block_size=256", "batch_size=64", "profile=none"])
     out = capsys.readouterr().out
@@ -258,7 +266,7 @@ def test_docstats_command(data_root, capsys):
 
 def test_padded_run_resumes_exactly(compose, tmp_path):
     # the padded sampler's state includes the batches of its current pool not served yet
-    from gptlab.train import train
+    from gptlab.training.run import train
     from test_resume import tb_scalars
 
     args = ["data.batching=padded", "data.bucket_batches=4", "eval_interval=6", "log_interval=1", "lr_decay_iters=12"]

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from gptlab import report
+from gptlab.cli.report import main as report_main
+from gptlab.report import report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 QUESTION = "did token masking narrow the train-val gap, and at what cost in val loss?"
@@ -24,13 +25,13 @@ TINY_EXP6 = ["max_iters=10", "eval_interval=5", "warmup_iters=2", "eval_iters=2"
 def exp6_runs(tmp_path_factory, data_root):
     """The exp6 experiment's three runs, shrunk and trained in process into folders named as its
     sweep names them (the report falls back on those names when .hydra/ is absent)."""
-    from gptlab.cli import compose, explicit_keys
-    from gptlab.train import train
+    from gptlab.cli.common import compose
+    from gptlab.training.run import train
 
     out = tmp_path_factory.mktemp("exp6") / "sweep"
     for job, p in enumerate(["0", "0.1", "0.2"]):
         overrides = ["experiment=exp6_augmentation", f"augment.mask_prob={p}", f"data.root={data_root}", *TINY_EXP6]
-        train(compose("train", overrides), out / f"{job}_augment.mask_prob={p}", explicit_keys(overrides))
+        train(compose("train", overrides), out / f"{job}_augment.mask_prob={p}")
     return out
 
 
@@ -52,7 +53,7 @@ def check_report(sweep):
 
 
 def test_report_on_the_exp6_runs(exp6_runs, capsys):
-    report.main([str(exp6_runs)])
+    report_main([str(exp6_runs)])
     printed = capsys.readouterr().out
     assert printed.strip() == check_report(exp6_runs).strip()
 
@@ -101,13 +102,13 @@ def test_verdict_reads_the_question_from_the_runs_config(tmp_path):
 def test_report_of_a_folder_without_runs(tmp_path, capsys):
     for folder, message in [(tmp_path, "no finished runs"), (tmp_path / "nope", "is not a folder")]:
         with pytest.raises(SystemExit) as e:
-            report.main([str(folder)])
+            report_main([str(folder)])
         assert e.value.code == 2 and f"{message}" in capsys.readouterr().err
 
 
 def test_multirun_flag_may_follow_the_overrides():
     # `python -m gptlab.train experiment=exp6_augmentation -m`: Hydra's parser wants -m first
-    from gptlab.cli import translate_argv
+    from gptlab.cli.common import translate_argv
 
     assert translate_argv(["experiment=exp6_augmentation", "-m", "--max_iters=5"]) == ["-m", "experiment=exp6_augmentation", "max_iters=5"]
 
@@ -279,7 +280,7 @@ def test_failed_runs_are_listed_with_their_error(tmp_path):
 def test_an_unknown_analysis_is_refused_before_writing(tmp_path, capsys):
     write_run(tmp_path, "0_a", decay(1.5), variant="a", analysis="scalling")
     with pytest.raises(SystemExit) as e:
-        report.main([str(tmp_path)])
+        report_main([str(tmp_path)])
     assert e.value.code == 2 and "report.analysis must be one of hparams, grad_accum, regularization, lr_schedule, scaling or null, got 'scalling'" in capsys.readouterr().err
     assert not list(tmp_path.glob("*.png")) and not (tmp_path / "report.md").exists()
 
@@ -297,14 +298,14 @@ def test_the_newest_sweep_of_an_experiment_folder(tmp_path, monkeypatch, capsys)
     assert str(old) not in text and "1.5000" not in text and not (old / "report.md").exists()
     assert (new / "report.md").read_text() == text
     monkeypatch.chdir(tmp_path)
-    report.main([])  # no folder: the newest sweep under outputs/
+    report_main([])  # no folder: the newest sweep under outputs/
     assert f"# Report: {Path('outputs/exp2_grad_accum') / new.name}" in capsys.readouterr().out
     with pytest.raises(SystemExit):
-        report.main([str(new / "0_large_batch")])
+        report_main([str(new / "0_large_batch")])
     assert "is one run's folder, not a sweep; give the sweep folder that holds its runs" in capsys.readouterr().err
     monkeypatch.chdir(tmp_path / "outputs" / "exp2_grad_accum")
     with pytest.raises(SystemExit):
-        report.main([])
+        report_main([])
     assert "no outputs/ folder here; give the sweep's output folder" in capsys.readouterr().err
 
 
@@ -313,7 +314,7 @@ GUIDE = Path(__file__).resolve().parents[2] / "shared" / "seed" / "train_guide.z
 
 @pytest.mark.skipif(not GUIDE.is_file(), reason="the guide is not next to the repository")
 def test_the_guides_parse_log_reads_training_log(tmp_path):
-    from gptlab.callbacks import EVAL_LINE
+    from gptlab.rundir import EVAL_LINE
 
     blocks = re.findall(r"```python\n(.*?)```", GUIDE.read_text(encoding="utf-8"), re.S)
     code = next(b for b in blocks if "def parse_log" in b)

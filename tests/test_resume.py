@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from conftest import ROOT, TINY
-from gptlab.checkpoint import checkpoint_step, load_checkpoint
 from gptlab.errors import RunInterrupted
-from gptlab.module import GPTModule
 from gptlab.rundir import LAST
-from gptlab.train import train
+from gptlab.training.checkpoint import checkpoint_step, load_checkpoint
+from gptlab.training.module import GPTModule
+from gptlab.training.run import train
 
 # dropout > 0 and gradient accumulation: both RNG streams and the accumulation boundary matter.
 # lr_decay_iters is fixed so that a 20-step run follows the 40-step run's schedule.
@@ -40,7 +40,7 @@ def log_steps(run_dir) -> list[int]:
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory, data_root):
     """40 steps without a stop; the training loss of every step in TensorBoard (log_interval=1)."""
-    from gptlab.cli import compose
+    from gptlab.cli.common import compose
 
     run = tmp_path_factory.mktemp("straight")
     train(compose("train", [*TINY, f"data.root={data_root}", *EXACT, "max_iters=40", "log_interval=1"]), run)
@@ -168,13 +168,13 @@ def test_sigterm_saves_and_prints_the_command_that_resumes(data_root, tmp_path):
 
 
 def compose_cli(args: list[str]):
-    from gptlab import cli
+    from gptlab.cli import common as cli
 
     return cli.compose("train", cli.translate_argv(args))
 
 
 def test_sampler_state_replays_the_prefetched_batch_and_ranks_stay_apart(data_root):
-    from gptlab.datamodule import GPTDataModule
+    from gptlab.data.datamodule import GPTDataModule
 
     d = data_root / "shakespeare_char"
     first = GPTDataModule(d, block_size=16, batch_size=4, seed=7)

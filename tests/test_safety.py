@@ -13,10 +13,18 @@ import numpy as np
 import pytest
 
 from conftest import TINY, run_cli
-from gptlab.data import DataError, DataSpec, ensure_prepared, is_prepared, load_meta, open_tokens, prepare_dataset
+from gptlab.data.dataset import (
+    DataError,
+    DataSpec,
+    ensure_prepared,
+    is_prepared,
+    load_meta,
+    open_tokens,
+    prepare_dataset,
+)
 from gptlab.errors import ConfigError
 from gptlab.rundir import RunLock, clear_run
-from gptlab.train import train
+from gptlab.training.run import train
 
 QUIET = {"log": lambda m: None}
 
@@ -113,7 +121,7 @@ def test_prepare_replaces_its_own_dataset_atomically(tmp_path):
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, data_root):
-    from gptlab.cli import compose
+    from gptlab.cli.common import compose
 
     run = tmp_path_factory.mktemp("finished")
     train(compose("train", [*TINY, f"data.root={data_root}", "max_iters=20", "eval_interval=10"]), run)

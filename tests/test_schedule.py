@@ -1,6 +1,6 @@
 import pytest
 
-from gptlab.schedule import get_lr
+from gptlab.training.schedule import get_lr
 
 KW = dict(learning_rate=1e-3, warmup_iters=100, lr_decay_iters=1000, min_lr=1e-4)
 

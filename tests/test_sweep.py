@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import TINY
-from gptlab.train import train
+from gptlab.training.run import train
 
 
 def _start(args, cwd) -> subprocess.Popen:
@@ -94,8 +94,8 @@ def test_interrupted_sweep_continues_with_resume_true(data_root, tmp_path):
 
 
 def test_resume_true_runs_failed_and_diverged_runs_again(tmp_path):
-    from gptlab.resume import FINISHED, starting_point
-    from gptlab.sweep import clear_failure
+    from gptlab.cli.sweep import clear_failure
+    from gptlab.training.resume import FINISHED, starting_point
 
     for status, again in (("failed", True), ("diverged", True), ("eval_only", True), ("ok", False)):
         (tmp_path / "metrics.json").write_text(json.dumps({"status": status}))

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from gptlab.tokenizer import CharTokenizer, TiktokenTokenizer, TokenizerError, tokenizer_from_meta
+from gptlab.data.tokenizer import CharTokenizer, TiktokenTokenizer, TokenizerError, tokenizer_from_meta
 
 
 def test_char_roundtrip_and_sorted_ids():

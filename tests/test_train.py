@@ -7,9 +7,9 @@ import re
 import pytest
 import torch
 
-from gptlab.checkpoint import load_checkpoint, load_model
 from gptlab.errors import CheckpointError, ConfigError, NonFiniteLossError
-from gptlab.train import train
+from gptlab.training.checkpoint import load_checkpoint, load_model
+from gptlab.training.run import train
 
 
 def parse_log(log_file):
@@ -29,7 +29,7 @@ def parse_log(log_file):
 def trained(tmp_path_factory, data_root):
     """One short run shared by several tests: 120 steps, evaluation every 40."""
     from conftest import TINY
-    from gptlab.cli import compose
+    from gptlab.cli.common import compose
 
     run = tmp_path_factory.mktemp("run")
     cfg = compose("train", [*TINY, f"data.root={data_root}", "max_iters=120", "eval_interval=40", "learning_rate=1e-2", "batch_size=16"])
@@ -146,9 +146,10 @@ def test_divergence_stops_with_advice_and_keeps_good_checkpoint(compose, tmp_pat
 def test_gradients_are_clipped_to_grad_clip(compose, tmp_path):
     """The module computes the gradient norm once and clips with it; the clipped norm must be
     grad_clip whenever the raw norm was larger."""
-    from gptlab.config import model_config, optim_config
-    from gptlab.datamodule import GPTDataModule
-    from gptlab.module import GPTModule
+    from gptlab.config import model_config
+    from gptlab.data.datamodule import GPTDataModule
+    from gptlab.training.module import GPTModule
+    from gptlab.training.schedule import optim_config
 
     cfg = compose()
     dm = GPTDataModule(f"{cfg.data.root}/shakespeare_char", 32, 8)

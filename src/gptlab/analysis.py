@@ -203,3 +203,19 @@ def rules() -> list[str]:
         f"- **overfitting**: the final gap (val - train) is above {OVERFIT_GAP:g}, or the val loss ended "
         f"{OVERFIT_VAL_RISE:g} or more above its best while the train loss kept falling.",
     ]
+
+
+def diagnose(norms: dict[str, float], ratio: float = 1000.0, floor: float = 1e-8) -> list[str]:
+    """Flag layers whose gradient norm is vanishing (below `floor`, or `ratio` times below the
+    median layer) or exploding (`ratio` times above the median, or not finite). One line each."""
+    finite = [v for v in norms.values() if math.isfinite(v)]
+    mid = median(finite) if finite else 0.0
+    found = []
+    for name, v in norms.items():
+        if not math.isfinite(v):
+            found.append(f"{name}: exploding (gradient norm is {v})")
+        elif v < floor or (mid > 0 and v < mid / ratio):
+            found.append(f"{name}: vanishing (gradient norm {v:.2e}, median layer {mid:.2e})")
+        elif mid > 0 and v > mid * ratio:
+            found.append(f"{name}: exploding (gradient norm {v:.2e}, median layer {mid:.2e})")
+    return found

@@ -1,25 +1,6 @@
-"""Prepare a dataset: `python -m gptlab.prepare data=shakespeare_char` (or shakespeare, or
-data=text data.path=FILE). Training runs this itself when the files are missing."""
+"""`python -m gptlab.prepare`: the same as `gptlab prepare` (gptlab.cli.prepare)."""
 
-from __future__ import annotations
-
-import sys
-
-from gptlab import cli
-from gptlab.config import data_spec
-from gptlab.data import prepare_dataset
-from gptlab.errors import ConfigError
-
-
-@cli.report_errors
-def main(argv: list[str] | None = None) -> None:
-    args = cli.translate_argv(sys.argv[1:] if argv is None else argv)
-    cli.check_override_keys(args)
-    cfg = cli.compose("train", args)
-    if cfg.data.get("path") is None and cfg.data.get("source") is None:
-        raise ConfigError("data=text needs a file: data.path=FILE")
-    prepare_dataset(data_spec(cfg))
-
+from gptlab.cli.prepare import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

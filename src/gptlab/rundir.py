@@ -1,14 +1,18 @@
-"""The run folder: what a run writes there, a lock held while it writes, and clearing an old run
-for overwrite=true. Every other module names these files through this one."""
+"""The run folder: the names of the files a run writes, the training.log line and its parser,
+metrics.json (its statuses, reading and writing), the lock held while a run writes, and clearing
+an old run for overwrite=true. Training, resume, sweeps and reports all go through this module."""
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
+import re
 import socket
+import tempfile
 from pathlib import Path
 
-from gptlab.errors import ConfigError
+from gptlab.errors import ConfigError, NonFiniteLossError
 
 BEST, LAST = "best.ckpt", "last.ckpt"
 EXPORT = "weights.pt"  # export_weights=true: weights, model shape and tokenizer only
@@ -22,6 +26,97 @@ LOCK = ".lock"  # held (flock) while a run writes the folder; holds the writer's
 # What a training run writes into its folder: overwrite=true removes these and nothing else.
 RUN_FILES = (BEST, LAST, EXPORT, TRAINING_LOG, METRICS, EVAL, CONFIG, LR_FIND_JSON, LR_FIND_PNG, "hparams.yaml")
 EVENTS_GLOB = "events.out.tfevents.*"  # TensorBoard's event files
+FAILED_LEGACY = "failed.json"  # how failed runs of older sweeps were marked, before metrics.json carried a status
+
+# training.log: one line per evaluation, the format the guide's plot_loss.py parses
+EVAL_LINE = "step {step}: train loss {train:.4f}, val loss {val:.4f}"
+EVAL_RE = re.compile(r"step (\d+): train loss ([\d.]+), val loss ([\d.]+)")
+
+# metrics.json's status: ok (finished), failed, diverged (NaN/inf); eval_only is eval.json's
+STATUSES = ("ok", "failed", "diverged", "eval_only")
+
+
+def eval_line(step: int, train: float, val: float) -> str:
+    return EVAL_LINE.format(step=step, train=train, val=val)
+
+
+def parse_log(path: Path) -> tuple[list[int], list[float], list[float]]:
+    """Steps, train losses and val losses of a training.log (other lines are skipped)."""
+    steps, train, val = [], [], []
+    with open(path) as f:
+        for line in f:
+            m = EVAL_RE.search(line)
+            if m:
+                steps.append(int(m.group(1)))
+                train.append(float(m.group(2)))
+                val.append(float(m.group(3)))
+    return steps, train, val
+
+
+def read_metrics(run_dir: Path) -> dict | None:
+    """A run's metrics.json, or None when it has none. A damaged file reads as a failed run
+    (status failed, the reason in error), never as an exception: sweeps and reports go on."""
+    f = Path(run_dir) / METRICS
+    if not f.is_file():
+        return None
+    try:
+        m = json.loads(f.read_text())
+    except (OSError, ValueError) as e:
+        return {"status": "failed", "error": f"{METRICS} is unreadable ({type(e).__name__}); the run's files are kept"}
+    if not isinstance(m, dict):
+        return {"status": "failed", "error": f"{METRICS} holds no record"}
+    m.setdefault("status", "ok")  # metrics.json from before statuses: finished runs
+    return m
+
+
+def run_status(run_dir: Path) -> str | None:
+    """The status in a run's metrics.json (ok, failed, diverged), or None when there is none."""
+    m = read_metrics(run_dir)
+    return None if m is None else m["status"]
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """A small text file (metrics.json, eval.json) that is either absent or complete: readers
+    decide from these files whether a run finished."""
+    write_atomic(Path(path), lambda f: f.write(text.encode("utf-8")))
+
+
+def write_atomic(path: Path, write) -> None:
+    """write(f) to path through a temporary file in the same folder and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+TMP_SUFFIX = ".tmp"  # .<name>.<random>.tmp: a write in progress
+
+
+def write_metrics(run_dir: Path, metrics: dict) -> None:
+    write_text_atomic(Path(run_dir) / METRICS, json.dumps(metrics, indent=1))
+
+
+def write_eval(run_dir: Path, result: dict) -> None:
+    """eval_only's result, beside the run's own files."""
+    write_text_atomic(Path(run_dir) / EVAL, json.dumps(result, indent=1))
+
+
+def write_failure(run_dir: Path, error: BaseException, partial: dict | None = None) -> None:
+    """metrics.json of a run that did not finish: status diverged (NaN/inf) or failed, the error,
+    and whatever the run measured before it stopped (partial)."""
+    text = str(error).splitlines()[0] if str(error) else ""
+    status = "diverged" if isinstance(error, NonFiniteLossError) else "failed"
+    write_metrics(run_dir, {**(partial or {}), "status": status, "error": f"{type(error).__name__}: {text}"})
 
 
 def run_files(run_dir: Path) -> list[Path]:

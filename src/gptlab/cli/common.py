@@ -1,0 +1,242 @@
+"""What every entry point shares: where conf/ is, nanoGPT-style arguments, unknown-key checks,
+composing a config without a run folder, and turning errors into one line and an exit code."""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import logging
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from gptlab.errors import ConfigError, GptlabError
+
+# conf/ ships inside the wheel as gptlab/conf; in a source checkout (and an editable install) it is
+# the repository's own conf/ at the top, where people read and edit it
+_PACKAGE = Path(__file__).resolve().parents[1]
+CONF_DIR = _PACKAGE / "conf" if (_PACKAGE / "conf").is_dir() else _PACKAGE.parents[1] / "conf"
+GROUPS = ("data", "model", "trainer", "experiment", "variant", "profile")
+
+# For conf/train.yaml's run folders. ${pid:}: two runs or sweeps started in the same second on one
+# machine get different folders (cached like Hydra's ${now:}, so every job of a sweep agrees).
+# ${if_null:a,b}: b when a is null (oc.select falls back only for missing keys, not null ones).
+OmegaConf.register_new_resolver("pid", lambda: os.getpid(), use_cache=True, replace=True)
+OmegaConf.register_new_resolver("if_null", lambda value, default: default if value is None else value, replace=True)
+# ${when:cond,a,b}: a if cond else b (eval_only keeps Hydra's files and log apart from a run's own)
+OmegaConf.register_new_resolver("when", lambda cond, a, b: a if cond is True else b, replace=True)
+
+
+def sweep_dir(experiment: str | None, date: str, time: str, pid: int) -> str:
+    """A sweep's folder: outputs/<experiment>/<date>_<time>_<pid>, or outputs/multirun/<date>/<time>_<pid>."""
+    return f"outputs/{experiment}/{date}_{time}_{pid}" if experiment else f"outputs/multirun/{date}/{time}_{pid}"
+
+
+def run_name(override_dirname: str) -> str:
+    """A sweep job's folder name from Hydra's override_dirname: a variant by its name alone
+    (variant=large_lr -> large_lr), first; the other swept settings as key=value."""
+    parts = [p for p in str(override_dirname).split(",") if p]
+    variants = [p.split("=", 1)[1] for p in parts if p.startswith("variant=")]
+    return ",".join(variants + [p for p in parts if not p.startswith("variant=")]) or "run"
+
+
+OmegaConf.register_new_resolver("sweep_dir", sweep_dir, replace=True)
+OmegaConf.register_new_resolver("run_name", run_name, replace=True)
+
+log = logging.getLogger("gptlab")
+
+
+def translate_argv(args: list[str]) -> list[str]:
+    """Accept nanoGPT's command line: `--max_iters=1000` -> `max_iters=1000`; its config file
+    argument `config/train_shakespeare_char.py` is gptlab's default and is dropped."""
+    out = []
+    for a in args:
+        if a.endswith(".py") and "=" not in a:
+            if Path(a).name == "train_shakespeare_char.py":
+                continue
+            raise ConfigError(f"'{a}': nanoGPT config files are not read; pass its settings as key=value overrides or use experiment=...")
+        if a.startswith("--") and "=" in a and not a.startswith("--config"):
+            a = a[2:]
+        out.append(a)
+    # Hydra's parser takes its flags only before the overrides: `key=value -m` would be refused
+    multirun = [a for a in out if a in ("-m", "--multirun")]
+    return multirun + [a for a in out if a not in ("-m", "--multirun")]
+
+
+SWEEP_FUNCTIONS = ("range(", "choice(", "interval(", "glob(")
+
+
+def is_sweep_value(value: str) -> bool:
+    """Whether an override's value makes Hydra's -m run several jobs (a,b or range(...) ...)."""
+    v = value.strip()
+    if v.startswith(SWEEP_FUNCTIONS):
+        return True
+    depth, quote = 0, None
+    for ch in v:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            return True
+    return False
+
+
+def sweep_folder_names(args: list[str]) -> list[str]:
+    """In a multirun, name each job's folder after the swept settings only (0_learning_rate=1e-3),
+    not after every override: fixed ones would make long names, and paths among them nested folders."""
+    if not any(a in ("-m", "--multirun") for a in args):
+        return []
+    fixed = {"out_dir", "experiment", "profile", "device", "seed", "resume"}  # as conf/train.yaml's exclude_keys
+    for a in args:
+        if "=" in a and not a.startswith("-") and not a.startswith("hydra"):
+            key, value = a.split("=", 1)
+            if not is_sweep_value(value):
+                fixed.add(key.lstrip("+~"))
+    return [f"hydra.job.config.override_dirname.exclude_keys=[{','.join(sorted(fixed))}]"]
+
+
+def _yaml_keys(path: Path) -> set[str]:
+    if not path.is_file():
+        return set()
+    node = OmegaConf.load(path)
+    return {k for k in node.keys() if k not in ("defaults", "hydra")}
+
+
+def known_keys() -> dict[str, set[str]]:
+    """Top-level keys, and the keys under data. and trainer., that the shipped configs define."""
+    top = _yaml_keys(CONF_DIR / "train.yaml") | set(GROUPS)
+    for f in (CONF_DIR / "model").glob("*.yaml"):
+        top |= _yaml_keys(f)
+    nested = {
+        "data": set().union(*(_yaml_keys(f) for f in (CONF_DIR / "data").glob("*.yaml"))),
+        "trainer": _yaml_keys(CONF_DIR / "trainer" / "default.yaml"),
+    }
+    # the nodes of train.yaml itself (lr_find., early_stopping., augment., report.)
+    train = OmegaConf.load(CONF_DIR / "train.yaml")
+    nested |= {k: set(v.keys()) for k, v in train.items() if k != "hydra" and OmegaConf.is_dict(v)}
+    return {"": top, **nested}
+
+
+def check_override_keys(overrides: list[str], extra: set[str] = frozenset()) -> None:
+    """An unknown key gets a 'did you mean' instead of Hydra's advice to append it with '+'.
+    `extra`: top-level keys an entry point's own config adds to train.yaml's."""
+    keys = known_keys()
+    keys[""] |= set(extra)
+    for o in overrides:
+        if o.startswith(("-", "+", "~", "hydra.", "hydra/")) or "=" not in o:
+            continue
+        key = o.split("=", 1)[0]
+        head, _, rest = key.partition(".")
+        if head not in keys[""]:
+            _unknown(key, keys[""])
+        if rest and head in keys and rest.split(".")[0] not in keys[head]:
+            _unknown(key, {f"{head}.{k}" for k in keys[head]})
+
+
+def _unknown(key: str, known: set[str]) -> None:
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    raise ConfigError(f"unknown config key '{key}'.{hint} The keys are listed in conf/train.yaml and the README.")
+
+
+def check_resume_args(args: list[str]) -> None:
+    """resume=true continues what is in a folder, so the folder must be named."""
+    values = dict(a.split("=", 1) for a in args if "=" in a and not a.startswith("-"))
+    if values.get("resume", "").lower() == "true" and values.get("out_dir", "null") in ("null", ""):
+        raise ConfigError(
+            "resume=true continues a run or sweep in its folder: give out_dir=<that folder> "
+            "(the line printed when the run stopped shows the whole command)"
+        )
+
+
+def resume_command(module: str, args: list[str], out_dir: Path) -> str:
+    """The command that continues a stopped run or sweep: the same arguments, resume=true, and
+    its folder (in place of any out_dir / init_from / ckpt_path / overwrite given before)."""
+    drop = ("out_dir=", "resume=", "init_from=", "ckpt_path=", "overwrite=")
+    kept = [a for a in args if not a.lstrip("+").startswith(drop)]
+    return shlex.join(["python", "-m", module, *kept, "resume=true", f"out_dir={out_dir}"])
+
+
+def resolve_profile(overrides: list[str], cuda: bool | None = None) -> list[str]:
+    """Choose the profile group before Hydra composes (the one choice made in Python): profile=auto,
+    or no profile= at all, becomes profile=cpu where training will run on the CPU (no CUDA GPU,
+    device=cpu, trainer=cpu or trainer.accelerator=cpu) and profile=gpu elsewhere. Everything else
+    -- which of the recipe's, experiment's and scale's values win -- is Hydra's defaults list."""
+    kv = dict(o.lstrip("+").split("=", 1) for o in overrides if "=" in o and not o.startswith(("~", "-")))
+    if kv.get("profile", "auto") != "auto":
+        return overrides
+    if cuda is None:
+        import torch  # only here: the commands that never train should not pay for importing it
+
+        cuda = torch.cuda.is_available()
+    device = kv.get("device", "auto")
+    accelerator = kv.get("trainer.accelerator", "cpu" if kv.get("trainer") == "cpu" else "auto")
+    on_cpu = device == "cpu" or (device == "auto" and (accelerator == "cpu" or (accelerator == "auto" and not cuda)))
+    kept = [o for o in overrides if o.lstrip("+").split("=", 1)[0] != "profile"]
+    return [*kept, f"profile={'cpu' if on_cpu else 'gpu'}"]
+
+
+PROFILE_GROUPS = ("recipe", "model", "data", "scale", "variant_scale")
+PROFILED = ("train", "inspect")  # the configs with a profile group (inspect.yaml extends train.yaml)
+
+
+def profile_summary(choices) -> str | None:
+    """One line naming the files the CPU profile added, from HydraConfig's runtime.choices (an
+    optional entry whose file does not exist is listed there too, hence the is_file check)."""
+    if choices.get("profile") != "cpu":
+        return None
+    picked = []
+    for group in sorted(choices):
+        head, value = group.split("/")[0], choices[group]
+        if head not in PROFILE_GROUPS or not value or not (CONF_DIR / group / f"{value}.yaml").is_file():
+            continue
+        if (head == "model" and value != "cpu") or (head == "data" and not str(value).endswith("/cpu")):
+            continue  # chosen by the user or an experiment, not by the profile
+        picked.append(f"{group}/{value}.yaml")
+    return ("training on CPU: the CPU profile adds conf/" + ", conf/".join(picked)
+            + " -- anything you choose wins; profile=gpu runs the config as written (--cfg job shows the result)")
+
+
+def compose(config_name: str, overrides: list[str]):
+    """Compose a config with Hydra's compose API: no run folder, no logging setup."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            if config_name in PROFILED:
+                overrides = resolve_profile(overrides)
+            return hydra_compose(config_name=config_name, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(str(e).splitlines()[0]) from e
+
+
+def report_errors(fn):
+    """Run an entry point; a GptlabError becomes 'error: ...' on stderr and its exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except GptlabError as e:
+            print(f"{e.label}: {e}", file=sys.stderr, flush=True)
+            sys.exit(e.exit_code)
+
+    return wrapper
+
+
+def setup_console_logging() -> None:
+    """For entry points that do not go through hydra.main: plain INFO lines on stdout."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    logging.getLogger("gptlab").setLevel(logging.INFO)

@@ -1,0 +1,129 @@
+"""Sweeps that survive their failures: the Hydra side of `python -m gptlab.train -m ...`.
+
+A run of a sweep that fails (bad settings, NaN divergence, a crash) writes ``metrics.json`` with
+status failed or diverged in its folder and the sweep goes on with the next run; ``SweepReport``,
+a Hydra callback named in conf/train.yaml, lists the failed runs when the sweep ends, writes
+``sweep.json`` next to them and sets the exit status. It reads the run folders, so it works with
+any launcher (sequential, joblib's processes, SLURM jobs). Like the entry points, this module
+knows Hydra; the library does not.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from gptlab.rundir import EVAL, METRICS, read_metrics, run_status, write_failure, write_text_atomic
+
+log = logging.getLogger("gptlab")
+
+SUMMARY = "sweep.json"  # in the sweep folder: every run, its status and best val loss or error
+
+
+def record_failure(run_dir: Path, error: BaseException) -> None:
+    """A sweep job that failed: keep the metrics.json train wrote if it got that far (a failure
+    after a completed run keeps its measurements, with the status changed)."""
+    if rank_zero_only.rank != 0:
+        return  # under DDP (or SLURM tasks) rank 0 writes the run's files
+    status = run_status(run_dir)
+    if status is None:
+        write_failure(run_dir, error)
+    elif status in ("ok", "eval_only"):
+        write_failure(run_dir, error, read_metrics(run_dir))
+
+
+def clear_failure(run_dir: Path) -> None:
+    """Before a job starts again: a failed attempt's metrics.json goes (a finished one stays)."""
+    if rank_zero_only.rank == 0 and run_status(run_dir) in ("failed", "diverged"):
+        (Path(run_dir) / METRICS).unlink(missing_ok=True)
+
+
+def job_outcome(run_dir: Path) -> dict:
+    """What a run's folder says about it: ok, failed or diverged (metrics.json: status, best val
+    loss or error), or stopped (no metrics.json: killed, or still running)."""
+    run_dir = Path(run_dir)
+    f = run_dir / METRICS
+    if not f.is_file() and (run_dir / EVAL).is_file():
+        return {"status": "eval_only", "val_loss": json.loads((run_dir / EVAL).read_text()).get("val_loss")}
+    m = read_metrics(run_dir)
+    if m is None:
+        return {"status": "stopped"}
+    status = m["status"]
+    if status == "ok":
+        return {"status": "ok", "best_val_loss": m.get("best_val_loss")}
+    return {"status": status, "error": m.get("error", "")}
+
+
+def job_dirs(sweep_dir: Path, since: float = 0.0) -> list[Path]:
+    """The job folders of a sweep (each holds Hydra's .hydra/), in job-number order. since: only
+    jobs Hydra started at or after this time (it rewrites .hydra/ for every job it launches, so
+    folders left from an earlier sweep into the same out_dir are not counted)."""
+    sweep_dir = Path(sweep_dir)
+    dirs = [d for d in sweep_dir.iterdir() if (d / ".hydra" / "overrides.yaml").is_file()] if sweep_dir.is_dir() else []
+    dirs = [d for d in dirs if (d / ".hydra" / "overrides.yaml").stat().st_mtime >= since]
+
+    def number(d: Path):
+        head = d.name.split("_", 1)[0]
+        return (int(head), d.name) if head.isdigit() else (1 << 30, d.name)
+
+    return sorted(dirs, key=number)
+
+
+class SweepReport(Callback):
+    """At the end of a multirun: one line per failed run (its folder and why), sweep.json, and
+    exit status 1 when any run failed (0 when all finished).
+
+    The outcome of each job is read from its folder, not collected in on_job_end: launchers that
+    run jobs in other processes (joblib) or on other machines (SLURM) call on_job_end there."""
+
+    def __init__(self) -> None:
+        self.crashed: dict[str, str] = {}  # run dir -> an exception the job did not catch (this process's jobs)
+        self.started = 0.0
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.crashed = {}
+        self.started = time.time()
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if config.hydra.mode == RunMode.MULTIRUN and job_return.status == JobStatus.FAILED:
+            e = job_return._return_value
+            self.crashed[str(Path(config.hydra.runtime.output_dir).resolve())] = f"{type(e).__name__}: {e}"
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        jobs = []
+        for d in job_dirs(sweep_dir.resolve(), since=self.started - 5):  # absolute paths: unambiguous in sweep.json
+            rec = {"dir": str(d), "overrides": _overrides(d), **job_outcome(d)}
+            if str(d) in self.crashed:
+                rec.update(status="failed", error=self.crashed[str(d)])
+            jobs.append(rec)
+        failed = [j for j in jobs if j["status"] not in ("ok", "eval_only")]
+        write_text_atomic(sweep_dir / SUMMARY, json.dumps({"runs": len(jobs), "failed": len(failed), "jobs": jobs}, indent=1))
+        done = [j for j in jobs if j["status"] == "ok" and j.get("best_val_loss") is not None]
+        if done:
+            best = min(done, key=lambda j: j["best_val_loss"])
+            log.info(f"best val loss {best['best_val_loss']:.4f}: {best['dir']}")
+        if not failed:
+            log.info(f"sweep finished: all {len(jobs)} runs completed ({sweep_dir / SUMMARY}); "
+                     f"compare them: python -m gptlab.report {sweep_dir}")
+            return
+        lines = [f"sweep finished with {len(failed)} of {len(jobs)} runs failed ({sweep_dir / SUMMARY}):"]
+        lines += [f"  {j['dir']}: {j['status']}: {j.get('error', '')}" for j in failed]
+        print("\n".join(lines), file=sys.stderr, flush=True)
+        # Hydra hands nothing back from a multirun to its caller, so the exit status is set here
+        sys.exit(1)
+
+
+def _overrides(run_dir: Path) -> list[str]:
+    f = run_dir / ".hydra" / "overrides.yaml"
+    return [str(o) for o in OmegaConf.load(f)] if f.is_file() else []

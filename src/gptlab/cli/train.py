@@ -1,0 +1,112 @@
+"""`gptlab train [key=value ...]` / `python -m gptlab.train`: one run, or a sweep with `-m`.
+
+The Hydra side of training: compose (the profile chosen first, everything else by the defaults
+list), hand the job to ``gptlab.training.run.train``, and turn what ends a job -- a user's
+mistake, a signal, a failure inside a sweep -- into one line and an exit status."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from gptlab.cli import common
+from gptlab.cli.sweep import clear_failure, record_failure
+from gptlab.errors import GptlabError, RunInterrupted
+from gptlab.training.run import train
+
+log = logging.getLogger("gptlab")
+
+_ARGS: list[str] = []  # the command line as given (set by main), for the resume command
+DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+@contextlib.contextmanager
+def _ranks_for_this_job(hc, run_dir: Path):
+    """DDP inside a Hydra multirun. Lightning starts ranks 1..N-1 by running this command again
+    (sys.argv) with hydra.run.dir=<HydraConfig run.dir> appended; under -m that would start the
+    whole sweep once more in every rank. Here each job's ranks are started as a single run of
+    that job's overrides, in the job's folder; afterwards the process group and the launcher's
+    environment variables are removed, so the next job starts its own ranks."""
+    argv, env = list(sys.argv), {k: os.environ.get(k) for k in DDP_ENV}
+    if hc.mode == RunMode.MULTIRUN:
+        sys.argv = [sys.argv[0], *hc.overrides.task]
+        with read_write(hc), open_dict(hc):
+            hc.run.dir = str(run_dir)
+    try:
+        yield
+    finally:
+        sys.argv = argv
+        if env["LOCAL_RANK"] is None:  # this process launched the ranks (not torchrun, SLURM or a parent rank)
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
+            for k in DDP_ENV:
+                os.environ.pop(k, None)
+
+
+def _announce(hc, multirun: bool) -> None:
+    summary = common.profile_summary(hc.runtime.choices)
+    if summary:
+        log.info(summary)
+    params = OmegaConf.select(hc, "sweeper.params", default=None)
+    if not multirun and params and hc.runtime.choices.get("experiment"):
+        log.info(f"experiment={hc.runtime.choices['experiment']} declares a sweep ({', '.join(f'{k}: {v}' for k, v in params.items())}); "
+                 "this is one run with the file's own values -- add -m to run them all")
+
+
+@hydra.main(version_base="1.3", config_path=str(common.CONF_DIR), config_name="train")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    _announce(hc, multirun)
+    # keys named on the command line or by the sweep: labels for TensorBoard's HPARAMS tab only
+    hparam_keys = [o.lstrip("+~").split("=", 1)[0] for o in hc.overrides.task if "=" in o]
+    try:
+        clear_failure(run_dir)
+        with _ranks_for_this_job(hc, run_dir):
+            metrics = train(cfg, run_dir, hparam_keys=hparam_keys)
+        return metrics.get("best_val_loss")  # what a Hydra sweeper would minimise
+    except RunInterrupted as e:
+        # a signal stops a whole sweep too; the same command with resume=true continues it
+        folder = Path(hc.sweep.dir).resolve() if multirun else run_dir
+        print(f"{e.label}: {e.detail} Resume with:\n  {common.resume_command('gptlab.train', _ARGS, folder)}",
+              file=sys.stderr, flush=True)
+        sys.exit(e.exit_code)
+    except Exception as e:
+        if isinstance(e, GptlabError):
+            # one line instead of Hydra's "Error executing job" and a traceback
+            print(f"{e.label}: {e}", file=sys.stderr, flush=True)
+        if not multirun:
+            if isinstance(e, GptlabError):
+                sys.exit(e.exit_code)
+            raise
+        if not isinstance(e, GptlabError):
+            log.exception(f"run {run_dir.name} failed")
+        # in a sweep the other runs go on; SweepReport lists this one when the sweep ends
+        record_failure(run_dir, e)
+        return None
+    finally:
+        # sequential multirun jobs share this process: free the last job's model and buffers
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+@common.report_errors
+def main() -> None:
+    args = common.translate_argv(sys.argv[1:])
+    common.check_override_keys(args)
+    common.check_resume_args(args)
+    _ARGS[:] = args
+    sys.argv = [sys.argv[0], *common.resolve_profile(args), *common.sweep_folder_names(args)]
+    _hydra_main()

@@ -1,0 +1,691 @@
+"""Compare the runs of a sweep: `python -m gptlab.report [sweep or experiment folder]`.
+
+Reads what each run folder of the sweep wrote -- metrics.json, training.log,
+.hydra/overrides.yaml and config.yaml; files only, never a live Trainer -- and writes
+<sweep>/report.md (printed too) with
+- a table of the runs: the swept settings, their status and losses, failed runs with their error;
+- the answer to the experiment's question (`report.analysis` in the runs' config picks one of the
+  guide's five experiments; without it, the verdict of the `metric/goal/baseline/cost` rule);
+- loss_curves.png (train and val loss of every run, two panels) and comparison.png (val solid,
+  train dotted: the guide's "tool 2"), plus scaling.png for the scaling experiment;
+- the guide's analysis template for each run: early loss drop, convergence verdict, final and
+  best val loss, train-val gap and overfitting flag, time, speed, memory, the generated sample;
+- the rules behind every verdict (gptlab.analysis holds the computations and thresholds).
+
+Given an experiment folder that holds several timestamped sweeps, or nothing (outputs/), it
+reports the newest sweep below it and says which; runs of two sweeps are never mixed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from gptlab import analysis as an
+from gptlab.errors import ConfigError
+from gptlab.rundir import CONFIG, METRICS, TRAINING_LOG, read_metrics
+from gptlab.rundir import FAILED_LEGACY as FAILED
+from gptlab.rundir import parse_log as _parse_log
+
+OUTPUTS = Path("outputs")  # where runs go by default; searched when no folder is given
+JOB_DIR = re.compile(r"\d+_")  # Hydra's sweep subdir: <job number>_<overrides or variant>
+SEARCH_DEPTH = 4  # outputs/multirun/<date>/<time>_<pid> is three levels down
+COLUMNS = {  # metric name -> table heading
+    "final_train_loss": "final train",
+    "final_val_loss": "final val",
+    "gap": "gap (val - train)",
+    "best_val_loss": "best val",
+}
+NOT_SETTINGS = {"out_dir", "variant", "seed", "resume", "overwrite"}  # config keys that do not make two runs differ
+FIRST_STEPS, LAST_STEPS = 100, 200  # experiment 4's windows: the guide's "first 100" and "last 200 steps"
+
+
+@dataclass
+class Run:
+    path: Path
+    metrics: dict
+    overrides: dict[str, str]  # key -> value as typed on the command line / in the sweep
+    config: dict  # the run's resolved config.yaml, or {}
+    evals: list[dict] = field(default_factory=list)  # {"step", "train_loss", "val_loss"} per evaluation
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def report(self) -> dict:
+        return self.config.get("report") or {}
+
+    @property
+    def status(self) -> str:
+        return self.metrics.get("status") or "ok"  # runs from before the field finished or wrote nothing
+
+    @property
+    def variant(self) -> str | None:
+        v = self.overrides.get("variant") or self.config.get("variant")
+        return None if v in (None, "null") else str(v)
+
+    def value(self, metric: str) -> float | None:
+        if metric == "gap":
+            t, v = self.value("final_train_loss"), self.value("final_val_loss")
+            return None if t is None or v is None else v - t
+        v = self.metrics.get(metric)
+        return float(v) if isinstance(v, (int, float)) else None
+
+    def setting(self, key: str):
+        """A config value by dotted key (None when absent)."""
+        node = self.config
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        return node
+
+    def curve(self, split: str) -> list[an.Point]:
+        return [(int(e["step"]), float(e[f"{split}_loss"])) for e in self.evals
+                if isinstance(e.get(f"{split}_loss"), (int, float))]
+
+    def train_points(self) -> list[an.Point]:
+        """The step-0 evaluation's train loss, then train_curve (mean training-batch loss per
+        log interval); the evaluations' train losses for runs without a train_curve."""
+        dense = [(int(s), float(v)) for s, v in self.metrics.get("train_curve") or [] if isinstance(v, (int, float))]
+        evals = self.curve("train")
+        if not dense:
+            return evals
+        return ([evals[0]] if evals and evals[0][0] == 0 else []) + [p for p in dense if p[0] > 0]
+
+    def max_iters(self) -> int | None:
+        m = self.metrics.get("max_iters") or self.setting("max_iters")
+        return int(m) if isinstance(m, (int, float)) else None
+
+
+def parse_log(path: Path) -> tuple[list[int], list[float], list[float]]:
+    """A training.log's evaluations (none when the file is missing)."""
+    return _parse_log(path) if Path(path).is_file() else ([], [], [])
+
+
+def _overrides(run_dir: Path) -> dict[str, str]:
+    f = run_dir / ".hydra" / "overrides.yaml"
+    items = list(OmegaConf.load(f)) if f.is_file() else None
+    if not items:  # not a Hydra job: a multirun folder is named <job number>_<key=value,...>
+        items = run_dir.name.split("_", 1)[1].split(",") if re.match(r"\d+_.+=", run_dir.name) else []
+    out = {}
+    for item in items:
+        if "=" in item:
+            key, value = item.split("=", 1)
+            out[key.lstrip("+~")] = value
+    return out
+
+
+def _has_result(d: Path) -> bool:
+    return (d / METRICS).is_file() or (d / FAILED).is_file()
+
+
+def _run_dirs(folder: Path, job_named: bool = False) -> list[Path]:
+    """The run folders directly inside `folder`: those that wrote metrics.json (or failed.json)."""
+    try:
+        subs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    except OSError:
+        return []
+    return [d for d in subs if _has_result(d) and (not job_named or JOB_DIR.match(d.name))]
+
+
+def _sweeps_below(root: Path, depth: int = SEARCH_DEPTH) -> list[Path]:
+    """Folders below root whose job folders (0_..., 1_...) hold results; not descending into them."""
+    found = []
+    if _run_dirs(root, job_named=True):
+        return [root]
+    if depth > 0:
+        for d in sorted(root.iterdir()):
+            if d.is_dir() and not d.name.startswith(".") and not _has_result(d):
+                found += _sweeps_below(d, depth - 1)
+    return found
+
+
+def _finished_at(sweep: Path) -> float:
+    """When the sweep's last run wrote its result."""
+    return max((d / f).stat().st_mtime for d in _run_dirs(sweep) for f in (METRICS, FAILED) if (d / f).is_file())
+
+
+def find_sweep(folder: str | Path | None) -> tuple[Path, str | None]:
+    """The sweep to report, and how it was chosen (None when `folder` is the sweep itself).
+    `folder`: a sweep (its subfolders are runs), a folder holding sweeps (the newest is taken),
+    or None (the newest sweep under outputs/)."""
+    root = OUTPUTS if folder is None else Path(folder)
+    if not root.is_dir():
+        where = "no outputs/ folder here" if folder is None else f"'{root}' is not a folder"
+        raise ConfigError(f"{where}; give the sweep's output folder (its out_dir): python -m gptlab.report outputs/<experiment>")
+    if _has_result(root) and not _run_dirs(root):
+        raise ConfigError(f"'{root}' is one run's folder, not a sweep; give the sweep folder that holds its runs ('{root.parent}')")
+    if _run_dirs(root):
+        return root, None
+    sweeps = _sweeps_below(root)
+    if not sweeps:
+        raise ConfigError(f"no finished runs under '{root}' (no metrics.json in its subfolders, nor a sweep below it); "
+                          "give a sweep's folder: python -m gptlab.report outputs/<experiment>")
+    newest = max(sweeps, key=lambda s: (_finished_at(s), str(s)))
+    if len(sweeps) == 1:
+        return newest, f"the only sweep under {root}"
+    return newest, f"the newest of {len(sweeps)} sweeps under {root} (by its last run's end)"
+
+
+def _load_run(d: Path) -> Run:
+    metrics = read_metrics(d) or {}
+    if (d / FAILED).is_file() and metrics.get("status", "failed") != "ok":
+        f = json.loads((d / FAILED).read_text())
+        metrics.setdefault("status", "failed")
+        metrics.setdefault("error", f"{f.get('type', 'error')}: {f.get('error', '')}")
+    cfg_file = d / CONFIG
+    config = OmegaConf.to_container(OmegaConf.load(cfg_file)) if cfg_file.is_file() else {}
+    run = Run(d, metrics, _overrides(d), config)
+    if metrics.get("evals"):
+        run.evals = [e for e in metrics["evals"] if isinstance(e, dict) and "step" in e]
+    else:  # older runs, and failed ones that stopped before writing their history
+        run.evals = [{"step": s, "train_loss": t, "val_loss": v} for s, t, v in zip(*parse_log(d / TRAINING_LOG))]
+    return run
+
+
+def load_runs(sweep_dir: Path) -> list[Run]:
+    """Every run folder of the sweep that finished or failed (holds metrics.json or failed.json), in job order."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise ConfigError(f"'{sweep_dir}' is not a folder; give the sweep's output folder (its out_dir)")
+    runs = [_load_run(d) for d in _run_dirs(sweep_dir)]
+    if not runs:
+        raise ConfigError(f"no finished runs under '{sweep_dir}' (no metrics.json); did the sweep run to the end?")
+
+    def order(r: Run):
+        m = re.match(r"(\d+)_", r.name)
+        return (int(m.group(1)) if m else math.inf, str(r.path))
+
+    return sorted(runs, key=order)
+
+
+def swept_keys(runs: list[Run]) -> list[str]:
+    """Keys set to different values in different runs: what the sweep varied."""
+    keys = sorted({k for r in runs for k in r.overrides})
+    return [k for k in keys if len({r.overrides.get(k) for r in runs}) > 1]
+
+
+def label(run: Run, keys: list[str]) -> str:
+    """The variant's name when the run has one, then the other swept key=values."""
+    parts = [run.variant] if run.variant else []
+    parts += [f"{k}={run.overrides.get(k, '-')}" for k in keys if not (k == "variant" and run.variant)]
+    return ", ".join(parts) or run.name
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        elif not isinstance(v, list):
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def settings(runs: list[Run]) -> dict[Path, str]:
+    """What a variant changed: the config values that differ between the runs, per run."""
+    flat = {r.path: _flat({k: v for k, v in r.config.items() if k != "report"}) for r in runs if r.config}
+    keys = sorted({k for f in flat.values() for k in f})
+    # cpu_scale.* are the values a CPU run already applied (they show in the keys themselves)
+    differ = [k for k in keys if k not in NOT_SETTINGS and not k.startswith("cpu_scale.")
+              and len({repr(f.get(k)) for f in flat.values()}) > 1]
+    return {p: ", ".join(f"{k}={f.get(k)}" for k in differ) for p, f in flat.items()}
+
+
+def _fmt(v: float | None, digits: int = 4) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def _time(m: dict) -> str:
+    return f"{m['wall_time_s']:.0f} s" if isinstance(m.get("wall_time_s"), (int, float)) else "-"
+
+
+def _memory(m: dict) -> str:
+    b = m.get("peak_memory_bytes")
+    if not isinstance(b, (int, float)):
+        return "-"
+    text = f"{b / 1e6:,.0f} MB {'GPU' if m.get('peak_memory_kind') == 'cuda' else 'RSS'}"
+    start = m.get("memory_at_start_bytes")
+    if isinstance(start, (int, float)) and start > 0:
+        # on CPU most of the resident memory is imported code; what the run itself added is the difference
+        text += f" (+{(b - start) / 1e6:,.0f} MB over the {start / 1e6:,.0f} MB at its start)"
+    return text
+
+
+def _speed(m: dict) -> str:
+    return f"{m['tokens_per_s']:,.0f} tokens/s" if isinstance(m.get("tokens_per_s"), (int, float)) else "-"
+
+
+def _md_table(head: list[str], rows: list[list[str]]) -> str:
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(r) + " |" for r in rows)])
+
+
+def table(runs: list[Run], keys: list[str]) -> str:
+    what = settings(runs) if any(r.variant for r in runs) else {}
+    head = ["run", *keys, *(["settings"] if what else []), *COLUMNS.values(), "best at step", "steps", "stopped", "status", "time"]
+    rows = []
+    for r in runs:
+        m = r.metrics
+        rows.append([r.name, *(r.overrides.get(k, "-") for k in keys), *([what.get(r.path, "-")] if what else []),
+                     *(_fmt(r.value(c)) for c in COLUMNS), str(m.get("best_step", "-")), str(m.get("iters", "-")),
+                     m.get("stop_reason", "-"), r.status, _time(m)])
+    return _md_table(head, rows)
+
+
+def _same(a: str, b: str) -> bool:
+    try:
+        return float(a) == float(b)  # 0 and 0.0 are the same setting
+    except ValueError:
+        return a.strip() == b.strip()
+
+
+def _matches(run: Run, spec: str) -> bool:
+    key, _, value = spec.partition("=")
+    have = run.overrides.get(key.strip())
+    return have is not None and _same(have, value)
+
+
+def verdict(runs: list[Run], keys: list[str]) -> str:
+    """One line answering the experiment's question (its `report:` node) from the numbers."""
+    spec = next((r.report for r in runs if r.report), {})
+    metric = spec.get("metric") or "best_val_loss"
+    if metric not in COLUMNS:
+        raise ConfigError(f"report.metric must be one of {', '.join(COLUMNS)}, got '{metric}'")
+    lower = (spec.get("goal") or "lower") == "lower"
+    scored = [r for r in runs if r.value(metric) is not None]
+    if not scored:
+        return f"no run has a {metric}"
+    if not spec.get("question"):
+        best = (min if lower else max)(scored, key=lambda r: r.value(metric))
+        return f"{'lowest' if lower else 'highest'} {metric}: {label(best, keys)} ({best.value(metric):.4f})"
+
+    base_spec = spec.get("baseline")
+    base = next((r for r in runs if _matches(r, base_spec)), None) if base_spec else runs[0]
+    if base is None:
+        raise ConfigError(f"report.baseline '{base_spec}' matches none of the runs ({', '.join(label(r, keys) for r in runs)})")
+    b = base.value(metric)
+    if b is None:
+        return f"{spec['question']} -> no answer: the baseline {label(base, keys)} has no {metric} ({base.status})"
+    others = [r for r in scored if r is not base]
+    better = [r for r in others if (r.value(metric) < b) == lower and r.value(metric) != b]
+    answer = "yes" if len(better) == len(others) else "no" if not better else "partly"
+    parts = [f"{metric} {_fmt(b)} at {label(base, keys)}"]
+    parts += [f"{_fmt(r.value(metric))} at {label(r, keys)} ({r.value(metric) - b:+.4f})" for r in others]
+    line = f"{spec['question']} -> {answer}: " + "; ".join(parts)
+    cost = spec.get("cost")
+    if cost and base.value(cost) is not None:
+        line += f". Cost in {cost} (vs {_fmt(base.value(cost))}): " + "; ".join(
+            f"{r.value(cost) - base.value(cost):+.4f} at {label(r, keys)}" for r in others if r.value(cost) is not None
+        )
+    return line
+
+
+# --- per run: the guide's analysis template
+
+
+@dataclass
+class Assessment:
+    """What gptlab.analysis says about one run."""
+
+    early: an.Window | None
+    speed: str | None  # fast / slow / median against the sweep, or None
+    verdict: an.Verdict | None  # None for a failed run
+    overfit: an.Overfit
+
+
+def _verdict_curve(r: Run) -> list[an.Point]:
+    evals = r.curve("train")
+    return evals if len(evals) >= 3 else r.train_points() or evals
+
+
+def assess(runs: list[Run]) -> dict[Path, Assessment]:
+    early = {}
+    for r in runs:
+        pts = r.train_points()
+        early[r.path] = an.early_drop(pts, r.max_iters() or (pts[-1][0] if pts else 0))
+    falls = [-early[r.path].change if early[r.path] else None for r in runs]
+    out = {}
+    for r, speed in zip(runs, an.speed_labels(falls)):
+        val = r.curve("val")
+        finite_val = [p for p in val if an.finite(p[1])]
+        best_step = min(finite_val, key=lambda p: p[1])[0] if finite_val else None
+        train_at_best = dict(r.curve("train")).get(best_step)
+        overfit = an.overfitting(r.value("final_train_loss"), r.value("final_val_loss"), r.value("best_val_loss"), train_at_best)
+        v = None if r.status == "failed" else an.convergence(_verdict_curve(r), r.status)
+        out[r.path] = Assessment(early[r.path], speed, v, overfit)
+    return out
+
+
+def _early_text(a: Assessment) -> str:
+    w = a.early
+    if w is None:
+        return "-"
+    return f"{w.start_loss:.3f} -> {w.end_loss:.3f} over steps {w.start_step}-{w.end_step} ({w.change:+.3f})" + (f", {a.speed}" if a.speed else "")
+
+
+def _sample_block(text: str, lines: int = 4, width: int = 100) -> list[str]:
+    shown = [ln[:width] for ln in text.strip("\n").splitlines()[:lines]]
+    return ["", "  ```text", *(f"  {ln}".replace("```", "'''") for ln in shown), "  ```"]
+
+
+def run_block(r: Run, a: Assessment, keys: list[str]) -> str:
+    m = r.metrics
+    lines = [f"### {label(r, keys)} (`{r.name}`)", ""]
+    if r.status != "ok":
+        lines.append(f"- **{r.status}**: {m.get('error') or 'no error recorded'}")
+    lines.append(f"- early loss drop (first {an.EARLY_FRACTION:.0%} of max_iters): {_early_text(a)}")
+    if a.verdict:
+        lines.append(f"- convergence: **{a.verdict.name}** ({a.verdict.why})")
+    lines.append(f"- final val loss {_fmt(r.value('final_val_loss'))}, best {_fmt(r.value('best_val_loss'))} at step "
+                 f"{m.get('best_step', '-')}; train-val gap {_fmt(a.overfit.gap, 3)}: "
+                 + {True: "**overfitting**", False: "no overfitting", None: "-"}[a.overfit.flag] + f" ({a.overfit.why})")
+    lines.append(f"- wall time {_time(m)}, {_speed(m)}, peak memory {_memory(m)}")
+    if m.get("sample"):
+        lines.append("- sample:" + "\n".join(_sample_block(m["sample"])))
+    return "\n".join(lines)
+
+
+# --- the experiments' own questions (report.analysis)
+
+
+def _ok(runs: list[Run]) -> list[Run]:
+    return [r for r in runs if r.status != "failed" and r.evals]
+
+
+def _names(rs: list[Run], keys: list[str]) -> str:
+    return ", ".join(label(r, keys) for r in rs) or "none"
+
+
+def hparams(runs: list[Run], keys: list[str], found: dict[Path, Assessment], sweep: Path) -> list[str]:
+    """Experiment 1: which run reached the lowest val loss; which oscillated or diverged."""
+    scored = [r for r in runs if r.value("best_val_loss") is not None and an.finite(r.value("best_val_loss"))]
+    rows = [[label(r, keys), _early_text(found[r.path]), found[r.path].verdict.name if found[r.path].verdict else r.status,
+             _fmt(r.value("best_val_loss")), _fmt(r.value("final_val_loss")), _time(r.metrics), _speed(r.metrics)] for r in runs]
+    by = {name: [r for r in runs if found[r.path].verdict and found[r.path].verdict.name == name] for name in
+          ("converged", "still improving", "oscillating", "diverged")}
+    best = min(scored, key=lambda r: r.value("best_val_loss")) if scored else None
+    line = (f"lowest val loss: **{label(best, keys)}** ({best.value('best_val_loss'):.4f} at step {best.metrics.get('best_step', '-')})"
+            if best else "no run has a val loss")
+    line += "; " + "; ".join(f"{name}: {_names(rs, keys)}" for name, rs in by.items())
+    failed = [r for r in runs if r.status == "failed"]
+    if failed:
+        line += f"; failed: {_names(failed, keys)}"
+    return [_md_table(["run", "early loss drop", "convergence", "best val", "final val", "time", "speed"], rows), "**Verdict:** " + line]
+
+
+def grad_accum(runs: list[Run], keys: list[str], found: dict[Path, Assessment], sweep: Path) -> list[str]:
+    """Experiment 2: is batch_size x gradient_accumulation_steps the same as one big batch?"""
+    ok = _ok(runs)
+    if len(ok) < 2:
+        return [f"**Verdict:** cannot compare: needs two finished runs, the sweep has {len(ok)} ({_names(ok, keys)})."]
+    a = ok[0]
+    out = ["Theory: effective batch = batch_size × gradient_accumulation_steps: " + "; ".join(
+        f"{label(r, keys)} {r.setting('batch_size')} × {r.setting('gradient_accumulation_steps')} = "
+        + (str(r.setting("batch_size") * r.setting("gradient_accumulation_steps"))
+           if isinstance(r.setting("batch_size"), int) and isinstance(r.setting("gradient_accumulation_steps"), int) else "?")
+        for r in ok) + "."]
+    verdicts = []
+    for b in ok[1:]:
+        d = {split: an.curve_difference(a.curve(split), b.curve(split)) for split in ("train", "val")}
+        dense = an.curve_difference(a.train_points()[1:], b.train_points()[1:])
+        worst = max((x.max_abs for x in d.values() if x), default=None)
+        pair = f"{label(a, keys)} vs {label(b, keys)}"
+        lines = [f"{pair}, largest |Δ loss|:"]
+        lines += [f"- {split} loss at the evaluations: " + (f"{_delta(x.max_abs)} at step {x.step} ({x.common} common evaluations)" if x else "no common steps")
+                  for split, x in d.items()]
+        lines.append("- training-batch loss (train_curve, per log interval): "
+                     + (f"{_delta(dense.max_abs)} at step {dense.step} ({dense.common} common steps)" if dense else "-"))
+        wa, wb = a.metrics.get("wall_time_s"), b.metrics.get("wall_time_s")
+        ratio = f"{wb / wa:.2f}×" if an.finite(wa) and an.finite(wb) and wa > 0 else "-"
+        lines.append(f"- wall time {label(b, keys)} / {label(a, keys)}: {ratio} ({_time(b.metrics)} vs {_time(a.metrics)}; "
+                     f"{_speed(b.metrics)} vs {_speed(a.metrics)}); final val {_fmt(b.value('final_val_loss'))} vs {_fmt(a.value('final_val_loss'))}")
+        out.append("\n".join(lines))
+        if worst is None:
+            verdicts.append(f"{pair}: no common evaluations to compare")
+        else:
+            same = worst <= an.SAME_CURVES_TOL
+            verdicts.append(f"{pair}: **{'the same' if same else 'not the same'}** -- the eval curves differ by at most "
+                            f"{_delta(worst)} ({'≤' if same else '>'} the tolerance {an.SAME_CURVES_TOL:g}); wall-time ratio {ratio}")
+    return [*out, "**Verdict:** " + "; ".join(verdicts)]
+
+
+def _delta(v: float) -> str:
+    # differences of float rounding (1e-6) would print as 0.0000: show their size
+    return f"{v:.4f}" if v == 0 or v >= 1e-3 else f"{v:.1e}"
+
+
+def _is_zero(v) -> bool:
+    return isinstance(v, (int, float)) and v == 0
+
+
+def _with_regularization(r: Run, keys: list[str]) -> str:
+    """The run's label, with its dropout and weight decay unless the label says them."""
+    name = label(r, keys)
+    if "dropout=" in name and "weight_decay=" in name:
+        return name
+    return f"{name} (dropout={r.setting('dropout')}, weight_decay={r.setting('weight_decay')})"
+
+
+def regularization(runs: list[Run], keys: list[str], found: dict[Path, Assessment], sweep: Path) -> list[str]:
+    """Experiment 3: which regularisation narrows the train-val gap of a model that overfits?"""
+    ok = [r for r in _ok(runs) if found[r.path].overfit.gap is not None]
+    if not ok:
+        return ["**Verdict:** no run has a final train and val loss."]
+    base = next((r for r in ok if _is_zero(r.setting("dropout")) and _is_zero(r.setting("weight_decay"))), None)
+    rows = []
+    for r in ok:
+        o = found[r.path].overfit
+        closed = f"{found[base.path].overfit.gap - o.gap:+.3f}" if base and r is not base else "-"
+        rows.append([label(r, keys), str(r.setting("dropout")), str(r.setting("weight_decay")), _fmt(r.value("final_train_loss")),
+                     _fmt(r.value("final_val_loss")), _fmt(o.gap), "yes" if o.flag else "no", closed, _fmt(r.value("best_val_loss"))])
+    out = [_md_table(["run", "dropout", "weight_decay", "final train", "final val", "gap", "overfitting", "gap closed", "best val"], rows)]
+    if base is None:
+        smallest = min(ok, key=lambda r: found[r.path].overfit.gap)
+        return [*out, f"**Verdict:** no run has dropout=0 and weight_decay=0 to be the baseline; smallest gap: "
+                      f"{label(smallest, keys)} ({found[smallest.path].overfit.gap:.3f}, best val {_fmt(smallest.value('best_val_loss'))})"]
+    bo = found[base.path].overfit
+    line = (f"the baseline {_with_regularization(base, keys)} {'overfits' if bo.flag else 'does not overfit'} "
+            f"({bo.why}; best val {_fmt(base.value('best_val_loss'))})")
+    others = [r for r in ok if r is not base]
+    if others:
+        top = max(others, key=lambda r: bo.gap - found[r.path].overfit.gap)
+        to = found[top.path].overfit
+        verb = "closed the gap most" if to.gap < bo.gap else "closed no gap; the least widened"
+        tb, bb = top.value("best_val_loss"), base.value("best_val_loss")
+        line += (f"; {verb}: **{_with_regularization(top, keys)}**: "
+                 f"gap {bo.gap:.3f} -> {to.gap:.3f} ({to.gap - bo.gap:+.3f}), best val {_fmt(tb)}"
+                 + (f" ({tb - bb:+.4f} vs the baseline's)" if tb is not None and bb is not None else ""))
+    return [*out, "**Verdict:** " + line]
+
+
+def _window_text(w: an.Window | None) -> str:
+    return "-" if w is None else f"{w.change:+.3f} (steps {w.start_step}-{w.end_step}: {w.start_loss:.3f} -> {w.end_loss:.3f})"
+
+
+def lr_schedule(runs: list[Run], keys: list[str], found: dict[Path, Assessment], sweep: Path) -> list[str]:
+    """Experiment 4: what warmup does to the first steps and decay to the last ones."""
+    ok = _ok(runs)
+    if not ok:
+        return ["**Verdict:** no run finished."]
+    rows = []
+    for r in ok:
+        pts = r.train_points()
+        last = pts[-1][0] if pts else 0
+        rows.append([label(r, keys), an.schedule_name(r.setting("warmup_iters") or 0, r.setting("decay_lr")),
+                     str(r.setting("warmup_iters")), str(r.setting("decay_lr")),
+                     _window_text(an.window_change(pts, 0, FIRST_STEPS)), _window_text(an.window_change(pts, last - LAST_STEPS, last)),
+                     _fmt(r.value("final_val_loss")), found[r.path].verdict.name if found[r.path].verdict else "-"])
+    head = ["run", "schedule", "warmup_iters", "decay_lr", f"first {FIRST_STEPS} steps", f"last {LAST_STEPS} steps", "final val", "convergence"]
+    ended = [r for r in ok if r.value("final_val_loss") is not None and an.finite(r.value("final_val_loss"))]
+    note = (f"Loss changes of the training-batch loss (train_curve: the mean over each log interval, ending at the step named), "
+            f"from the step-0 evaluation for the first {FIRST_STEPS} steps and from the point nearest {LAST_STEPS} steps "
+            "before the last for the last ones; negative: it fell.")
+    if not ended:
+        return [_md_table(head, rows), note, "**Verdict:** no run has a final val loss."]
+    low = min(ended, key=lambda r: r.value("final_val_loss"))
+    sched = an.schedule_name(low.setting("warmup_iters") or 0, low.setting("decay_lr"))
+    return [_md_table(head, rows), note,
+            f"**Verdict:** ended lowest: **{sched}** ({label(low, keys)}, final val {low.value('final_val_loss'):.4f}, best val {_fmt(low.value('best_val_loss'))})"]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def scaling(runs: list[Run], keys: list[str], found: dict[Path, Assessment], sweep: Path) -> list[str]:
+    """Experiment 5: val loss, time and memory against model size; scaling.png."""
+    rows, pts = [], []
+    for r in runs:
+        nl, nh, ne = (r.setting(k) for k in ("n_layer", "n_head", "n_embd"))
+        vocab = r.metrics.get("vocab_size")
+        formula = an.guide_params(nl, ne, vocab) if all(isinstance(x, int) for x in (nl, ne, vocab)) else None
+        params = r.metrics.get("params") or formula
+        rows.append([label(r, keys), str(nl), str(nh), str(ne), f"{formula:,}" if formula else "-",
+                     f"{r.metrics['params']:,}" if r.metrics.get("params") else "-", _fmt(r.value("best_val_loss")),
+                     _time(r.metrics), _speed(r.metrics), _memory(r.metrics), r.status])
+        if params and an.finite(r.value("best_val_loss")):
+            pts.append((label(r, keys), float(params), r.value("best_val_loss")))
+    head = ["run", "n_layer", "n_head", "n_embd", "guide formula", "params", "best val", "time", "speed", "peak memory", "status"]
+    out = [_md_table(head, rows), "guide formula = n_layer·16·n_embd² + vocab_size·n_embd, the guide's estimate; params: the "
+                                  "model's exact count (without position embeddings, as nanoGPT counts). A block holds about "
+                                  "12·n_embd² weights (attention 4·n_embd², MLP 8·n_embd²), so the formula's 16 overstates them "
+                                  "by a third: the guide's estimate is an upper bound."]
+    if len(pts) < 2:
+        return [*out, "**Verdict:** needs two runs with a val loss and a size to compare."]
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    pts.sort(key=lambda p: p[1])
+    ax.plot([p[1] for p in pts], [p[2] for p in pts], "o-")
+    for name, x, y in pts:
+        ax.annotate(f"{name}\n{x / 1e6:.2f}M, {y:.3f}", (x, y), textcoords="offset points", xytext=(6, 6), fontsize=9)
+    ax.set(xscale="log", yscale="log", xlabel="parameters (log)", ylabel="best val loss (log)",
+           title=next((r.report.get("question") for r in runs if r.report.get("question")), "val loss against model size"))
+    from matplotlib.ticker import FormatStrFormatter
+
+    # losses span less than a decade: plain numbers on the log axis, not 1.6x10^0
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%.2f"))
+    ax.yaxis.set_minor_formatter(FormatStrFormatter("%.2f"))
+    ax.margins(x=0.2, y=0.1)  # room for the labels of the end points
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(sweep / "scaling.png", dpi=110)
+    plt.close(fig)
+    steps = an.size_steps(pts)
+    falls = all(s.fall > 0 for s in steps)
+    line = "val loss falls with every increase in size: " + ("**yes**" if falls else "**no**") + " -- " + "; ".join(
+        f"{s.smaller} -> {s.larger}: {-s.fall:+.4f} ({s.per_decade:.3f} per 10× parameters)" for s in steps)
+    dim = an.diminishing_from(steps)
+    if dim:
+        line += f"; returns diminish from {dim.smaller} -> {dim.larger} (a smaller gain per 10× parameters than the step before)"
+    elif len(steps) >= 2:
+        line += "; no diminishing returns: every step gains at least as much per 10× parameters as the one before"
+    return [*out, "![val loss against parameters](scaling.png)", "**Verdict:** " + line]
+
+
+SECTIONS = {"hparams": hparams, "grad_accum": grad_accum, "regularization": regularization,
+            "lr_schedule": lr_schedule, "scaling": scaling}
+assert tuple(SECTIONS) == an.ANALYSES
+
+
+# --- figures
+
+
+def _ylim(ax, runs: list[Run]) -> None:
+    """Keep a blown-up run from flattening the others: the top is a little above the highest start."""
+    starts = [pts[0][1] for r in runs if (pts := r.train_points()) and an.finite(pts[0][1])]
+    values = [v for r in runs for _, v in r.train_points() + r.curve("val") if an.finite(v)]
+    if starts and values and max(values) > 1.1 * max(starts):
+        ax.set_ylim(min(values) * 0.95, max(starts) * 1.1)
+
+
+def plot_curves(runs: list[Run], keys: list[str], path: Path, title: str) -> None:
+    """loss_curves.png: train loss (left: train_curve, else the evaluations) and val loss (right)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True)
+    for i, r in enumerate(runs):
+        color = f"C{i % 10}"
+        for ax, pts in zip(axes, (r.train_points(), r.curve("val"))):
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, lw=1.5, label=label(r, keys))
+    for ax, name in zip(axes, ("train loss", "val loss")):
+        ax.set(xlabel="step", ylabel=name, title=name)
+        ax.grid(True, alpha=0.3)
+        _ylim(ax, runs)
+    axes[1].legend(fontsize=9)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot(runs: list[Run], keys: list[str], path: Path, title: str) -> None:
+    """comparison.png: val-loss curves of every run (solid), their train-loss curves (dotted, same colour)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(10, 6))
+    for i, r in enumerate(runs):
+        color = f"C{i % 10}"
+        for split, style in (("val", dict(lw=2)), ("train", dict(lw=1, ls=":"))):
+            pts = r.curve(split)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, label=f"{label(r, keys)} {split}", **style)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    _ylim(ax, runs)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report(folder: str | Path | None) -> str:
+    """Write report.md and the figures into the sweep (found from `folder`, see find_sweep);
+    returns the report's text."""
+    sweep_dir, how = find_sweep(folder)
+    runs = load_runs(sweep_dir)
+    keys = swept_keys(runs)
+    spec = next((r.report for r in runs if r.report.get("question") or r.report.get("analysis")), {})
+    kind = spec.get("analysis")
+    if kind is not None and kind not in SECTIONS:
+        raise ConfigError(f"report.analysis must be one of {', '.join(SECTIONS)} or null, got '{kind}'")
+    question = spec.get("question")
+    # job folders of the sweep that wrote nothing: killed, or still going
+    unfinished = sorted(d.name for d in sweep_dir.iterdir()
+                        if d.is_dir() and not d.name.startswith(".") and JOB_DIR.match(d.name) and not _has_result(d))
+    found = assess(runs)
+    # the answer first: a bad report: node is refused before any file is written
+    answer = SECTIONS[kind](runs, keys, found, sweep_dir) if kind else ["**Verdict:** " + verdict(runs, keys)]
+    plot_curves(runs, keys, sweep_dir / "loss_curves.png", question or f"{sweep_dir.name}: loss curves")
+    plot(runs, keys, sweep_dir / "comparison.png", question or "experiment comparison")
+    bad = [r for r in runs if r.status != "ok"]
+    notes = "gap = final val loss - final train loss, both from the last evaluation (clean inputs, eval mode)."
+    if unfinished:
+        notes += f" Not finished, left out: {', '.join(unfinished)}."
+    parts = [f"# Report: {sweep_dir}"]
+    if how:
+        parts.append(f"Sweep `{sweep_dir}`: {how}.")
+    parts += ["## Runs", table(runs, keys), notes]
+    if bad:
+        parts.append("Runs that did not finish well:\n" + "\n".join(
+            f"- `{r.name}` ({label(r, keys)}): {r.status}: {r.metrics.get('error') or 'no error recorded'}" for r in bad))
+    parts.append(f"## {question or 'Verdict'}")
+    parts += answer
+    parts += ["## Loss curves", "![train and val loss](loss_curves.png)", "![val-loss curves, train dotted](comparison.png)",
+              "## Each run", *(run_block(r, found[r.path], keys) for r in runs),
+              "## Rules", "\n".join(an.rules()),
+              f"Made by `python -m gptlab.report {sweep_dir}` from each run's metrics.json, training.log, config.yaml "
+              "and .hydra/overrides.yaml."]
+    text = "\n\n".join(parts) + "\n"
+    (sweep_dir / "report.md").write_text(text)
+    return text

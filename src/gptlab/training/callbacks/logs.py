@@ -1,0 +1,362 @@
+"""Lightning callbacks, one job each: the training.log writer, progress lines, the final
+evaluation, and the non-finite loss guard."""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+
+from gptlab.errors import NonFiniteLossError
+from gptlab.rundir import eval_line, write_text_atomic
+from gptlab.training.scalars import ScalarSeries
+
+log = logging.getLogger("gptlab")
+
+# The line format of training.log. The guide's plot_loss.py reads it with
+# r'step (\d+): train loss ([\d.]+), val loss ([\d.]+)' -- keep the two in step.
+
+
+class TrainingLog(L.Callback):
+    """After every evaluation: one line in <run dir>/training.log and on the console, and the
+    history kept for metrics.json."""
+
+    def __init__(self, path: str | Path, append: bool = False, tokens_per_step: int = 0,
+                 resumed: tuple[int, dict] | None = None):
+        self.path = Path(path)
+        self.append = append
+        self.tokens_per_step = tokens_per_step  # for the losses against tokens seen (TensorBoard by_tokens/)
+        self.history: list[dict] = []
+        self._replay: list[dict] = []  # evaluations restored from a checkpoint, logged again on resume
+        self.resumes: list[dict] = []  # settings changed at each resume, kept in checkpoints for metrics.json
+        self._resumed = resumed  # (step, {key: (old, new)}) of this resume, recorded once fit has started
+
+    @rank_zero_only
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if not self.append and not self.history:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text("")
+            self.append = True  # fit after the step-0 validate: keep appending
+
+    @rank_zero_only
+    def on_validation_end(self, trainer, pl_module) -> None:
+        ev = pl_module.last_eval
+        if "train" not in ev or "val" not in ev or trainer.sanity_checking:
+            return
+        rec = {"step": int(trainer.global_step), "train_loss": ev["train"], "val_loss": ev["val"]}
+        self.history.append(rec)
+        line = eval_line(rec["step"], rec["train_loss"], rec["val_loss"])
+        with open(self.path, "a") as f:
+            f.write(line + "\n")
+        log.info(line)
+        if trainer.logger is not None and self.tokens_per_step:
+            self._log_by_tokens(trainer, rec)
+
+    def state_dict(self) -> dict:
+        return {"history": self.history, "resumes": self.resumes}  # in checkpoints: metrics.json of a resumed run covers it all
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if self._resumed:
+            step, changed = self._resumed
+            self.resumes.append({"step": step, "changed": {k: list(v) for k, v in changed.items()}})
+            self._resumed = None
+            if rank_zero_only.rank == 0:
+                # not an evaluation line: the guide's parse_log and gptlab's both skip it
+                with open(self.path, "a") as f:
+                    f.write(f"# resumed at step {step} with " + ", ".join(f"{k}={new} (was {old})" for k, (old, new) in changed.items()) + "\n")
+        if rank_zero_only.rank != 0:
+            return
+        if self._replay and trainer.logger is not None and self.tokens_per_step:
+            # a resumed run's TensorBoard writer purges every event at or after its first step, in all
+            # tags -- by_tokens/ steps (tokens) are far larger than optimizer steps, so the whole curve
+            # would go; write the evaluations before the checkpoint again
+            for rec in self._replay:
+                self._log_by_tokens(trainer, rec)
+            self._replay = []
+
+    def _log_by_tokens(self, trainer, rec: dict) -> None:
+        # the same losses with tokens seen as the x axis: runs with different batch sizes compare fairly
+        trainer.logger.log_metrics({"by_tokens/train_loss": rec["train_loss"], "by_tokens/val_loss": rec["val_loss"]},
+                                   step=rec["step"] * self.tokens_per_step)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = list(state.get("history", []))
+        self.resumes = list(state.get("resumes", []))
+        self._replay = list(self.history)
+        if self.history and rank_zero_only.rank == 0 and self.path.is_file():
+            # lines after the checkpoint's last evaluation belong to a stretch the resumed run
+            # repeats (a run killed between an evaluation and its checkpoint); drop them so that
+            # no step appears twice
+            last = self.history[-1]["step"]
+            lines = self.path.read_text().splitlines(keepends=True)
+            keep = [ln for ln in lines if not ((m := re.match(r"step (\d+):", ln)) and int(m.group(1)) > last)]
+            if len(keep) != len(lines):
+                write_text_atomic(self.path, "".join(keep))
+
+    def best(self) -> dict | None:
+        finite = [r for r in self.history if math.isfinite(r["val_loss"])]
+        return min(finite, key=lambda r: r["val_loss"]) if finite else None
+
+
+class ProgressLog(L.Callback):
+    """Every log_interval optimizer steps: loss, ms per step, tokens/s and learning rate, to the
+    console and the logger. The loss is read from the device only here, so training does not
+    wait on a host sync every step; time spent evaluating is not counted as step time.
+
+    Packed and padded batches (dicts) say how many of their slots hold real tokens: tokens/s then
+    counts those only, and the line adds the padding efficiency (real tokens / slots)."""
+
+    def __init__(self, log_interval: int, tokens_per_step: int, grad_monitor=None):
+        self.log_interval = max(1, int(log_interval))
+        self.tokens_per_step = tokens_per_step
+        self.grad_monitor = grad_monitor  # a GradientMonitor whose latest figures join the line
+        self._t0 = None
+        self._steps_at_t0 = 0
+        self._eval_time = 0.0
+        self._eval_t0 = None
+        self._last_logged = -1
+        self.train_time = 0.0  # seconds in training steps, evaluation excluded
+        self.trained_steps = 0
+        self.trained_tokens = 0  # real tokens when batches count them
+        self._real = self._slots = 0  # of dict batches since the last line (counted on the host)
+        self.real_tokens = self.slots = 0  # all the run's dict batches (this process)
+        self.curve: list[list] = []  # [step, mean training loss over the interval]: metrics.json's train_curve
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._t0 = time.perf_counter()
+        self._steps_at_t0 = trainer.global_step
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.training or trainer.state.fn == "fit":
+            self._eval_t0 = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._eval_t0 is not None:
+            self._eval_time += time.perf_counter() - self._eval_t0
+            self._eval_t0 = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if isinstance(batch, dict):
+            self._real += batch["real"]
+            self._slots += batch["x"].numel()
+        step = trainer.global_step
+        # act once per optimizer step, after its last micro-batch
+        if step == self._last_logged or step % self.log_interval != 0 or step == 0:
+            return
+        if (batch_idx + 1) % trainer.accumulate_grad_batches != 0:
+            return
+        self._last_logged = step
+        loss_t = pl_module.pop_train_loss()
+        if loss_t is None:
+            return
+        loss = float(loss_t)  # the one host sync per log_interval
+        now = time.perf_counter()
+        steps = step - self._steps_at_t0
+        elapsed = now - self._t0 - self._eval_time
+        self.train_time += elapsed
+        self.trained_steps += steps
+        self._t0, self._steps_at_t0, self._eval_time = now, step, 0.0
+        ms = 1000.0 * elapsed / max(steps, 1)
+        tokens, efficiency = self.tokens_per_step * steps, None
+        if self._slots:  # every process draws alike batches: scale this one's count to all of them
+            tokens, efficiency = self._real * trainer.world_size, self._real / self._slots
+            self.real_tokens, self.slots = self.real_tokens + self._real, self.slots + self._slots
+            self._real = self._slots = 0
+        self.trained_tokens += tokens
+        tok_s = tokens / max(elapsed, 1e-9)
+        lr = trainer.optimizers[0].param_groups[0]["lr"]
+        self.curve.append([step, round(loss, 5)])
+        metrics = {"train/batch_loss": loss, "train/lr": lr, "perf/tokens_per_sec": tok_s, "perf/ms_per_step": ms}
+        if efficiency is not None:
+            metrics["perf/padding_efficiency"] = efficiency
+        if trainer.logger is not None:
+            trainer.logger.log_metrics(metrics, step=step)
+        if trainer.is_global_zero:
+            line = f"iter {step}: loss {loss:.4f}, {ms:.1f} ms/step, {tok_s:,.0f} tok/s, lr {lr:.2e}"
+            if efficiency is not None:
+                line += f", padding efficiency {efficiency:.1%}"
+            g = self.grad_monitor.latest if self.grad_monitor is not None else None
+            if g is not None:
+                line += f", grad norm {g['last']:.2f}" + (f" (clipped {g['clipped_frac']:.0%})" if g["clipped"] else "")
+            log.info(line)
+
+    def state_dict(self) -> dict:
+        return {"curve": self.curve}  # a resumed run's train_curve starts where the stopped one ended
+
+    def load_state_dict(self, state: dict) -> None:
+        self.curve = [list(p) for p in state.get("curve", [])]
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        if self.trained_steps == 0 or self.train_time <= 0:
+            return None
+        return self.trained_tokens / self.train_time
+
+    @property
+    def padding_efficiency(self) -> float | None:
+        """Real tokens / slots over the logged training batches; None for random windows."""
+        return self.real_tokens / self.slots if self.slots else None
+
+
+class FinalEvaluation(L.Callback):
+    """Evaluate once more when training ends between two eval_interval marks, so the last
+    reported val loss belongs to the final weights."""
+
+    def __init__(self, max_iters: int, eval_interval: int):
+        self.max_iters, self.eval_interval = max_iters, eval_interval
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step >= self.max_iters and trainer.global_step % self.eval_interval != 0:
+            # Lightning validates when a stop is requested, then ends the fit
+            trainer.should_stop = True
+
+
+class NonFiniteGuard(L.Callback):
+    """Stop at the first NaN/inf loss or gradient, before it can reach a checkpoint.
+
+    Each micro-batch's loss and each optimizer step's gradient norm are copied into a device
+    buffer (one small kernel, no sync); they are read in one go every check_interval steps and before every
+    evaluation, which is when checkpoints are written. Under float16 a non-finite gradient is
+    normal (the grad scaler skips that step and lowers its scale), so only the loss is checked there.
+    """
+
+    def __init__(self, check_interval: int, learning_rate: float, dtype: str):
+        self.check_interval = max(1, int(check_interval))
+        self.learning_rate, self.dtype = learning_rate, dtype
+        # "loss"/"gradient" -> (optimizer step numbers, their values) since the last check
+        self._seen = {kind: ([], ScalarSeries()) for kind in ("loss", "gradient")}
+
+    def _note(self, kind: str, value: torch.Tensor, step: int) -> None:
+        steps, values = self._seen[kind]
+        steps.append(step)
+        values.append(value)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        # 1-based number of the optimizer step this micro-batch belongs to (global_step has already
+        # counted it after the last micro-batch of an accumulation cycle)
+        stepped = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
+        n = trainer.global_step if stepped else trainer.global_step + 1
+        if loss is not None:
+            self._note("loss", loss, n)
+        if stepped and self.dtype != "float16" and getattr(pl_module, "last_grad_norm", None) is not None:
+            self._note("gradient", pl_module.last_grad_norm, n)
+        if stepped and trainer.global_step % self.check_interval == 0:
+            self.check(trainer)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "fit":
+            self.check(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.check(trainer)
+
+    def check(self, trainer) -> None:
+        bad = {}
+        for kind, (steps, values) in self._seen.items():
+            if not len(values):
+                continue
+            where = torch.nonzero(~torch.isfinite(values.values()))  # the host sync
+            if where.numel():
+                bad[kind] = steps[int(where[0, 0])]
+            steps.clear(), values.clear()
+        if not bad:
+            return
+        kind, step = min(bad.items(), key=lambda kv: kv[1])
+        fixes = [f"learning_rate={self.learning_rate / 10:g} (a tenth of now)", "grad_clip=1.0"]
+        if self.dtype == "float16":
+            fixes.append("dtype=bfloat16 or dtype=float32 instead of float16")
+        raise NonFiniteLossError(
+            f"the training {kind} became NaN/inf in optimizer step {step}; training stopped there and no "
+            f"checkpoint was written after it (best.ckpt / last.ckpt hold the last good weights). "
+            f"Try: {', '.join(fixes)}."
+        )
+
+
+def generate_sample(model, tokenizer, n_tokens: int, seed: int, suppress: list[int] | None = None) -> str:
+    """n_tokens generated from a newline (or the end-of-text token) with its own seeded generator,
+    so sampling never moves the training's random streams; the model's mode is restored."""
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    if tokenizer.eot_token is not None:
+        start = tokenizer.eot_token
+    else:
+        start = int(tokenizer.encode("\n")[0]) if "\n" in getattr(tokenizer, "stoi", {}) else 0
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    with torch.inference_mode():  # ~10% faster than no_grad for this token-by-token loop on CPU
+        out = model.generate(torch.tensor([[start]], device=dev), n_tokens, temperature=0.8, top_k=200,
+                             generator=gen, suppress_tokens=suppress)
+    model.train(was_training)
+    return tokenizer.decode(out[0, 1:].tolist())
+
+
+class EvalSamples(L.Callback):
+    """After evaluations during training: a short generated text in TensorBoard's TEXT tab
+    (samples/eval), so the dashboard shows what the model writes as its loss falls.
+
+    Generating goes one token at a time (~5 ms a token for the CPU recipe's model on 2 cores), so
+    the samples are kept to `budget` of the training time: an evaluation skips its sample when
+    the samples so far plus this one would take more than that share of the time since training
+    started (the first one's cost is estimated from one forward pass). The last evaluation always
+    has one. Rank 0 generates alone: the weights are whole on every rank (not under FSDP, where
+    this callback is left out)."""
+
+    def __init__(self, n_tokens: int, tokenizer, seed: int, suppress: list[int] | None = None, budget: float = 0.01):
+        self.n_tokens, self.tokenizer, self.seed, self.suppress = n_tokens, tokenizer, seed, suppress
+        self.budget = budget
+        self._t_start: float | None = None
+        self._spent = 0.0  # seconds spent generating since training started
+        self._cost: float | None = None  # seconds the last sample took
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._t_start = time.perf_counter()
+
+    def _estimate(self, model) -> float:
+        # one forward pass over the longest context generation will see, times the tokens
+        ctx = min(self.n_tokens, model.config.block_size)
+        dev = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        with torch.inference_mode():
+            idx = torch.zeros((1, ctx), dtype=torch.long, device=dev)
+            t = time.perf_counter()
+            float(model(idx)[0][0, -1, 0])  # reading a value waits for the GPU
+            cost = self.n_tokens * (time.perf_counter() - t)
+        model.train(was_training)
+        return cost
+
+    def _due(self, trainer, pl_module) -> bool:
+        if self._t_start is None:
+            return False  # evaluations outside training: the step-0 one is a random model's text
+        if self.budget >= 1 or trainer.global_step >= trainer.max_steps:
+            return True
+        if self._cost is None:
+            self._cost = self._estimate(pl_module.model)
+        return self._spent + self._cost <= self.budget * (time.perf_counter() - self._t_start)
+
+    def exclude(self, seconds: float) -> None:
+        """Leave out of the training time a pause that is not training (the bench's turns)."""
+        if self._t_start is not None:
+            self._t_start += seconds
+
+    @rank_zero_only
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or trainer.logger is None or "val" not in pl_module.last_eval:
+            return
+        if not self._due(trainer, pl_module):
+            return
+        t = time.perf_counter()
+        text = generate_sample(pl_module.model, self.tokenizer, self.n_tokens, self.seed, self.suppress)
+        self._cost = time.perf_counter() - t
+        self._spent += self._cost
+        # TensorBoard renders markdown: four spaces make a code block that keeps the line breaks
+        body = "\n".join("    " + line for line in text.splitlines())
+        trainer.logger.experiment.add_text("samples/eval", f"step {trainer.global_step}, val loss "
+                                           f"{pl_module.last_eval['val']:.4f}:\n\n{body}", trainer.global_step)

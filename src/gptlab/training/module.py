@@ -1,0 +1,199 @@
+"""The LightningModule: loss, AdamW with its parameter groups, the LR schedule, evaluation.
+
+The training loop itself (accumulation, clipping, precision, devices) is Lightning's Trainer;
+this class only says what one step computes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from functools import partial
+from typing import Any
+
+import lightning as L
+import torch
+
+from gptlab.data.augment import TokenMasking, corrupt_inputs
+from gptlab.data.packing import unpack_batch
+from gptlab.model import GPT, GPTConfig
+from gptlab.training.scalars import ScalarSeries
+from gptlab.training.schedule import OptimConfig
+
+
+def _lr_factor(step: int, optim: OptimConfig) -> float:
+    # LambdaLR multiplies the base rate (learning_rate) by this factor
+    return optim.lr_at(step) / optim.learning_rate
+
+
+class GPTModule(L.LightningModule):
+    def __init__(
+        self,
+        model_config: GPTConfig,
+        optim: OptimConfig,
+        compile: bool = False,
+        extra: dict | None = None,
+        augment: TokenMasking | None = None,
+    ):
+        super().__init__()
+        self.model = GPT(model_config)
+        self.optim = optim
+        self.compile_model = compile
+        # plain values stored in every checkpoint (run settings, tokenizer) so tools need no config
+        self.extra = dict(extra or {})
+        self.augment = augment  # token masking of training inputs (gptlab.augment), or None
+        # training loss summed on the device between log points: no host sync per step
+        self._train_loss_sum: torch.Tensor | None = None
+        self._train_loss_count = 0
+        self._eval_sums: dict[int, list] = {}
+        self.last_eval: dict[str, float] = {}
+        # gradient norms of the optimizer steps since the last read, on the device (see pop_grad_stats)
+        self._grad_norms = ScalarSeries()
+        self.keep_grad_norms = False  # set by the callback that reads them (GradientMonitor)
+        self._clip_val = 0.0
+        self.last_grad_norm: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ model
+
+    def configure_model(self) -> None:
+        if self.compile_model and "_compiled" not in self.__dict__:
+            # kept out of the module tree so state_dict keys stay free of '_orig_mod.'
+            self.__dict__["_compiled"] = torch.compile(self.model)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, **kw):
+        fn = self.__dict__.get("_compiled", self.model)
+        return fn(idx, targets, **kw)
+
+    # ------------------------------------------------------------------ training
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor] | dict, batch_idx: int) -> torch.Tensor:
+        x, y, kw = unpack_batch(batch)
+        _, loss = self(x, y, **kw)
+        d = loss.detach()
+        self._train_loss_sum = d if self._train_loss_sum is None else self._train_loss_sum + d
+        self._train_loss_count += 1
+        return loss  # Lightning divides it by gradient_accumulation_steps before backward
+
+    def pop_train_loss(self) -> torch.Tensor | None:
+        """Mean training loss since the last call, as a device tensor (reading it syncs)."""
+        if self._train_loss_sum is None:
+            return None
+        mean = self._train_loss_sum / self._train_loss_count
+        self._train_loss_sum, self._train_loss_count = None, 0
+        return mean
+
+    # ------------------------------------------------------------------ gradients
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Called by Lightning once per optimizer step, after backward (and after unscaling under
+        float16). The total gradient norm is computed once here and serves both clipping and
+        monitoring -- Lightning's own clipping would compute it a second time."""
+        params = [p for p in self.parameters() if p.grad is not None]
+        if not params:
+            return
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params], norm_type=2.0, foreach=True)
+        clip = float(gradient_clip_val or 0.0)
+        if clip > 0:
+            # takes the parameters (it scales their .grad), and the norm computed above
+            torch.nn.utils.clip_grads_with_norm_(params, clip, norm, foreach=True)
+        self.last_grad_norm = norm.detach()
+        self._clip_val = clip
+        if self.keep_grad_norms:
+            # kept on the device, nothing read back; pop_grad_stats reduces them in one go
+            # (GradientMonitor, every log_interval)
+            self._grad_norms.append(self.last_grad_norm)
+
+    def pop_grad_stats(self) -> dict[str, float] | None:
+        """Gradient-norm statistics since the last call: last, mean and max norm, and the share
+        of optimizer steps that were clipped. Reading them is one host sync."""
+        if not len(self._grad_norms):
+            return None
+        n = self._grad_norms.values()
+        finite = torch.isfinite(n)
+        # a non-finite norm is a step float16's grad scaler skips (or divergence, which the
+        # NonFiniteGuard reports); keep it out of the mean and max
+        fn = torch.where(finite, n, torch.zeros_like(n))
+        clipped = (fn > self._clip_val).sum() if self._clip_val > 0 else torch.zeros_like(fn[0])
+        last, total, mx, n_clipped, nonfinite = torch.stack(
+            [n[-1], fn.sum(), fn.max(), clipped.float(), (~finite).sum().float()]
+        ).tolist()
+        steps = float(len(n))
+        self._grad_norms.clear()
+        finite_steps = max(steps - nonfinite, 1.0)
+        return {"last": last, "mean": total / finite_steps, "max": mx, "clipped": n_clipped,
+                "clipped_frac": n_clipped / steps, "nonfinite": nonfinite, "steps": steps}
+
+    # ------------------------------------------------------------------ augmentation
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        # token masking: training batches only, already on the device; evaluation sees clean inputs
+        if self.augment is not None and self.trainer.training:
+            batch = corrupt_inputs(batch, self.augment, self.global_rank)
+        return batch
+
+    # ------------------------------------------------------------------ evaluation
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_sums = {}
+
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        x, y, kw = unpack_batch(batch)
+        _, loss = self(x, y, **kw)
+        s = self._eval_sums.setdefault(dataloader_idx, [torch.zeros((), device=loss.device), 0])
+        s[0] += loss.detach().float()
+        s[1] += 1
+
+    def on_validation_epoch_end(self) -> None:
+        # dataloader 0 samples the train split, 1 the val split (see GPTDataModule)
+        names = {0: "train/loss", 1: "val/loss"}
+        for idx, (total, count) in self._eval_sums.items():
+            # sync_dist: under DDP every rank evaluated its own batches; report their mean.
+            # logger=False: Lightning would stamp these with the micro-batch counter (one less than
+            # the optimizer step here); they are written below at the optimizer step instead.
+            self.log(names[idx], total / count, sync_dist=True, prog_bar=False, logger=False)
+        metrics = self.trainer.callback_metrics
+        self.last_eval = {
+            split: float(metrics[name]) for name, split in (("train/loss", "train"), ("val/loss", "val")) if name in metrics
+        }
+        if self.logger is not None and not self.trainer.sanity_checking:
+            self.logger.log_metrics({f"{k}/loss": v for k, v in self.last_eval.items()}, step=self.global_step)
+
+    # ------------------------------------------------------------------ optimizer
+
+    def configure_optimizers(self):
+        groups = self.model.optimizer_groups(self.optim.weight_decay)
+        on_cuda = self.device.type == "cuda"
+        # fused kernels on CUDA; elsewhere foreach (one batched kernel per group, not a loop per tensor)
+        opt = torch.optim.AdamW(
+            groups,
+            lr=self.optim.learning_rate,
+            betas=(self.optim.beta1, self.optim.beta2),
+            fused=True if on_cuda else None,
+            foreach=None if on_cuda else True,
+        )
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(_lr_factor, optim=self.optim))
+        # interval="step": the rate changes per optimizer step, not per micro-batch or epoch
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["gptlab"] = {
+            "model_config": self.model.config.to_dict(),
+            "optim": asdict(self.optim),
+            "step": int(self.global_step),
+            "eval": dict(self.last_eval),
+            **self.extra,
+        }
+        if self._train_loss_sum is not None:
+            # the loss mean in progress (steps since the last progress line): after a resume the
+            # next line averages the same steps as it would have without the stop
+            checkpoint["train_loss_pending"] = [self._train_loss_sum.detach().float().cpu(), self._train_loss_count]
+        if self.augment is not None:
+            checkpoint["augment"] = self.augment.state_dict()  # the masking RNG, for an exact resume
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        pending = checkpoint.get("train_loss_pending")
+        if pending:
+            self._train_loss_sum, self._train_loss_count = pending[0], int(pending[1])
+        if self.augment is not None and "augment" in checkpoint:
+            self.augment.load_state_dict(checkpoint["augment"])
