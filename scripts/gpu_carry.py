@@ -26,8 +26,8 @@ def main() -> None:
         src = Path(importlib.import_module(name).__file__).parent
         shutil.copytree(src, site / name, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
-    from gptlab.data import fetch_corpus
-    from gptlab.tokenizer import TiktokenTokenizer
+    from gptlab.data.dataset import fetch_corpus
+    from gptlab.data.tokenizer import TiktokenTokenizer
 
     text = fetch_corpus("tinyshakespeare", ROOT / "data" / "raw")  # the mirror or the network
     (dest / "data" / "tinyshakespeare").mkdir(parents=True, exist_ok=True)

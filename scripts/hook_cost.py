@@ -13,8 +13,8 @@ import tempfile
 import lightning as L
 from lightning.pytorch.profilers import SimpleProfiler
 
-from gptlab import cli
-from gptlab.train import train
+from gptlab.cli import common as cli
+from gptlab.training.run import train
 
 MONITORS = ("GradientMonitor", "LayerGradients", "InitialLossCheck", "PlateauHint")
 
@@ -35,7 +35,11 @@ def main(overrides: list[str]) -> None:
     hooks = {k: v for k, v in total.items() if k.startswith("[Callback]")}
     print(f"training loop {loop:.2f} s over {metrics['iters']} steps ({metrics['tokens_per_s']:,.0f} tokens/s)")
     for name in (*MONITORS, None):
-        part = {k: v for k, v in hooks.items() if (name is None and not any(m in k for m in MONITORS)) or (name and name in k)}
+        part = {
+            k: v
+            for k, v in hooks.items()
+            if (name is None and not any(m in k for m in MONITORS)) or (name and name in k)
+        }
         label = name or "all other callbacks"
         print(f"  {label:<22} {sum(part.values()) * 1000:9.1f} ms  {100 * sum(part.values()) / loop:6.2f}% of the loop")
         if name is None:

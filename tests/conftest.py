@@ -18,8 +18,19 @@ if _shared.is_dir():
 
 # A model small enough that a few dozen steps take a few seconds on 2 cores.
 TINY = [
-    "n_layer=2", "n_head=2", "n_embd=32", "block_size=32", "batch_size=8", "dropout=0.0",
-    "eval_iters=4", "log_interval=5", "warmup_iters=2", "sample_tokens=0", "eval_sample_tokens=0", "profile=none", "device=cpu",
+    "n_layer=2",
+    "n_head=2",
+    "n_embd=32",
+    "block_size=32",
+    "batch_size=8",
+    "dropout=0.0",
+    "eval_iters=4",
+    "log_interval=5",
+    "warmup_iters=2",
+    "sample_tokens=0",
+    "eval_sample_tokens=0",
+    "profile=none",
+    "device=cpu",
 ]
 
 
@@ -29,7 +40,10 @@ def data_root(tmp_path_factory) -> Path:
     from gptlab.data.dataset import DataSpec, prepare_dataset
 
     root = tmp_path_factory.mktemp("data")
-    prepare_dataset(DataSpec(name="shakespeare_char", root=str(root), source="tinyshakespeare", tokenizer="char"), log=lambda m: None)
+    prepare_dataset(
+        DataSpec(name="shakespeare_char", root=str(root), source="tinyshakespeare", tokenizer="char"),
+        log=lambda m: None,
+    )
     return root
 
 
@@ -48,5 +62,10 @@ def compose(data_root):
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run `python -m ...` in a subprocess as a user would; returns the completed process."""
     return subprocess.run(
-        [sys.executable, "-m", *args], cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout, env=os.environ.copy()
+        [sys.executable, "-m", *args],
+        cwd=cwd or ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=os.environ.copy(),
     )

@@ -39,7 +39,9 @@ def test_early_drop_and_window_change():
     w = an.early_drop(pts, max_iters=1000)
     assert (w.start_step, w.end_step) == (0, 100) and w.change == pytest.approx(-1.0)
     w = an.window_change(pts, 1000 - 200, 1000)
-    assert (w.start_step, w.end_step, w.start_loss) == (800, 1000, pytest.approx(-3.8)) and w.change == pytest.approx(-2.0)
+    assert (w.start_step, w.end_step, w.start_loss) == (800, 1000, pytest.approx(-3.8)) and w.change == pytest.approx(
+        -2.0
+    )
     sparse = [(0, 4.2), (250, 3.0), (500, 2.5)]
     assert an.early_drop(sparse, max_iters=500) is None  # 50 is nearest step 0: no window
     assert an.window_change(sparse, 0, 100) is None and an.window_change(sparse, 0, 200).end_step == 250
@@ -64,9 +66,17 @@ def test_curve_difference_and_formulas():
     assert an.curve_difference(a, [(50, 1.0)]) is None
     # the guide's estimates for experiment 5's four models (char-level, vocab 65): 532K, 4.2M, 14.2M, 33.6M
     assert [an.guide_params(n, e, 65) for n, e in [(2, 128), (4, 256), (6, 384), (8, 512)]] == [
-        524_288 + 8_320, 4_194_304 + 16_640, 14_155_776 + 24_960, 33_554_432 + 33_280]
+        524_288 + 8_320,
+        4_194_304 + 16_640,
+        14_155_776 + 24_960,
+        33_554_432 + 33_280,
+    ]
     assert [an.schedule_name(w, d) for w, d in [(0, False), (100, False), (0, True), (100, True)]] == [
-        "no schedule", "warmup only", "decay only", "warmup + decay"]
+        "no schedule",
+        "warmup only",
+        "decay only",
+        "warmup + decay",
+    ]
     steps = an.size_steps([("b", 4e6, 1.7), ("a", 5e5, 2.0), ("c", 1.4e7, 1.55), ("d", 3.4e7, 1.50)])
     assert [(s.smaller, s.larger) for s in steps] == [("a", "b"), ("b", "c"), ("c", "d")]
     assert an.diminishing_from(steps).larger == "c"

@@ -123,8 +123,15 @@ def test_masking_combines_with_packed_documents(compose, tmp_path):
 
     masking = TokenMasking(mask_prob=0.5, mask_token=65, vocab_size=65, seed=0)
     x = torch.randint(0, 65, (4, 32))
-    batch = {"x": x, "y": x.roll(-1, 1), "pos": torch.arange(32).expand(4, 32), "doc": torch.zeros(4, 32, dtype=torch.long)}
+    batch = {
+        "x": x,
+        "y": x.roll(-1, 1),
+        "pos": torch.arange(32).expand(4, 32),
+        "doc": torch.zeros(4, 32, dtype=torch.long),
+    }
     out = corrupt_inputs(batch, masking)
     assert (out["x"] == 65).any() and torch.equal(out["y"], batch["y"]) and out["pos"] is batch["pos"]
-    metrics = train(compose("data.batching=packed", "augment.mask_prob=0.2", "max_iters=4", "eval_interval=2"), tmp_path)
+    metrics = train(
+        compose("data.batching=packed", "augment.mask_prob=0.2", "max_iters=4", "eval_interval=2"), tmp_path
+    )
     assert metrics["iters"] == 4

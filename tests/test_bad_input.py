@@ -39,7 +39,10 @@ def refused(cfg, run_dir, error, match):
         (["gradient_accumulation_steps=0"], "gradient_accumulation_steps must be an integer >= 1"),
         (["max_iters=0"], "max_iters=0 trains nothing; give max_iters>0"),
         (["warmup_iters=50", "max_iters=10"], r"warmup_iters \(50\) > max_iters \(10\).*Use warmup_iters<=10"),
-        (["lr_decay_iters=3", "warmup_iters=5", "max_iters=10"], r"lr_decay_iters \(3\) < warmup_iters \(5\).*lr_decay_iters = max_iters"),
+        (
+            ["lr_decay_iters=3", "warmup_iters=5", "max_iters=10"],
+            r"lr_decay_iters \(3\) < warmup_iters \(5\).*lr_decay_iters = max_iters",
+        ),
         (["eval_sample_budget=5"], r"eval_sample_budget=5 must be a share of the training time between 0 and 1"),
     ],
 )
@@ -48,7 +51,12 @@ def test_zero_negative_and_contradictory_sizes(compose, tmp_path, overrides, mat
 
 
 def test_block_size_not_shorter_than_a_split(compose, tmp_path):
-    refused(compose("block_size=111540", "max_iters=10"), tmp_path, DataError, r"not shorter than the val split \(111,540 tokens\).*block_size<=111539")
+    refused(
+        compose("block_size=111540", "max_iters=10"),
+        tmp_path,
+        DataError,
+        r"not shorter than the val split \(111,540 tokens\).*block_size<=111539",
+    )
 
 
 def test_device_cuda_without_a_gpu(compose, tmp_path, monkeypatch):
@@ -57,8 +65,12 @@ def test_device_cuda_without_a_gpu(compose, tmp_path, monkeypatch):
 
 
 def test_wrong_data_path(compose, tmp_path):
-    refused(compose("data=text", f"data.path={tmp_path / 'no_such.txt'}", "max_iters=10"), tmp_path / "run", DataError,
-            "does not exist; give the path of a UTF-8 text file")
+    refused(
+        compose("data=text", f"data.path={tmp_path / 'no_such.txt'}", "max_iters=10"),
+        tmp_path / "run",
+        DataError,
+        "does not exist; give the path of a UTF-8 text file",
+    )
 
 
 def test_data_missing_offline_and_damaged(compose, tmp_path, monkeypatch):
@@ -69,15 +81,23 @@ def test_data_missing_offline_and_damaged(compose, tmp_path, monkeypatch):
         raise OSError("network is unreachable")
 
     monkeypatch.setattr(urllib.request, "urlopen", offline)
-    refused(compose(f"data.root={tmp_path / 'empty_root'}", "max_iters=10"), tmp_path / "r1", DataError,
-            "could not download tinyshakespeare.*set GPTLAB_DATA_MIRROR=<dir>.*data=text data.path=FILE")
+    refused(
+        compose(f"data.root={tmp_path / 'empty_root'}", "max_iters=10"),
+        tmp_path / "r1",
+        DataError,
+        "could not download tinyshakespeare.*set GPTLAB_DATA_MIRROR=<dir>.*data=text data.path=FILE",
+    )
     # a prepared dataset whose meta.json was damaged
     src = tmp_path / "poem.txt"
     src.write_text("the quick brown fox jumps over the lazy dog\n" * 100)
     out = prepare_dataset(DataSpec(name="poem", root=str(tmp_path), path=str(src)), log=lambda m: None)
     (out / "meta.json").write_text('{"vocab_size": 2')
-    refused(compose("data=text", f"data.path={src}", "data.name=poem", f"data.root={tmp_path}", "max_iters=10"),
-            tmp_path / "r2", DataError, "damaged gptlab dataset.*delete .* and prepare it again")
+    refused(
+        compose("data=text", f"data.path={src}", "data.name=poem", f"data.root={tmp_path}", "max_iters=10"),
+        tmp_path / "r2",
+        DataError,
+        "damaged gptlab dataset.*delete .* and prepare it again",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +113,19 @@ def char_run(tmp_path_factory, data_root):
 def test_checkpoint_of_another_vocabulary(char_run, compose, tmp_path):
     src = tmp_path / "poem.txt"
     src.write_text("the quick brown fox jumps over the lazy dog\n" * 100)
-    refused(compose("data=text", f"data.path={src}", f"data.root={tmp_path}", "max_iters=4", "init_from=resume",
-                    f"ckpt_path={char_run / 'last.ckpt'}"), tmp_path / "run", CheckpointError,
-            "vocab_size: checkpoint 65 vs config 28.*Use the settings and data the checkpoint was trained with")
+    refused(
+        compose(
+            "data=text",
+            f"data.path={src}",
+            f"data.root={tmp_path}",
+            "max_iters=4",
+            "init_from=resume",
+            f"ckpt_path={char_run / 'last.ckpt'}",
+        ),
+        tmp_path / "run",
+        CheckpointError,
+        "vocab_size: checkpoint 65 vs config 28.*Use the settings and data the checkpoint was trained with",
+    )
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])

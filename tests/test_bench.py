@@ -29,8 +29,23 @@ def test_bench_command_alternates_sides_and_reports_ratios(tmp_path, data_root, 
 
     out = tmp_path / "bench.json"
     # in process; each side runs in a subprocess of its own as always
-    bench.main(["--configs", "cpu", "--steps", "2,4", "--rounds", "1", "--intervals", "none", "--no-data",
-                "--json", str(out), *TINY, f"data.root={data_root}"])
+    bench.main(
+        [
+            "--configs",
+            "cpu",
+            "--steps",
+            "2,4",
+            "--rounds",
+            "1",
+            "--intervals",
+            "none",
+            "--no-data",
+            "--json",
+            str(out),
+            *TINY,
+            f"data.root={data_root}",
+        ]
+    )
     printed = capsys.readouterr().out
     assert "MFU against" in printed and "tokens/s ratio gptlab / plain: min" in printed
     report = json.loads(out.read_text())

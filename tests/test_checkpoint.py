@@ -31,8 +31,17 @@ def run(tmp_path_factory, data_root):
     from gptlab.cli.common import compose
 
     d = tmp_path_factory.mktemp("ckrun")
-    cfg = compose("train", [*TINY, f"data.root={data_root}", "max_iters=12", "eval_interval=2",
-                            "always_save_checkpoint=true", "export_weights=true"])
+    cfg = compose(
+        "train",
+        [
+            *TINY,
+            f"data.root={data_root}",
+            "max_iters=12",
+            "eval_interval=2",
+            "always_save_checkpoint=true",
+            "export_weights=true",
+        ],
+    )
     logging.getLogger("gptlab").setLevel(logging.INFO)
     return d, train(cfg, d)
 
@@ -64,7 +73,11 @@ def test_malicious_checkpoint_is_refused_and_never_runs(run, compose, tmp_path, 
 
 def test_disk_holds_last_and_best_only_and_reports_sizes(run):
     d, metrics = run
-    assert sorted(p.name for p in d.iterdir() if p.suffix in (".ckpt", ".pt", ".tmp")) == ["best.ckpt", "last.ckpt", EXPORT]
+    assert sorted(p.name for p in d.iterdir() if p.suffix in (".ckpt", ".pt", ".tmp")) == [
+        "best.ckpt",
+        "last.ckpt",
+        EXPORT,
+    ]
     assert not list(d.glob(".*.tmp"))  # no temporary files left behind
     sizes = metrics["checkpoint_bytes"]
     assert sizes == {n: (d / n).stat().st_size for n in ("last.ckpt", "best.ckpt", EXPORT)}

@@ -15,8 +15,15 @@ def tiny_args(data_root, *extra):
 def cli_run(tmp_path_factory, data_root):
     out = tmp_path_factory.mktemp("cli") / "exp1_large_lr"
     # nanoGPT's spelling of the same overrides
-    p = run_cli("gptlab.train", "config/train_shakespeare_char.py", "--max_iters=30", "--eval_interval=15",
-                "--learning_rate=5e-3", f"--out_dir={out}", *tiny_args(data_root, "sample_tokens=40"))
+    p = run_cli(
+        "gptlab.train",
+        "config/train_shakespeare_char.py",
+        "--max_iters=30",
+        "--eval_interval=15",
+        "--learning_rate=5e-3",
+        f"--out_dir={out}",
+        *tiny_args(data_root, "sample_tokens=40"),
+    )
     return p, out
 
 
@@ -34,23 +41,36 @@ def test_train_from_the_command_line(cli_run):
 
 def test_sample_from_a_run(cli_run, tmp_path):
     _, out = cli_run
-    p = run_cli("gptlab.sample", f"ckpt={out}", "start=To be", "num_samples=2", "max_new_tokens=30", "seed=1", "device=cpu")
+    p = run_cli(
+        "gptlab.sample", f"ckpt={out}", "start=To be", "num_samples=2", "max_new_tokens=30", "seed=1", "device=cpu"
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     samples = p.stdout.split("---------------\n")
     assert len([s for s in samples if s.strip()]) == 2
     assert all(s.startswith("To be") for s in samples if s.strip())
     assert all(len(s.rstrip("\n")) == len("To be") + 30 for s in samples if s.strip())
-    again = run_cli("gptlab.sample", f"ckpt={out}", "start=To be", "num_samples=2", "max_new_tokens=30", "seed=1", "device=cpu")
+    again = run_cli(
+        "gptlab.sample", f"ckpt={out}", "start=To be", "num_samples=2", "max_new_tokens=30", "seed=1", "device=cpu"
+    )
     assert again.stdout == p.stdout  # seeded
     prompt = tmp_path / "prompt.txt"
     prompt.write_text("ROMEO:\n")
-    p = run_cli("gptlab.sample", f"ckpt={out / 'last.ckpt'}", f"start=FILE:{prompt}", "num_samples=1", "max_new_tokens=5")
+    p = run_cli(
+        "gptlab.sample", f"ckpt={out / 'last.ckpt'}", f"start=FILE:{prompt}", "num_samples=1", "max_new_tokens=5"
+    )
     assert p.returncode == 0 and p.stdout.startswith("ROMEO:\n")
 
 
 def test_multirun_gives_one_folder_per_job(data_root, tmp_path):
-    p = run_cli("gptlab.train", "-m", "learning_rate=1e-3,5e-3", "max_iters=4", "eval_interval=2",
-                f"out_dir={tmp_path / 'sweep'}", *tiny_args(data_root))
+    p = run_cli(
+        "gptlab.train",
+        "-m",
+        "learning_rate=1e-3,5e-3",
+        "max_iters=4",
+        "eval_interval=2",
+        f"out_dir={tmp_path / 'sweep'}",
+        *tiny_args(data_root),
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     runs = sorted(d.name for d in (tmp_path / "sweep").iterdir() if d.is_dir() and not d.name.startswith("."))
     assert runs == ["0_learning_rate=0.001", "1_learning_rate=0.005"]  # named after the swept key only

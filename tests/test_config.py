@@ -26,16 +26,43 @@ def test_every_config_in_conf_composes(group, compose):
 
 def test_defaults_reproduce_nanogpt_shakespeare_char(compose):
     cfg = compose("profile=gpu", tiny=False)  # the config as written, whatever this machine has
-    expected = dict(batch_size=64, block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2, learning_rate=1e-3,
-                    max_iters=5000, lr_decay_iters=5000, min_lr=1e-4, beta2=0.99, warmup_iters=100, eval_interval=250,
-                    eval_iters=200, log_interval=10, gradient_accumulation_steps=1, weight_decay=0.1, grad_clip=1.0)
+    expected = dict(
+        batch_size=64,
+        block_size=256,
+        n_layer=6,
+        n_head=6,
+        n_embd=384,
+        dropout=0.2,
+        learning_rate=1e-3,
+        max_iters=5000,
+        lr_decay_iters=5000,
+        min_lr=1e-4,
+        beta2=0.99,
+        warmup_iters=100,
+        eval_interval=250,
+        eval_iters=200,
+        log_interval=10,
+        gradient_accumulation_steps=1,
+        weight_decay=0.1,
+        grad_clip=1.0,
+    )
     assert {k: cfg[k] for k in expected} == expected
     assert cfg.data.tokenizer == "char" and cfg.data.name == "shakespeare_char"
 
 
 def test_model_groups_set_the_architecture(compose):
-    shapes = {m: (compose(f"model={m}", tiny=False).n_layer, compose(f"model={m}", tiny=False).n_embd) for m in group_options("model")}
-    assert shapes == {"tiny": (2, 128), "small": (4, 256), "baby": (6, 384), "large": (8, 512), "gpt2": (12, 768), "cpu": (4, 128)}
+    shapes = {
+        m: (compose(f"model={m}", tiny=False).n_layer, compose(f"model={m}", tiny=False).n_embd)
+        for m in group_options("model")
+    }
+    assert shapes == {
+        "tiny": (2, 128),
+        "small": (4, 256),
+        "baby": (6, 384),
+        "large": (8, 512),
+        "gpt2": (12, 768),
+        "cpu": (4, 128),
+    }
 
 
 def test_cpu_profile_fills_only_keys_not_set(compose):
@@ -103,7 +130,13 @@ def test_unknown_key_suggests_the_right_one():
 
 
 def test_nanogpt_style_arguments_translate():
-    args = ["config/train_shakespeare_char.py", "--max_iters=1000", "--learning_rate=5e-3", "--out_dir=exp1_large_lr", "dropout=0.1"]
+    args = [
+        "config/train_shakespeare_char.py",
+        "--max_iters=1000",
+        "--learning_rate=5e-3",
+        "--out_dir=exp1_large_lr",
+        "dropout=0.1",
+    ]
     assert cli.translate_argv(args) == ["max_iters=1000", "learning_rate=5e-3", "out_dir=exp1_large_lr", "dropout=0.1"]
     with pytest.raises(ConfigError, match="config files are not read"):
         cli.translate_argv(["config/train_gpt2.py"])

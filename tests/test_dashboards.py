@@ -18,10 +18,25 @@ from gptlab.report.report import parse_log
 
 # 1.6M parameters (weights, gradients and AdamW's two moments: ~26 MB per job): a job that kept
 # the previous job's model alive would show in the next job's peak memory
-SWEEP = ["experiment=exp3_regularization", "-m", "dropout=0,0.2", "weight_decay=0,0.1",
-         *(o for o in TINY if not o.startswith("dropout=")), "n_embd=256",
-         "max_iters=20", "eval_interval=10", "eval_iters=2", "eval_sample_tokens=40", "sample_tokens=40"]
-RUNS = ["0_dropout=0,weight_decay=0", "1_dropout=0,weight_decay=0.1", "2_dropout=0.2,weight_decay=0", "3_dropout=0.2,weight_decay=0.1"]
+SWEEP = [
+    "experiment=exp3_regularization",
+    "-m",
+    "dropout=0,0.2",
+    "weight_decay=0,0.1",
+    *(o for o in TINY if not o.startswith("dropout=")),
+    "n_embd=256",
+    "max_iters=20",
+    "eval_interval=10",
+    "eval_iters=2",
+    "eval_sample_tokens=40",
+    "sample_tokens=40",
+]
+RUNS = [
+    "0_dropout=0,weight_decay=0",
+    "1_dropout=0,weight_decay=0.1",
+    "2_dropout=0.2,weight_decay=0",
+    "3_dropout=0.2,weight_decay=0.1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +59,10 @@ def test_layout_and_files(sweep):
         assert m["status"] == "ok" and m["iters"] == m["max_iters"] == 20
         assert m["tokens_seen"] == 20 * 8 * 32 and m["tokens_per_s"] > 0 and m["wall_time_s"] > 0
         assert m["params"] > 1.5e6 and m["peak_memory_kind"] == "rss" and m["peak_memory_bytes"] > 100e6
-        assert m["best_val_loss"] == min(e["val_loss"] for e in m["evals"]) and m["best_train_loss"] <= m["final_train_loss"]
+        assert (
+            m["best_val_loss"] == min(e["val_loss"] for e in m["evals"])
+            and m["best_train_loss"] <= m["final_train_loss"]
+        )
         assert [s for s, _ in m["train_curve"]] == [5, 10, 15, 20] and len(m["sample"]) > 0
         steps, train, val = parse_log(run / "training.log")
         assert steps == [0, 10, 20] and val[-1] == pytest.approx(m["final_val_loss"], abs=1e-4)
@@ -70,9 +88,25 @@ def _get(url: str):
 
 def test_tensorboard_serves_the_runs_and_their_tags(sweep):
     port = _free_port()
-    tb = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(sweep), "--host", "127.0.0.1",
-                           "--port", str(port), "--reload_interval", "1"],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    tb = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            "--logdir",
+            str(sweep),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--reload_interval",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
     try:
         base = f"http://127.0.0.1:{port}/data"
         deadline, runs = time.time() + 90, []
@@ -86,14 +120,26 @@ def test_tensorboard_serves_the_runs_and_their_tags(sweep):
         assert sorted(runs) == RUNS  # runs named by what differs
         scalars = _get(f"{base}/plugin/scalars/tags")
         for name in RUNS:
-            assert {"train/loss", "val/loss", "train/lr", "train/grad_norm", "perf/tokens_per_sec",
-                    "by_tokens/train_loss", "by_tokens/val_loss"} <= set(scalars[name]), scalars[name].keys()
+            assert {
+                "train/loss",
+                "val/loss",
+                "train/lr",
+                "train/grad_norm",
+                "perf/tokens_per_sec",
+                "by_tokens/train_loss",
+                "by_tokens/val_loss",
+            } <= set(scalars[name]), scalars[name].keys()
         series = _get(f"{base}/plugin/scalars/scalars?run={urllib.request.quote(RUNS[0])}&tag=by_tokens/val_loss")
         assert [row[1] for row in series] == [0, 10 * 8 * 32, 20 * 8 * 32]  # steps are tokens seen
         text = _get(f"{base}/plugin/text/tags")
-        assert all(any(t.startswith("samples/eval") for t in text[name]) for name in RUNS), text  # torch adds /text_summary
-        req = urllib.request.Request(f"{base}/plugin/hparams/experiment", data=json.dumps({"experimentName": ""}).encode(),
-                                     headers={"Content-Type": "application/json"})
+        assert all(any(t.startswith("samples/eval") for t in text[name]) for name in RUNS), (
+            text
+        )  # torch adds /text_summary
+        req = urllib.request.Request(
+            f"{base}/plugin/hparams/experiment",
+            data=json.dumps({"experimentName": ""}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(req, timeout=10) as r:
             exp = json.loads(r.read())
         hparams = {h["name"] for h in exp["hparamInfos"]}
@@ -109,14 +155,27 @@ def test_tensorboard_serves_the_runs_and_their_tags(sweep):
 def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path, data_root):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     out = tmp_path / "sweep"
-    p = run_cli("gptlab.train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "learning_rate=1e-3,2e-3,-1",
-                *TINY, "max_iters=10", "eval_interval=5", f"data.root={data_root}", f"out_dir={out}")
+    p = run_cli(
+        "gptlab.train",
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "learning_rate=1e-3,2e-3,-1",
+        *TINY,
+        "max_iters=10",
+        "eval_interval=5",
+        f"data.root={data_root}",
+        f"out_dir={out}",
+    )
     assert p.returncode == 1, p.stderr[-3000:]  # the third run's learning rate is refused; the sweep says so
     summary = json.loads((out / "sweep.json").read_text())
     assert [j["status"] for j in summary["jobs"]] == ["ok", "ok", "failed"]
     assert "sweep finished with 1 of 3 runs failed" in p.stderr
     assert "Joblib.Parallel(n_jobs=2" in p.stdout + p.stderr  # Hydra's joblib launcher ran them
-    assert all(json.loads((out / d / "metrics.json").read_text())["iters"] == 10 for d in ("0_learning_rate=0.001", "1_learning_rate=0.002"))
+    assert all(
+        json.loads((out / d / "metrics.json").read_text())["iters"] == 10
+        for d in ("0_learning_rate=0.001", "1_learning_rate=0.002")
+    )
 
 
 def test_report_of_the_sweep(sweep):

@@ -21,7 +21,9 @@ def test_tiny_shakespeare_char_facts(data_root):
 
 
 def test_bpe_prepare(tmp_path):
-    out = prepare_dataset(DataSpec(name="bpe", root=str(tmp_path), source="tinyshakespeare", tokenizer="gpt2"), log=lambda m: None)
+    out = prepare_dataset(
+        DataSpec(name="bpe", root=str(tmp_path), source="tinyshakespeare", tokenizer="gpt2"), log=lambda m: None
+    )
     meta = json.loads((out / "meta.json").read_text())
     assert meta["vocab_size"] == 50257 and meta["eot_token"] == 50256
     assert meta["train_tokens"] == 301_966 and meta["val_tokens"] == 36_059  # nanoGPT's figures
@@ -32,7 +34,9 @@ def test_vocab_over_65535_uses_uint32(tmp_path):
     chars = [chr(c) for c in range(0x100, 0x100 + 75_000) if not 0xD800 <= c <= 0xDFFF][:70_000]
     src = tmp_path / "wide.txt"
     src.write_text("".join(chars) * 2, encoding="utf-8")
-    out = prepare_dataset(DataSpec(name="wide", root=str(tmp_path), path=str(src), tokenizer="char"), log=lambda m: None)
+    out = prepare_dataset(
+        DataSpec(name="wide", root=str(tmp_path), path=str(src), tokenizer="char"), log=lambda m: None
+    )
     meta = json.loads((out / "meta.json").read_text())
     assert meta["vocab_size"] == 70_000 and meta["dtype"] == "uint32"
     ids = np.fromfile(out / "train.bin", dtype=np.uint32)

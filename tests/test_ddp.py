@@ -16,7 +16,14 @@ from gptlab.training.run import train
 HERE = Path(__file__).parent
 # global batch per optimizer step: 8 sequences x 2 micro-batches x 2 processes = 32 (DDP) and
 # 16 x 2 x 1 = 32 (one process)
-COMMON = [*TINY, "max_iters=30", "eval_interval=10", "eval_iters=10", "learning_rate=1e-2", "gradient_accumulation_steps=2"]
+COMMON = [
+    *TINY,
+    "max_iters=30",
+    "eval_interval=10",
+    "eval_iters=10",
+    "learning_rate=1e-2",
+    "gradient_accumulation_steps=2",
+]
 
 
 def _scalars(run: Path, tag: str) -> list[tuple[int, float]]:
@@ -31,8 +38,13 @@ def test_ddp_two_processes_match_one_process_with_the_same_global_batch(tmp_path
     ddp_run, single_run = tmp_path / "ddp", tmp_path / "single"
     args = [*COMMON, "trainer=ddp", "trainer.devices=2", "batch_size=8", f"data.root={data_root}"]
     # a script of ours as __main__: Lightning starts rank 1 by running it again with the same argv
-    p = subprocess.run([sys.executable, str(HERE / "ddp_driver.py"), str(ddp_run), *args],
-                       capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    p = subprocess.run(
+        [sys.executable, str(HERE / "ddp_driver.py"), str(ddp_run), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=os.environ.copy(),
+    )
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     single = train(compose_config("train", [*COMMON, "batch_size=16", f"data.root={data_root}"]), single_run)
 
@@ -83,8 +95,18 @@ def test_ddp_inside_a_multirun(tmp_path, data_root):
     from conftest import run_cli
 
     out = tmp_path / "sweep"
-    p = run_cli("gptlab.train", "-m", "trainer=ddp", "learning_rate=1e-3,1e-2", "max_iters=10", "eval_interval=10",
-                *TINY, f"data.root={data_root}", f"out_dir={out}", cwd=tmp_path)
+    p = run_cli(
+        "gptlab.train",
+        "-m",
+        "trainer=ddp",
+        "learning_rate=1e-3,1e-2",
+        "max_iters=10",
+        "eval_interval=10",
+        *TINY,
+        f"data.root={data_root}",
+        f"out_dir={out}",
+        cwd=tmp_path,
+    )
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     jobs = sorted(d.name for d in out.iterdir() if d.is_dir())
     assert jobs == ["0_learning_rate=0.001", "1_learning_rate=0.01"]

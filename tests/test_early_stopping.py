@@ -20,8 +20,16 @@ def test_stops_when_val_loss_stops_improving(compose, tmp_path, caplog):
     words = "the quick brown fox jumps over lazy dog and cat sat on a mat while birds sing in green trees".split()
     text = tmp_path / "words.txt"
     text.write_text(" ".join(rng.choice(words) for _ in range(500)))
-    cfg = compose("data=text", f"data.path={text}", f"data.root={tmp_path / 'data'}", "block_size=16",
-                  "max_iters=1000", "eval_interval=10", "learning_rate=1e-2", "early_stopping.patience=2")
+    cfg = compose(
+        "data=text",
+        f"data.path={text}",
+        f"data.root={tmp_path / 'data'}",
+        "block_size=16",
+        "max_iters=1000",
+        "eval_interval=10",
+        "learning_rate=1e-2",
+        "early_stopping.patience=2",
+    )
     with caplog.at_level(logging.INFO, logger="gptlab"):
         metrics = train(cfg, tmp_path / "run")
 
@@ -44,16 +52,22 @@ def test_stops_when_val_loss_stops_improving(compose, tmp_path, caplog):
 
 def test_patience_counts_evaluations_during_training(compose, tmp_path):
     # no fall in val loss is as large as 10, so every evaluation after step 0 counts against patience
-    metrics = train(compose("max_iters=100", "eval_interval=5", "early_stopping.patience=3", "early_stopping.min_delta=10"), tmp_path)
+    metrics = train(
+        compose("max_iters=100", "eval_interval=5", "early_stopping.patience=3", "early_stopping.min_delta=10"),
+        tmp_path,
+    )
     # the first evaluation in fit sets the reference; three more without improvement stop the run
     assert metrics["iters"] == 20 and [e["step"] for e in metrics["evals"]] == [0, 5, 10, 15, 20]
     assert "at least 10" in metrics["stop_message"]
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["early_stopping.patience=-1"], "early_stopping.patience must be a whole number"),
-    (["early_stopping.min_delta=-0.1"], "early_stopping.min_delta must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["early_stopping.patience=-1"], "early_stopping.patience must be a whole number"),
+        (["early_stopping.min_delta=-0.1"], "early_stopping.min_delta must be >= 0"),
+    ],
+)
 def test_bad_early_stopping_settings(compose, overrides, message):
     with pytest.raises(ConfigError, match=message):
         validate(compose(*overrides))

@@ -49,7 +49,13 @@ def test_exp1_five_named_variants():
     assert shapes(guide) == [(6, 6, 384)] * 4 + [(8, 8, 512)]
     assert {c.max_iters for c in guide} == {1000}
     cpu = [job_config(r, cpu=True) for r in runs]
-    assert [c.learning_rate for c in cpu] == [1e-3, 5e-3, 1e-4, 1e-3, 1e-3]  # the CPU scale leaves the learning rates alone
+    assert [c.learning_rate for c in cpu] == [
+        1e-3,
+        5e-3,
+        1e-4,
+        1e-3,
+        1e-3,
+    ]  # the CPU scale leaves the learning rates alone
     assert [c.batch_size for c in cpu] == [12, 12, 12, 3, 12] and {c.block_size for c in cpu} == {64}
     assert shapes(cpu) == [(4, 4, 128)] * 4 + [(6, 6, 192)]
     assert {c.max_iters for c in cpu} == {1000} and {c.variant for c in cpu} == set(names)
@@ -77,13 +83,20 @@ def test_exp3_grid_and_command_line_values_replace_the_declared_ones():
     only = jobs("exp3_regularization", "dropout=0.1")
     assert sorted(job_config(r, cpu=False).weight_decay for r in only) == [0.0, 0.1]
     assert {job_config(r, cpu=False).dropout for r in only} == {0.1}
-    assert cli.translate_argv(["experiment=exp3_regularization", "-m", "dropout=0,0.2"])[0] == "-m"  # flags in any order
+    assert (
+        cli.translate_argv(["experiment=exp3_regularization", "-m", "dropout=0,0.2"])[0] == "-m"
+    )  # flags in any order
 
 
 def test_exp4_schedule_grid():
     for cpu in (False, True):
         configs = [job_config(r, cpu) for r in jobs("exp4_lr_schedule")]
-        assert sorted((c.warmup_iters, c.decay_lr) for c in configs) == [(0, False), (0, True), (100, False), (100, True)]
+        assert sorted((c.warmup_iters, c.decay_lr) for c in configs) == [
+            (0, False),
+            (0, True),
+            (100, False),
+            (100, True),
+        ]
         assert {(c.max_iters, c.lr_decay_iters) for c in configs} == {(2000, 2000)}
 
 
@@ -120,8 +133,17 @@ def test_exp2_curves_agree_to_float_tolerance(data_root, tmp_path):
 
     def run(variant):
         tiny = [o for o in TINY if not o.startswith("batch_size=")]  # the variants set the batch layout
-        overrides = ["experiment=exp2_grad_accum", f"variant={variant}", *tiny, f"data.root={data_root}",
-                     "max_iters=12", "eval_interval=4", "eval_iters=2", "log_interval=1", "eval_sample_tokens=0"]
+        overrides = [
+            "experiment=exp2_grad_accum",
+            f"variant={variant}",
+            *tiny,
+            f"data.root={data_root}",
+            "max_iters=12",
+            "eval_interval=4",
+            "eval_iters=2",
+            "log_interval=1",
+            "eval_sample_tokens=0",
+        ]
         return train(cli.compose("train", overrides), tmp_path / variant)
 
     a, b = run("large_batch"), run("grad_accum")

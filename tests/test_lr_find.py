@@ -78,7 +78,9 @@ def test_tuner_restores_weights_optimizer_and_sampler(compose, data_root, tmp_pa
     the optimizer, the schedule and the batch sampler are as before, and no validation ran."""
     cfg = compose("gradient_accumulation_steps=2")
     dm = GPTDataModule(data_root / "shakespeare_char", 32, 8, seed=1)
-    module = GPTModule(GPTConfig(vocab_size=65, block_size=32, n_layer=2, n_head=2, n_embd=32), OptimConfig(learning_rate=1e-3))
+    module = GPTModule(
+        GPTConfig(vocab_size=65, block_size=32, n_layer=2, n_head=2, n_embd=32), OptimConfig(learning_rate=1e-3)
+    )
     before = {k: v.clone() for k, v in module.state_dict().items()}
     trainer = lr_find.search_trainer(resolve_device(cfg), accumulate=2, grad_clip=1.0, root_dir=tmp_path)
     dm.setup("fit")  # the samplers exist, so their state can be compared
@@ -115,7 +117,9 @@ def test_learning_rate_auto_trains_with_the_suggestion(compose, tmp_path):
     chosen = json.loads((tmp_path / "auto" / "lr_find.json").read_text())["suggestion"]
     assert_real_png(tmp_path / "auto" / "lr_find.png")
     used = OmegaConf.load(tmp_path / "auto" / "config.yaml")
-    assert used.learning_rate == pytest.approx(chosen, rel=5e-3) and used.min_lr == pytest.approx(used.learning_rate / 10)
+    assert used.learning_rate == pytest.approx(chosen, rel=5e-3) and used.min_lr == pytest.approx(
+        used.learning_rate / 10
+    )
     # the same run with that number given by hand: identical losses, so the search left no trace
     # (weights, sampler) and the run trained with what it chose
     by_hand = train(compose(f"learning_rate={used.learning_rate}", f"min_lr={used.min_lr}", *common), tmp_path / "hand")
@@ -123,18 +127,23 @@ def test_learning_rate_auto_trains_with_the_suggestion(compose, tmp_path):
     assert metrics["stop_reason"] == "max_iters"
     # resumed, it keeps the rate it chose instead of searching again
     (tmp_path / "auto" / "lr_find.json").unlink()
-    resumed = train(compose("learning_rate=auto", "init_from=resume", "max_iters=30", "eval_interval=10"), tmp_path / "auto")
+    resumed = train(
+        compose("learning_rate=auto", "init_from=resume", "max_iters=30", "eval_interval=10"), tmp_path / "auto"
+    )
     assert resumed["iters"] == 30 and not (tmp_path / "auto" / "lr_find.json").exists()
     assert OmegaConf.load(tmp_path / "auto" / "config.yaml").learning_rate == used.learning_rate
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["learning_rate=0"], "learning_rate must be > 0, or auto"),
-    (["learning_rate=auto", "eval_only=true"], "eval_only trains nothing"),
-    (["lr_find.min_lr=1", "lr_find.max_lr=0.1"], "0 < lr_find.min_lr < lr_find.max_lr"),
-    (["lr_find.rule=valley"], "lr_find.rule must be one of steepest, minimum"),
-    (["lr_find.num_steps=5"], "lr_find.num_steps must be an integer >= 20"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["learning_rate=0"], "learning_rate must be > 0, or auto"),
+        (["learning_rate=auto", "eval_only=true"], "eval_only trains nothing"),
+        (["lr_find.min_lr=1", "lr_find.max_lr=0.1"], "0 < lr_find.min_lr < lr_find.max_lr"),
+        (["lr_find.rule=valley"], "lr_find.rule must be one of steepest, minimum"),
+        (["lr_find.num_steps=5"], "lr_find.num_steps must be an integer >= 20"),
+    ],
+)
 def test_bad_lr_find_settings(compose, overrides, message):
     with pytest.raises(ConfigError, match=message):
         validate(compose(*overrides))

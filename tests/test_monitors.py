@@ -18,9 +18,13 @@ from gptlab.training.run import train
 
 
 def test_inspect_shows_y_as_x_shifted(data_root, capsys):
-    gl_inspect.main([f"data.root={data_root}", "batch_size=4", "block_size=40", "rows=3", "show_tokens=40", "profile=none"])
+    gl_inspect.main(
+        [f"data.root={data_root}", "batch_size=4", "block_size=40", "rows=3", "show_tokens=40", "profile=none"]
+    )
     out = capsys.readouterr().out
-    assert "X (4, 40) torch.int64, Y (4, 40) torch.int64" in out and "vocab 65" in out and "train 1,003,854 tokens" in out
+    assert (
+        "X (4, 40) torch.int64, Y (4, 40) torch.int64" in out and "vocab 65" in out and "train 1,003,854 tokens" in out
+    )
     xs = [eval(line.split(": ", 1)[1]) for line in out.splitlines() if line.startswith("  X text")]
     ys = [eval(line.split(": ", 1)[1]) for line in out.splitlines() if line.startswith("  Y text")]
     assert len(xs) == len(ys) == 3
@@ -34,13 +38,23 @@ def _layer_run(data_root, tamper, steps=3):
     torch.manual_seed(0)
     from gptlab.model import GPTConfig
 
-    module = GPTModule(GPTConfig(vocab_size=65, block_size=32, n_layer=4, n_head=2, n_embd=32, bias=False), optim_config_default())
+    module = GPTModule(
+        GPTConfig(vocab_size=65, block_size=32, n_layer=4, n_head=2, n_embd=32, bias=False), optim_config_default()
+    )
     tamper(module.model)
     dm = GPTDataModule(data_root / "shakespeare_char", 32, 8)
     cb = LayerGradients(interval=1, histograms=False)
-    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[cb],
-                        limit_val_batches=0, num_sanity_val_steps=0)
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[cb],
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(module, datamodule=dm)
     return cb.flagged
 
@@ -87,8 +101,18 @@ def monitored_run(tmp_path_factory, data_root):
     from gptlab.cli.common import compose
 
     run = tmp_path_factory.mktemp("mon")
-    cfg = compose("train", [*TINY, f"data.root={data_root}", "max_iters=40", "eval_interval=20",
-                            "monitor.layer_interval=10", "log_interval=10", "grad_clip=0.5"])
+    cfg = compose(
+        "train",
+        [
+            *TINY,
+            f"data.root={data_root}",
+            "max_iters=40",
+            "eval_interval=20",
+            "monitor.layer_interval=10",
+            "log_interval=10",
+            "grad_clip=0.5",
+        ],
+    )
     return run, train(cfg, run)
 
 
@@ -99,14 +123,23 @@ def test_gradient_monitoring_in_tensorboard_and_metrics(monitored_run):
     ea = EventAccumulator(str(run), size_guidance={"histograms": 0, "scalars": 0})
     ea.Reload()
     scalars = set(ea.Tags()["scalars"])
-    assert {"train/grad_norm", "grad/clipped_frac", "grad_layer/h0.attn", "grad_layer/wte/head", "update_ratio/h1.mlp",
-            "init/val_loss", "init/random_guess_loss"} <= scalars
+    assert {
+        "train/grad_norm",
+        "grad/clipped_frac",
+        "grad_layer/h0.attn",
+        "grad_layer/wte/head",
+        "update_ratio/h1.mlp",
+        "init/val_loss",
+        "init/random_guess_loss",
+    } <= scalars
     assert [e.step for e in ea.Scalars("train/grad_norm")] == [10, 20, 30, 40]
     assert {"grad_hist/h0.mlp", "weight_hist/ln_f"} <= set(ea.Tags()["histograms"])
     ratios = [e.value for e in ea.Scalars("update_ratio/h1.mlp")]
     assert all(1e-6 < r < 1 for r in ratios)
     assert 0.0 <= metrics["grad_clipped_frac"] <= 1.0
-    assert abs(metrics["initial_val_loss"] - math.log(65)) < 0.5 and metrics["random_guess_loss"] == pytest.approx(math.log(65))
+    assert abs(metrics["initial_val_loss"] - math.log(65)) < 0.5 and metrics["random_guess_loss"] == pytest.approx(
+        math.log(65)
+    )
 
 
 def test_gradviz_writes_heatmap_and_verdict(monitored_run, capsys):
@@ -235,7 +268,9 @@ def test_histograms_counted_on_the_device_read_back_by_tensorboard(tmp_path):
     ea.Reload()
     h = ea.Histograms("h")[0]
     assert h.step == 3 and h.histogram_value.num == 10_000 and sum(h.histogram_value.bucket) == 10_000
-    assert h.histogram_value.min == pytest.approx(float(v.min())) and h.histogram_value.max == pytest.approx(float(v.max()))
+    assert h.histogram_value.min == pytest.approx(float(v.min())) and h.histogram_value.max == pytest.approx(
+        float(v.max())
+    )
     assert h.histogram_value.sum_squares == pytest.approx(float((v * v).sum()), rel=1e-5)
     # the middle buckets hold the most: a normal distribution, not an empty or flat one
     counts = h.histogram_value.bucket

@@ -41,7 +41,9 @@ def char_texts(d, split="train"):
 
 def tiny_model(block_size=64):
     torch.manual_seed(0)
-    return GPT(GPTConfig(vocab_size=65, block_size=block_size, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=False)).eval()
+    return GPT(
+        GPTConfig(vocab_size=65, block_size=block_size, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=False)
+    ).eval()
 
 
 # --------------------------------------------------------------------------- prepare
@@ -73,7 +75,9 @@ def test_folder_of_files_one_document_each(tmp_path):
     texts = ["alpha one\n\nstill alpha", "beta " * 20, "gamma " * 40]
     for i, t in enumerate(texts):
         (folder / f"{i}.txt").write_text(t)
-    out = prepare_dataset(DataSpec(name="f", root=str(tmp_path), path=str(folder), documents="files", val_fraction=0.2), **QUIET)
+    out = prepare_dataset(
+        DataSpec(name="f", root=str(tmp_path), path=str(folder), documents="files", val_fraction=0.2), **QUIET
+    )
     train, val = char_texts(out, "train"), char_texts(out, "val")
     # a blank line inside a file does not start a document; the last file is cut by the val split
     assert train[:2] == [texts[0] + "\n\n", texts[1] + "\n\n"]
@@ -87,7 +91,10 @@ def test_eot_token_files_and_marked_text(tmp_path):
     stories = [f"Story {i}: " + "once upon a time " * (i % 7 + 1) for i in range(40)]
     ids = [t for s in stories for t in [*enc.encode_ordinary(s), enc.eot_token]]
     np.array(ids, dtype=np.uint16).tofile(tmp_path / "owt.bin")  # nanoGPT's train.bin layout
-    out = prepare_dataset(DataSpec(name="tok", root=str(tmp_path), path=str(tmp_path / "owt.bin"), tokenizer="gpt2", documents="eot"), **QUIET)
+    out = prepare_dataset(
+        DataSpec(name="tok", root=str(tmp_path), path=str(tmp_path / "owt.bin"), tokenizer="gpt2", documents="eot"),
+        **QUIET,
+    )
     docs, meta = split_docs(out)
     assert meta["documents"]["kind"] == "eot" and meta["eot_token"] == enc.eot_token
     assert [enc.decode(d.tolist()) for d in docs[:3]] == [s + "<|endoftext|>" for s in stories[:3]]
@@ -95,18 +102,29 @@ def test_eot_token_files_and_marked_text(tmp_path):
 
     # the same stories as a text with <|endoftext|> markers: the markers become the EOT token
     (tmp_path / "stories.txt").write_text("<|endoftext|>".join(stories))
-    out = prepare_dataset(DataSpec(name="txt", root=str(tmp_path), path=str(tmp_path / "stories.txt"), tokenizer="gpt2", documents="eot"), **QUIET)
+    out = prepare_dataset(
+        DataSpec(name="txt", root=str(tmp_path), path=str(tmp_path / "stories.txt"), tokenizer="gpt2", documents="eot"),
+        **QUIET,
+    )
     text_docs, _ = split_docs(out)
     assert [d.tolist() for d in text_docs[:5]] == [d.tolist() for d in docs[:5]]
 
     with pytest.raises(DataError, match="tokenizer=gpt2"):
-        prepare_dataset(DataSpec(name="c", root=str(tmp_path), path=str(tmp_path / "stories.txt"), documents="eot"), **QUIET)
+        prepare_dataset(
+            DataSpec(name="c", root=str(tmp_path), path=str(tmp_path / "stories.txt"), documents="eot"), **QUIET
+        )
     (tmp_path / "plain.txt").write_text("no markers here " * 50)
     with pytest.raises(DataError, match="no <\\|endoftext\\|>"):
-        prepare_dataset(DataSpec(name="p", root=str(tmp_path), path=str(tmp_path / "plain.txt"), tokenizer="gpt2", documents="eot"), **QUIET)
+        prepare_dataset(
+            DataSpec(name="p", root=str(tmp_path), path=str(tmp_path / "plain.txt"), tokenizer="gpt2", documents="eot"),
+            **QUIET,
+        )
     (tmp_path / "odd.bin").write_bytes(b"\x01\x02\x03")
     with pytest.raises(DataError, match="odd number of bytes"):
-        prepare_dataset(DataSpec(name="o", root=str(tmp_path), path=str(tmp_path / "odd.bin"), tokenizer="gpt2", documents="eot"), **QUIET)
+        prepare_dataset(
+            DataSpec(name="o", root=str(tmp_path), path=str(tmp_path / "odd.bin"), tokenizer="gpt2", documents="eot"),
+            **QUIET,
+        )
     assert not any((tmp_path / n).exists() for n in ("c", "p", "o"))
 
 
@@ -194,16 +212,23 @@ def test_padded_loss_equals_each_document_alone(data_root):
         x, y, kw = unpack_batch(b)
         logits, loss = model(x, y, **kw)
         # every document run alone, unpadded; the padded batch's loss is the mean over all their tokens
-        token_losses = [F.cross_entropy(model(x[i : i + 1, :k], y[i : i + 1, :k])[0][0], y[i, :k], reduction="sum") for i, k in enumerate(n.tolist())]
+        token_losses = [
+            F.cross_entropy(model(x[i : i + 1, :k], y[i : i + 1, :k])[0][0], y[i, :k], reduction="sum")
+            for i, k in enumerate(n.tolist())
+        ]
         assert loss.item() == pytest.approx(sum(t.item() for t in token_losses) / n.sum().item(), rel=1e-5)
         # whatever the padding holds, the real tokens' logits do not change: it is masked
         pad = y == IGNORE
         logits2, loss2 = model(torch.where(pad, torch.randint(0, 65, x.shape), x), y, **kw)
-        assert torch.allclose(logits[~pad], logits2[~pad], atol=1e-5) and loss2.item() == pytest.approx(loss.item(), rel=1e-6)
+        assert torch.allclose(logits[~pad], logits2[~pad], atol=1e-5) and loss2.item() == pytest.approx(
+            loss.item(), rel=1e-6
+        )
 
 
 def test_bucketing_reduces_padding_on_shakespeare_speeches(data_root):
-    s = document_stats(data_root / "shakespeare_char", block_size=256, batch_size=64, bucket_batches=16, seed=0, n_batches=64)
+    s = document_stats(
+        data_root / "shakespeare_char", block_size=256, batch_size=64, bucket_batches=16, seed=0, n_batches=64
+    )
     eff = s["efficiency"]
     # measured: real tokens fill ~45% of a random batch of speeches, ~94% of a bucketed one
     assert eff["padded, no bucketing"] < 0.6 and eff["padded, bucket_batches=16"] > 0.85
@@ -261,7 +286,9 @@ def test_docstats_command(data_root, capsys):
 
     main([f"data.root={data_root}", "block_size=256", "batch_size=64", "profile=none"])
     out = capsys.readouterr().out
-    assert "6,283 documents (blank_lines)" in out and "padded, bucket_batches=16" in out and "padded, no bucketing" in out
+    assert (
+        "6,283 documents (blank_lines)" in out and "padded, bucket_batches=16" in out and "padded, no bucketing" in out
+    )
 
 
 def test_padded_run_resumes_exactly(compose, tmp_path):
@@ -273,6 +300,9 @@ def test_padded_run_resumes_exactly(compose, tmp_path):
     train(compose(*args, "max_iters=12"), tmp_path / "straight")
     train(compose(*args, "max_iters=6"), tmp_path / "resumed")
     train(compose(*args, "max_iters=12", "init_from=resume"), tmp_path / "resumed")
-    want, got = tb_scalars(tmp_path / "straight", "train/batch_loss"), tb_scalars(tmp_path / "resumed", "train/batch_loss")
+    want, got = (
+        tb_scalars(tmp_path / "straight", "train/batch_loss"),
+        tb_scalars(tmp_path / "resumed", "train/batch_loss"),
+    )
     assert sorted(got) == list(range(1, 13))
     assert [got[s] for s in range(7, 13)] == pytest.approx([want[s] for s in range(7, 13)], abs=1e-6)

@@ -17,8 +17,17 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 QUESTION = "did token masking narrow the train-val gap, and at what cost in val loss?"
 
 
-TINY_EXP6 = ["max_iters=10", "eval_interval=5", "warmup_iters=2", "eval_iters=2", "n_layer=1", "n_head=2",
-             "n_embd=32", "block_size=32", "device=cpu"]
+TINY_EXP6 = [
+    "max_iters=10",
+    "eval_interval=5",
+    "warmup_iters=2",
+    "eval_iters=2",
+    "n_layer=1",
+    "n_head=2",
+    "n_embd=32",
+    "block_size=32",
+    "device=cpu",
+]
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +71,15 @@ def test_report_on_the_exp6_runs(exp6_runs, capsys):
 def test_exp6_sweep_and_report_from_the_command_line(tmp_path, data_root):
     """The experiment as a user runs it: hydra.sweeper.params makes three jobs; then the report."""
     out = tmp_path / "sweep"
-    p = run_cli("gptlab.train", "experiment=exp6_augmentation", "-m", f"out_dir={out}", f"data.root={data_root}", *TINY_EXP6)
+    p = run_cli(
+        "gptlab.train", "experiment=exp6_augmentation", "-m", f"out_dir={out}", f"data.root={data_root}", *TINY_EXP6
+    )
     assert p.returncode == 0, p.stderr[-3000:]
-    assert sorted(d.name for d in out.iterdir() if d.is_dir()) == ["0_augment.mask_prob=0", "1_augment.mask_prob=0.1", "2_augment.mask_prob=0.2"]
+    assert sorted(d.name for d in out.iterdir() if d.is_dir()) == [
+        "0_augment.mask_prob=0",
+        "1_augment.mask_prob=0.1",
+        "2_augment.mask_prob=0.2",
+    ]
     p = run_cli("gptlab.report", str(out))
     assert p.returncode == 0, p.stderr[-3000:]
     check_report(out)
@@ -74,11 +89,28 @@ def fake_run(folder, job, p, train_loss, val_loss, best, question=True):
     d = folder / f"{job}_augment.mask_prob={p}"
     (d / ".hydra").mkdir(parents=True)
     (d / ".hydra" / "overrides.yaml").write_text(f"- augment.mask_prob={p}\n- max_iters=100\n")
-    (d / "metrics.json").write_text(json.dumps({"final_train_loss": train_loss, "final_val_loss": val_loss,
-                                                "best_val_loss": best, "best_step": 100, "iters": 100}))
-    (d / "training.log").write_text(f"step 0: train loss 4.1000, val loss 4.1000\nstep 100: train loss {train_loss:.4f}, val loss {val_loss:.4f}\n")
-    node = (f"report:\n  question: {QUESTION}\n  metric: gap\n  goal: lower\n  baseline: augment.mask_prob=0\n"
-            "  cost: best_val_loss\n") if question else "report:\n  question: null\n"
+    (d / "metrics.json").write_text(
+        json.dumps(
+            {
+                "final_train_loss": train_loss,
+                "final_val_loss": val_loss,
+                "best_val_loss": best,
+                "best_step": 100,
+                "iters": 100,
+            }
+        )
+    )
+    (d / "training.log").write_text(
+        f"step 0: train loss 4.1000, val loss 4.1000\nstep 100: train loss {train_loss:.4f}, val loss {val_loss:.4f}\n"
+    )
+    node = (
+        (
+            f"report:\n  question: {QUESTION}\n  metric: gap\n  goal: lower\n  baseline: augment.mask_prob=0\n"
+            "  cost: best_val_loss\n"
+        )
+        if question
+        else "report:\n  question: null\n"
+    )
     (d / "config.yaml").write_text(node)
 
 
@@ -90,7 +122,9 @@ def test_verdict_reads_the_question_from_the_runs_config(tmp_path):
     line = report.verdict(runs, report.swept_keys(runs))
     assert line.startswith(QUESTION + " -> yes: gap 0.5000 at augment.mask_prob=0;")
     assert "0.2000 at augment.mask_prob=0.1 (-0.3000)" in line
-    assert "Cost in best_val_loss (vs 1.7000): +0.0500 at augment.mask_prob=0.1; +0.1000 at augment.mask_prob=0.2" in line
+    assert (
+        "Cost in best_val_loss (vs 1.7000): +0.0500 at augment.mask_prob=0.1; +0.1000 at augment.mask_prob=0.2" in line
+    )
     fake_run(tmp_path / "plain", 0, "0", 1.4, 1.9, 1.7, question=False)
     fake_run(tmp_path / "plain", 1, "0.1", 1.6, 1.8, 1.65, question=False)
     runs = report.load_runs(tmp_path / "plain")
@@ -110,18 +144,48 @@ def test_multirun_flag_may_follow_the_overrides():
     # `python -m gptlab.train experiment=exp6_augmentation -m`: Hydra's parser wants -m first
     from gptlab.cli.common import translate_argv
 
-    assert translate_argv(["experiment=exp6_augmentation", "-m", "--max_iters=5"]) == ["-m", "experiment=exp6_augmentation", "max_iters=5"]
+    assert translate_argv(["experiment=exp6_augmentation", "-m", "--max_iters=5"]) == [
+        "-m",
+        "experiment=exp6_augmentation",
+        "max_iters=5",
+    ]
 
 
 # --- the guide's five experiments, on synthetic run folders laid out as a sweep writes them
 
-BASE_CONFIG = {"n_layer": 6, "n_head": 6, "n_embd": 384, "learning_rate": 1e-3, "batch_size": 64,
-               "gradient_accumulation_steps": 1, "dropout": 0.2, "weight_decay": 0.1, "warmup_iters": 100,
-               "decay_lr": True, "max_iters": 1000, "seed": 1337, "variant": None}
+BASE_CONFIG = {
+    "n_layer": 6,
+    "n_head": 6,
+    "n_embd": 384,
+    "learning_rate": 1e-3,
+    "batch_size": 64,
+    "gradient_accumulation_steps": 1,
+    "dropout": 0.2,
+    "weight_decay": 0.1,
+    "warmup_iters": 100,
+    "decay_lr": True,
+    "max_iters": 1000,
+    "seed": 1337,
+    "variant": None,
+}
 
 
-def write_run(sweep, name, train, gap=0.1, *, settings=(), variant=None, analysis=None, status="ok", error=None,
-              steps=range(0, 1001, 100), dense=None, metrics=(), question="what changed?"):
+def write_run(
+    sweep,
+    name,
+    train,
+    gap=0.1,
+    *,
+    settings=(),
+    variant=None,
+    analysis=None,
+    status="ok",
+    error=None,
+    steps=range(0, 1001, 100),
+    dense=None,
+    metrics=(),
+    question="what changed?",
+):
     """A run folder as gptlab writes it: config.yaml, .hydra/overrides.yaml, training.log (EVAL_LINE's
     format) and metrics.json. `train`: step -> train loss at the evaluations; val = train + gap."""
     d = sweep / name
@@ -129,20 +193,47 @@ def write_run(sweep, name, train, gap=0.1, *, settings=(), variant=None, analysi
     settings = dict(settings)
     overrides = [f"variant={variant}"] if variant else [f"{k}={v}" for k, v in settings.items()]
     (d / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
-    cfg = {**BASE_CONFIG, **settings, "variant": variant,
-           "report": {"question": question, "analysis": analysis, "metric": "best_val_loss", "goal": "lower", "baseline": None, "cost": None}}
+    cfg = {
+        **BASE_CONFIG,
+        **settings,
+        "variant": variant,
+        "report": {
+            "question": question,
+            "analysis": analysis,
+            "metric": "best_val_loss",
+            "goal": "lower",
+            "baseline": None,
+            "cost": None,
+        },
+    }
     (d / "config.yaml").write_text(json.dumps(cfg))  # JSON is YAML
     evals = [{"step": s, "train_loss": train(s), "val_loss": train(s) + gap} for s in steps]
-    (d / "training.log").write_text("some other line\n" + "".join(
-        f"step {e['step']}: train loss {e['train_loss']:.4f}, val loss {e['val_loss']:.4f}\n" for e in evals))
+    (d / "training.log").write_text(
+        "some other line\n"
+        + "".join(f"step {e['step']}: train loss {e['train_loss']:.4f}, val loss {e['val_loss']:.4f}\n" for e in evals)
+    )
     finite = [e for e in evals if e["val_loss"] == e["val_loss"]]
     best = min(finite, key=lambda e: e["val_loss"])
-    m = {"status": status, "iters": evals[-1]["step"], "max_iters": cfg["max_iters"], "evals": evals,
-         "final_train_loss": evals[-1]["train_loss"], "final_val_loss": evals[-1]["val_loss"],
-         "best_val_loss": best["val_loss"], "best_step": best["step"], "stop_reason": "max_iters",
-         "train_curve": [[s, train(s) + 0.02] for s in (dense or range(10, evals[-1]["step"] + 1, 10))],
-         "tokens_per_s": 9800.0, "wall_time_s": 95.2, "peak_memory_bytes": 450_000_000, "peak_memory_kind": "rss",
-         "params": 800_000, "vocab_size": 65, "sample": "ROMEO:\nline two\nthree\nfour\nfive is not shown\n", **dict(metrics)}
+    m = {
+        "status": status,
+        "iters": evals[-1]["step"],
+        "max_iters": cfg["max_iters"],
+        "evals": evals,
+        "final_train_loss": evals[-1]["train_loss"],
+        "final_val_loss": evals[-1]["val_loss"],
+        "best_val_loss": best["val_loss"],
+        "best_step": best["step"],
+        "stop_reason": "max_iters",
+        "train_curve": [[s, train(s) + 0.02] for s in (dense or range(10, evals[-1]["step"] + 1, 10))],
+        "tokens_per_s": 9800.0,
+        "wall_time_s": 95.2,
+        "peak_memory_bytes": 450_000_000,
+        "peak_memory_kind": "rss",
+        "params": 800_000,
+        "vocab_size": 65,
+        "sample": "ROMEO:\nline two\nthree\nfour\nfive is not shown\n",
+        **dict(metrics),
+    }
     if error:
         m["error"] = error
     (d / "metrics.json").write_text(json.dumps(m))
@@ -168,13 +259,29 @@ def decay(floor, rate=100.0, start=4.2):
 def test_hparams_names_the_lowest_val_loss_and_the_unstable_runs(tmp_path):
     q = "how do learning rate, batch size and model size change training?"
     oscillating = dict(zip(range(0, 1001, 100), [4.2, 3.0, 2.5, 2.7, 2.3, 2.5, 2.2, 2.4, 2.2, 2.25, 2.2]))
-    runs = [("0_baseline", "baseline", decay(1.45), {}), ("1_large_lr", "large_lr", lambda s: oscillating[s // 100 * 100], {"learning_rate": 5e-3}),
-            ("2_small_lr", "small_lr", lambda s: 4.2 - 2.0 * s / 1000, {"learning_rate": 1e-4}),
-            ("3_small_batch", "small_batch", decay(1.6, 300), {"batch_size": 16}),
-            ("4_large_model", "large_model", lambda s: 4.2 - s / 500 if s <= 500 else 3.2 + (s - 500) / 100, {"n_layer": 8, "n_embd": 512})]
+    runs = [
+        ("0_baseline", "baseline", decay(1.45), {}),
+        ("1_large_lr", "large_lr", lambda s: oscillating[s // 100 * 100], {"learning_rate": 5e-3}),
+        ("2_small_lr", "small_lr", lambda s: 4.2 - 2.0 * s / 1000, {"learning_rate": 1e-4}),
+        ("3_small_batch", "small_batch", decay(1.6, 300), {"batch_size": 16}),
+        (
+            "4_large_model",
+            "large_model",
+            lambda s: 4.2 - s / 500 if s <= 500 else 3.2 + (s - 500) / 100,
+            {"n_layer": 8, "n_embd": 512},
+        ),
+    ]
     for name, variant, f, settings in runs:
-        write_run(tmp_path, name, f, settings=settings, variant=variant, analysis="hparams", question=q,
-                  status="diverged" if variant == "large_model" else "ok")
+        write_run(
+            tmp_path,
+            name,
+            f,
+            settings=settings,
+            variant=variant,
+            analysis="hparams",
+            question=q,
+            status="diverged" if variant == "large_model" else "ok",
+        )
     text = report.report(tmp_path)
     assert f"## {q}" in text
     line = verdict_line(text)
@@ -190,7 +297,10 @@ def test_hparams_names_the_lowest_val_loss_and_the_unstable_runs(tmp_path):
     assert "early loss drop (first 10% of max_iters): 4.200 -> 3.020 over steps 0-100 (-1.180), fast" in one
     assert "convergence: **oscillating**" in one and "peak memory 450 MB RSS" in one and "9,800 tokens/s" in one
     assert "  ROMEO:\n  line two\n  three\n  four\n  ```" in one  # four lines of the sample, no more
-    assert "small_lr" in section(text, "## Each run").split("### ")[3] and ", slow" in section(text, "## Each run").split("### ")[3]
+    assert (
+        "small_lr" in section(text, "## Each run").split("### ")[3]
+        and ", slow" in section(text, "## Each run").split("### ")[3]
+    )
     for png in ("loss_curves.png", "comparison.png"):
         assert (tmp_path / png).read_bytes()[:8] == PNG_MAGIC
 
@@ -199,12 +309,29 @@ def test_grad_accum_same_curves_or_not(tmp_path):
     f = decay(1.8)
     for name, shift in [("same", 0.0), ("shifted", 0.05)]:
         sweep = tmp_path / name
-        write_run(sweep, "0_large_batch", f, variant="large_batch", analysis="grad_accum",
-                  settings={"batch_size": 64, "gradient_accumulation_steps": 1}, metrics={"wall_time_s": 100.0})
-        write_run(sweep, "1_grad_accum", lambda s, shift=shift: f(s) + shift, variant="grad_accum", analysis="grad_accum",
-                  settings={"batch_size": 16, "gradient_accumulation_steps": 4}, metrics={"wall_time_s": 112.0})
+        write_run(
+            sweep,
+            "0_large_batch",
+            f,
+            variant="large_batch",
+            analysis="grad_accum",
+            settings={"batch_size": 64, "gradient_accumulation_steps": 1},
+            metrics={"wall_time_s": 100.0},
+        )
+        write_run(
+            sweep,
+            "1_grad_accum",
+            lambda s, shift=shift: f(s) + shift,
+            variant="grad_accum",
+            analysis="grad_accum",
+            settings={"batch_size": 16, "gradient_accumulation_steps": 4},
+            metrics={"wall_time_s": 112.0},
+        )
         text = report.report(sweep)
-        assert "effective batch = batch_size × gradient_accumulation_steps: large_batch 64 × 1 = 64; grad_accum 16 × 4 = 64." in text
+        assert (
+            "effective batch = batch_size × gradient_accumulation_steps: large_batch 64 × 1 = 64; grad_accum 16 × 4 = 64."
+            in text
+        )
         assert "wall time grad_accum / large_batch: 1.12×" in text
         line = verdict_line(text)
         if shift == 0:
@@ -217,43 +344,80 @@ def test_grad_accum_same_curves_or_not(tmp_path):
 def test_regularization_names_the_gap_it_closed(tmp_path):
     settings = [(0, 0, 0.5), (0.2, 0, 0.2), (0, 0.1, 0.4), (0.2, 0.1, 0.1), (0.1, 0, 0.5)]
     for job, (p, wd, gap) in enumerate(settings):
-        write_run(tmp_path, f"{job}_dropout={p},weight_decay={wd}", decay(1.2 + gap / 2), gap, analysis="regularization",
-                  settings={"dropout": p, "weight_decay": wd}, steps=range(0, 5001, 500))
+        write_run(
+            tmp_path,
+            f"{job}_dropout={p},weight_decay={wd}",
+            decay(1.2 + gap / 2),
+            gap,
+            analysis="regularization",
+            settings={"dropout": p, "weight_decay": wd},
+            steps=range(0, 5001, 500),
+        )
     text = report.report(tmp_path)
     table = section(text, "## what changed?")
     assert "| dropout=0.2, weight_decay=0.1 | 0.2 | 0.1 | 1.2500 | 1.3500 | 0.1000 | no | +0.400 | 1.3500 |" in table
     assert "| dropout=0.1, weight_decay=0 | 0.1 | 0 | 1.4500 | 1.9500 | 0.5000 | yes | +0.000 | 1.9500 |" in table
     line = verdict_line(text)
     assert "the baseline dropout=0, weight_decay=0 overfits (gap 0.500 > 0.1; best val 1.9500)" in line
-    assert ("closed the gap most: **dropout=0.2, weight_decay=0.1**: gap 0.500 -> 0.100 (-0.400), best val 1.3500 "
-            "(-0.6000 vs the baseline's)") in line
+    assert (
+        "closed the gap most: **dropout=0.2, weight_decay=0.1**: gap 0.500 -> 0.100 (-0.400), best val 1.3500 "
+        "(-0.6000 vs the baseline's)"
+    ) in line
 
 
 def test_lr_schedule_windows_and_the_lowest_end(tmp_path):
-    for job, (warm, decay_lr, floor) in enumerate([(0, False, 1.7), (100, False, 1.65), (0, True, 1.6), (100, True, 1.5)]):
-        write_run(tmp_path, f"{job}_warmup_iters={warm},decay_lr={decay_lr}", decay(floor, 300), analysis="lr_schedule",
-                  settings={"warmup_iters": warm, "decay_lr": decay_lr}, steps=range(0, 2001, 250))
+    for job, (warm, decay_lr, floor) in enumerate(
+        [(0, False, 1.7), (100, False, 1.65), (0, True, 1.6), (100, True, 1.5)]
+    ):
+        write_run(
+            tmp_path,
+            f"{job}_warmup_iters={warm},decay_lr={decay_lr}",
+            decay(floor, 300),
+            analysis="lr_schedule",
+            settings={"warmup_iters": warm, "decay_lr": decay_lr},
+            steps=range(0, 2001, 250),
+        )
     text = report.report(tmp_path)
     # warmup + decay's windows: step 0 (the evaluation) to the train_curve point at 100, and steps 1800-2000
     f = decay(1.5, 300)
     first, last = f(100) + 0.02 - f(0), f(2000) - f(1800)
     row = next(ln for ln in text.splitlines() if ln.startswith("| decay_lr=True, warmup_iters=100 |"))
-    assert f"| warmup + decay | 100 | True | {first:+.3f} (steps 0-100: 4.200 -> {f(100) + 0.02:.3f}) | {last:+.3f} (steps 1800-2000:" in row
+    assert (
+        f"| warmup + decay | 100 | True | {first:+.3f} (steps 0-100: 4.200 -> {f(100) + 0.02:.3f}) | {last:+.3f} (steps 1800-2000:"
+        in row
+    )
     assert "| no schedule | 0 | False |" in text and "| decay only | 0 | True |" in text
-    assert verdict_line(text).startswith("**Verdict:** ended lowest: **warmup + decay** (decay_lr=True, warmup_iters=100, final val 1.6034")
+    assert verdict_line(text).startswith(
+        "**Verdict:** ended lowest: **warmup + decay** (decay_lr=True, warmup_iters=100, final val 1.6034"
+    )
 
 
 def test_scaling_table_figure_and_verdict(tmp_path):
-    sizes = [("tiny", 2, 2, 128, 2.0), ("small", 4, 4, 256, 1.7), ("medium", 6, 6, 384, 1.55), ("large", 8, 8, 512, 1.5)]
+    sizes = [
+        ("tiny", 2, 2, 128, 2.0),
+        ("small", 4, 4, 256, 1.7),
+        ("medium", 6, 6, 384, 1.55),
+        ("large", 8, 8, 512, 1.5),
+    ]
     for job, (name, nl, nh, ne, val) in enumerate(sizes):
         params = nl * 12 * ne * ne + 65 * ne + 1000 * nl  # "exact" counts, a little off the formula
-        write_run(tmp_path, f"{job}_{name}", decay(val - 0.1), 0.1, variant=name, analysis="scaling",
-                  settings={"n_layer": nl, "n_head": nh, "n_embd": ne}, metrics={"params": params})
+        write_run(
+            tmp_path,
+            f"{job}_{name}",
+            decay(val - 0.1),
+            0.1,
+            variant=name,
+            analysis="scaling",
+            settings={"n_layer": nl, "n_head": nh, "n_embd": ne},
+            metrics={"params": params},
+        )
     text = report.report(tmp_path)
     assert "| tiny | 2 | 2 | 128 | 532,608 | 403,536 | 2.0001 |" in text  # 2·16·128² + 65·128
     assert "| large | 8 | 8 | 512 | 33,587,712 |" in text
     line = verdict_line(text)
-    assert line.startswith("**Verdict:** val loss falls with every increase in size: **yes** -- tiny -> small: -0.3000 (0.335 per 10× parameters)")
+    assert line.startswith(
+        "**Verdict:** val loss falls with every increase in size: **yes** -- tiny -> small: -0.3000 (0.335 per 10× parameters)"
+    )
     assert "returns diminish from small -> medium" in line
     assert (tmp_path / "scaling.png").read_bytes()[:8] == PNG_MAGIC
     m = json.loads((tmp_path / "3_large" / "metrics.json").read_text())
@@ -263,15 +427,26 @@ def test_scaling_table_figure_and_verdict(tmp_path):
 
 def test_failed_runs_are_listed_with_their_error(tmp_path):
     write_run(tmp_path, "0_learning_rate=0.001", decay(1.5), settings={"learning_rate": 1e-3}, question=None)
-    d = write_run(tmp_path, "1_learning_rate=1", lambda s: 4.2, settings={"learning_rate": 1}, status="diverged",
-                  error="NonFiniteLossError: the training loss became NaN/inf at step 30")
-    (d / "metrics.json").write_text(json.dumps({"status": "diverged", "error": "NonFiniteLossError: the training loss became NaN/inf at step 30"}))
+    d = write_run(
+        tmp_path,
+        "1_learning_rate=1",
+        lambda s: 4.2,
+        settings={"learning_rate": 1},
+        status="diverged",
+        error="NonFiniteLossError: the training loss became NaN/inf at step 30",
+    )
+    (d / "metrics.json").write_text(
+        json.dumps({"status": "diverged", "error": "NonFiniteLossError: the training loss became NaN/inf at step 30"})
+    )
     old = tmp_path / "2_learning_rate=-1"  # a run of an older sweep: failed.json only
     old.mkdir()
     (old / "failed.json").write_text(json.dumps({"error": "learning_rate must be > 0", "type": "ConfigError"}))
     text = report.report(tmp_path)
     assert "| 2_learning_rate=-1 | -1 | - | - | - | - | - | - | - | failed | - |" in text
-    assert "- `1_learning_rate=1` (learning_rate=1): diverged: NonFiniteLossError: the training loss became NaN/inf at step 30" in text
+    assert (
+        "- `1_learning_rate=1` (learning_rate=1): diverged: NonFiniteLossError: the training loss became NaN/inf at step 30"
+        in text
+    )
     assert "- `2_learning_rate=-1` (learning_rate=-1): failed: ConfigError: learning_rate must be > 0" in text
     assert "convergence: **diverged** (the run stopped on a non-finite loss)" in text  # from its training.log
     assert verdict_line(text) == "**Verdict:** lowest best_val_loss: learning_rate=0.001 (1.6001)"
@@ -281,7 +456,11 @@ def test_an_unknown_analysis_is_refused_before_writing(tmp_path, capsys):
     write_run(tmp_path, "0_a", decay(1.5), variant="a", analysis="scalling")
     with pytest.raises(SystemExit) as e:
         report_main([str(tmp_path)])
-    assert e.value.code == 2 and "report.analysis must be one of hparams, grad_accum, regularization, lr_schedule, scaling or null, got 'scalling'" in capsys.readouterr().err
+    assert (
+        e.value.code == 2
+        and "report.analysis must be one of hparams, grad_accum, regularization, lr_schedule, scaling or null, got 'scalling'"
+        in capsys.readouterr().err
+    )
     assert not list(tmp_path.glob("*.png")) and not (tmp_path / "report.md").exists()
 
 
@@ -291,7 +470,9 @@ def test_the_newest_sweep_of_an_experiment_folder(tmp_path, monkeypatch, capsys)
     for sweep, floor in [(old, 1.5), (new, 1.7)]:
         for job, name in enumerate(["large_batch", "grad_accum"]):
             write_run(sweep, f"{job}_{name}", decay(floor), variant=name)
-    os.utime(old / "1_grad_accum" / "metrics.json", (2e9, 2e9))  # the older sweep's name sorts first, its files are newer
+    os.utime(
+        old / "1_grad_accum" / "metrics.json", (2e9, 2e9)
+    )  # the older sweep's name sorts first, its files are newer
     os.utime(new / "1_grad_accum" / "metrics.json", (2.1e9, 2.1e9))
     text = report.report(exp)
     assert f"Sweep `{new}`: the newest of 2 sweeps under {exp}" in text
@@ -318,13 +499,20 @@ def test_the_guides_parse_log_reads_training_log(tmp_path):
 
     blocks = re.findall(r"```python\n(.*?)```", GUIDE.read_text(encoding="utf-8"), re.S)
     code = next(b for b in blocks if "def parse_log" in b)
-    func = code[code.index("def parse_log"):].split("\n\n# ")[0]  # the function only, not its usage below
+    func = code[code.index("def parse_log") :].split("\n\n# ")[0]  # the function only, not its usage below
     namespace = {"re": re}
     exec(func, namespace)
     evals = [(0, 4.1741, 4.1702), (250, 2.01234, 2.1), (500, 1.5, 1.68349)]
     log = tmp_path / "training.log"
-    log.write_text("".join(["gptlab 0.1: 10.65M parameters\n", *(EVAL_LINE.format(step=s, train=t, val=v) + "\n" for s, t, v in evals),
-                            "iter 500: loss 1.4012, time 81.20ms\n"]))
+    log.write_text(
+        "".join(
+            [
+                "gptlab 0.1: 10.65M parameters\n",
+                *(EVAL_LINE.format(step=s, train=t, val=v) + "\n" for s, t, v in evals),
+                "iter 500: loss 1.4012, time 81.20ms\n",
+            ]
+        )
+    )
     steps, train, val = namespace["parse_log"](str(log))
     assert steps == [0, 250, 500] and train == [4.1741, 2.0123, 1.5] and val == [4.1702, 2.1, 1.6835]
     assert (steps, train, val) == tuple(map(list, report.parse_log(log)))

@@ -34,7 +34,11 @@ def tb_scalars(run_dir, tag: str) -> dict[int, float]:
 
 
 def log_steps(run_dir) -> list[int]:
-    return [int(m.group(1)) for line in (run_dir / "training.log").read_text().splitlines() if (m := re.match(r"step (\d+):", line))]
+    return [
+        int(m.group(1))
+        for line in (run_dir / "training.log").read_text().splitlines()
+        if (m := re.match(r"step (\d+):", line))
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +68,9 @@ def test_resume_matches_an_unbroken_run(straight, compose, tmp_path):
         assert got[step] == pytest.approx(want[step], abs=1e-6), step
     assert tb_scalars(tmp_path, "val/loss") == pytest.approx(tb_scalars(straight, "val/loss"), abs=1e-6)
     # the losses against tokens seen survive the resumed writer's purge of the stretch after the checkpoint
-    assert tb_scalars(tmp_path, "by_tokens/val_loss") == pytest.approx(tb_scalars(straight, "by_tokens/val_loss"), abs=1e-6)
+    assert tb_scalars(tmp_path, "by_tokens/val_loss") == pytest.approx(
+        tb_scalars(straight, "by_tokens/val_loss"), abs=1e-6
+    )
     assert log_steps(tmp_path) == [0, 10, 20, 30, 40]  # appended, no evaluation repeated
     assert [e["step"] for e in metrics["evals"]] == [0, 10, 20, 30, 40]  # metrics.json covers both parts
     assert metrics["iters"] == 40
@@ -114,8 +120,14 @@ def test_sigint_mid_step_saves_and_resumes_exactly(straight, compose, tmp_path, 
 
 
 def _start(*args, cwd=ROOT) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "gptlab.train", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    return subprocess.Popen(
+        [sys.executable, "-m", "gptlab.train", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
 
 
 def _wait_for(path, proc, timeout=120.0) -> None:
@@ -128,8 +140,14 @@ def _wait_for(path, proc, timeout=120.0) -> None:
 
 def test_sigkill_leaves_a_loadable_checkpoint_and_resume_completes(data_root, compose, tmp_path):
     run = tmp_path / "run"
-    p = _start(*TINY, f"data.root={data_root}", "max_iters=100000", "eval_interval=5",
-               "always_save_checkpoint=true", f"out_dir={run}")
+    p = _start(
+        *TINY,
+        f"data.root={data_root}",
+        "max_iters=100000",
+        "eval_interval=5",
+        "always_save_checkpoint=true",
+        f"out_dir={run}",
+    )
     _wait_for(run / LAST, p)
     time.sleep(0.5)  # let it run on past the first checkpoint, writing more of them
     p.kill()  # SIGKILL: no handler runs, no cleanup
@@ -139,7 +157,9 @@ def test_sigkill_leaves_a_loadable_checkpoint_and_resume_completes(data_root, co
     (run / ".last.ckpt.x1y2z3.tmp").write_bytes(b"half a checkpoint")  # as a kill mid-write leaves
     assert not (run / "metrics.json").exists()
 
-    metrics = train(compose(f"max_iters={step + 5}", "eval_interval=5", "always_save_checkpoint=true", "resume=true"), run)
+    metrics = train(
+        compose(f"max_iters={step + 5}", "eval_interval=5", "always_save_checkpoint=true", "resume=true"), run
+    )
     assert metrics["iters"] == step + 5
     assert log_steps(run) == list(range(0, step + 6, 5))
     assert not list(run.glob(".*.tmp"))  # the leftover of the cut write is gone
@@ -147,13 +167,22 @@ def test_sigkill_leaves_a_loadable_checkpoint_and_resume_completes(data_root, co
 
 def test_sigterm_saves_and_prints_the_command_that_resumes(data_root, tmp_path):
     run = tmp_path / "run"
-    args = [*TINY, f"data.root={data_root}", "max_iters=100000", "eval_interval=5", "learning_rate=2e-3", f"out_dir={run}"]
+    args = [
+        *TINY,
+        f"data.root={data_root}",
+        "max_iters=100000",
+        "eval_interval=5",
+        "learning_rate=2e-3",
+        f"out_dir={run}",
+    ]
     p = _start(*args)
     _wait_for(run / "best.ckpt", p)
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 143, err[-3000:]  # 128 + SIGTERM: not finished
-    m = re.search(r"^stopped: SIGTERM at optimizer step (\d+): .*Resume with:\n  (python -m gptlab.train .*)$", err, re.M)
+    m = re.search(
+        r"^stopped: SIGTERM at optimizer step (\d+): .*Resume with:\n  (python -m gptlab.train .*)$", err, re.M
+    )
     assert m, err[-3000:]
     step, command = int(m.group(1)), shlex.split(m.group(2))
     assert checkpoint_step(run / LAST) == step and not (run / "metrics.json").exists()

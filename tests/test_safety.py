@@ -43,7 +43,9 @@ def test_prepare_never_deletes_the_users_own_folder(tmp_path):
     (mine / "input.txt").write_text("to be or not to be\n" * 200)
     (mine / "notes.md").write_text("my notes")
     before = snapshot(mine)
-    p = run_cli("gptlab.prepare", "data=text", f"data.path={mine / 'input.txt'}", f"data.root={tmp_path}", "data.name=mydata")
+    p = run_cli(
+        "gptlab.prepare", "data=text", f"data.path={mine / 'input.txt'}", f"data.root={tmp_path}", "data.name=mydata"
+    )
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert "inside the dataset folder" in p.stderr
     assert snapshot(mine) == before
@@ -160,7 +162,9 @@ def test_overwrite_clears_the_earlier_run_first(finished, compose, tmp_path):
     (run / "my_notes.txt").write_text("mine")
     removed = {p.name for p in clear_run(run)}
     assert {"best.ckpt", "last.ckpt", "training.log", "metrics.json", "config.yaml"} <= removed
-    kept = sorted(p.name for p in run.iterdir() if not p.name.startswith(".") and p.name not in ("console.log", "eval.log"))
+    kept = sorted(
+        p.name for p in run.iterdir() if not p.name.startswith(".") and p.name not in ("console.log", "eval.log")
+    )
     assert kept == ["my_notes.txt"]  # Hydra's own logs stay: the new run's lines are going there already
     # a whole new run over the copy: only its own evaluations in training.log
     for p in finished.iterdir():
@@ -169,7 +173,11 @@ def test_overwrite_clears_the_earlier_run_first(finished, compose, tmp_path):
     old_events = {p.name for p in run.glob("events.out.tfevents.*")}
     m = train(compose("max_iters=6", "eval_interval=3", "overwrite=true"), run)
     assert [e["step"] for e in m["evals"]] == [0, 3, 6]
-    assert [ln.split(":")[0] for ln in (run / "training.log").read_text().splitlines()] == ["step 0", "step 3", "step 6"]
+    assert [ln.split(":")[0] for ln in (run / "training.log").read_text().splitlines()] == [
+        "step 0",
+        "step 3",
+        "step 6",
+    ]
     assert old_events and not old_events & {p.name for p in run.glob("events.out.tfevents.*")}
     with pytest.raises(ConfigError, match="drop one of them"):
         train(compose("overwrite=true", "init_from=resume"), run)

@@ -17,8 +17,14 @@ from gptlab.training.run import train
 
 
 def _start(args, cwd) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "gptlab.train", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    return subprocess.Popen(
+        [sys.executable, "-m", "gptlab.train", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
 
 
 def _runs(sweep) -> dict:
@@ -28,7 +34,10 @@ def _runs(sweep) -> dict:
 def test_failed_runs_do_not_stop_a_sweep(data_root, compose, tmp_path):
     # run 0 diverges to NaN, run 1 has an impossible learning rate, run 2 is fine; a second sweep
     # starts at the same moment. No out_dir: both get outputs/multirun/<date>/<time>_<pid>
-    a = _start(["-m", "learning_rate=1e30,-1,2e-3", "max_iters=20", "eval_interval=10", *TINY, f"data.root={data_root}"], tmp_path)
+    a = _start(
+        ["-m", "learning_rate=1e30,-1,2e-3", "max_iters=20", "eval_interval=10", *TINY, f"data.root={data_root}"],
+        tmp_path,
+    )
     b = _start(["-m", "learning_rate=-1", *TINY, f"data.root={data_root}"], tmp_path)
     _, a_err = a.communicate(timeout=300)
     _, b_err = b.communicate(timeout=300)
@@ -40,7 +49,7 @@ def test_failed_runs_do_not_stop_a_sweep(data_root, compose, tmp_path):
     assert a.returncode == 1, a_err[-3000:]
     sweep = next(s for s in sweeps if (s / "0_learning_rate=1e+30").is_dir())
     runs = _runs(sweep)
-    summary = a_err[a_err.index("sweep finished with 2 of 3 runs failed"):]
+    summary = a_err[a_err.index("sweep finished with 2 of 3 runs failed") :]
     assert f"{runs['0'].resolve()}: diverged: NonFiniteLossError: the training loss became NaN/inf" in summary
     assert f"{runs['1'].resolve()}: failed: ConfigError: learning_rate must be > 0" in summary
     assert str(runs["2"].resolve()) not in summary
@@ -49,9 +58,17 @@ def test_failed_runs_do_not_stop_a_sweep(data_root, compose, tmp_path):
     assert diverged["status"] == "diverged" and diverged["error"].startswith("NonFiniteLossError")
     assert diverged["evals"][0]["step"] == 0 and diverged["params"] > 0
     bad = json.loads((runs["1"] / "metrics.json").read_text())
-    assert bad["status"] == "failed" and "learning_rate must be > 0" in bad["error"] and not (runs["1"] / "best.ckpt").exists()
+    assert (
+        bad["status"] == "failed"
+        and "learning_rate must be > 0" in bad["error"]
+        and not (runs["1"] / "best.ckpt").exists()
+    )
     report = json.loads((sweep / "sweep.json").read_text())
-    assert (report["runs"], report["failed"]) == (3, 2) and [j["status"] for j in report["jobs"]] == ["diverged", "failed", "ok"]
+    assert (report["runs"], report["failed"]) == (3, 2) and [j["status"] for j in report["jobs"]] == [
+        "diverged",
+        "failed",
+        "ok",
+    ]
 
     # the run after two failures in the same process gives what it gives on its own
     alone = train(compose("learning_rate=2e-3", "max_iters=20", "eval_interval=10"), tmp_path / "alone")
@@ -62,8 +79,15 @@ def test_failed_runs_do_not_stop_a_sweep(data_root, compose, tmp_path):
 
 @pytest.mark.slow
 def test_interrupted_sweep_continues_with_resume_true(data_root, tmp_path):
-    args = ["-m", "learning_rate=2e-3,1e-3", "max_iters=200", "eval_interval=20", "always_save_checkpoint=true",
-            *TINY, f"data.root={data_root}"]
+    args = [
+        "-m",
+        "learning_rate=2e-3,1e-3",
+        "max_iters=200",
+        "eval_interval=20",
+        "always_save_checkpoint=true",
+        *TINY,
+        f"data.root={data_root}",
+    ]
     a = _start(args, tmp_path)
     t0 = time.time()
     while not list(tmp_path.glob("outputs/multirun/*/*/1_learning_rate=0.001/last.ckpt")):
@@ -73,7 +97,9 @@ def test_interrupted_sweep_continues_with_resume_true(data_root, tmp_path):
     a.send_signal(signal.SIGTERM)  # pre-empted while its second run trains
     _, err = a.communicate(timeout=120)
     assert a.returncode == 143, err[-3000:]
-    m = re.search(r"^stopped: SIGTERM at optimizer step (\d+).*Resume with:\n  (python -m gptlab.train -m .*)$", err, re.M)
+    m = re.search(
+        r"^stopped: SIGTERM at optimizer step (\d+).*Resume with:\n  (python -m gptlab.train -m .*)$", err, re.M
+    )
     assert m, err[-3000:]
     command = shlex.split(m.group(2))
     (sweep,) = tmp_path.glob("outputs/multirun/*/*")

@@ -32,7 +32,7 @@ def test_threaded_bpe_equals_single_call():
     import tiktoken
 
     # blank lines, indented lines and long runs exercise the chunk boundaries
-    text = ("First Citizen:\nBefore we proceed\n\n  any further, hear me speak.\n\n\nAll:\nSpeak, speak.\n" * 4000)
+    text = "First Citizen:\nBefore we proceed\n\n  any further, hear me speak.\n\n\nAll:\nSpeak, speak.\n" * 4000
     tok = TiktokenTokenizer("gpt2")
     expected = tiktoken.get_encoding("gpt2").encode_ordinary(text)
     assert np.array_equal(tok.encode(text), np.asarray(expected))

@@ -32,7 +32,10 @@ def trained(tmp_path_factory, data_root):
     from gptlab.cli.common import compose
 
     run = tmp_path_factory.mktemp("run")
-    cfg = compose("train", [*TINY, f"data.root={data_root}", "max_iters=120", "eval_interval=40", "learning_rate=1e-2", "batch_size=16"])
+    cfg = compose(
+        "train",
+        [*TINY, f"data.root={data_root}", "max_iters=120", "eval_interval=40", "learning_rate=1e-2", "batch_size=16"],
+    )
     metrics = train(cfg, run)
     return run, metrics, cfg
 
@@ -65,7 +68,9 @@ def test_checkpoint_reloads_to_identical_logits(trained):
     x = torch.randint(0, 65, (2, 32))
     assert torch.equal(model(x, x)[0], model2(x, x)[0])
     best, binfo = load_model(run)  # a run folder means its best.ckpt
-    assert binfo["eval"]["val"] == pytest.approx(min(e["val_loss"] for e in json.loads((run / "metrics.json").read_text())["evals"][1:]), abs=1e-5)
+    assert binfo["eval"]["val"] == pytest.approx(
+        min(e["val_loss"] for e in json.loads((run / "metrics.json").read_text())["evals"][1:]), abs=1e-5
+    )
 
 
 def test_tensorboard_has_the_curves(trained):
@@ -82,8 +87,15 @@ def test_tensorboard_has_the_curves(trained):
 
 
 def test_lr_schedule_follows_optimizer_steps_under_accumulation(compose, tmp_path):
-    cfg = compose("max_iters=6", "eval_interval=3", "gradient_accumulation_steps=3", "log_interval=1",
-                  "warmup_iters=0", "decay_lr=false", "learning_rate=2e-3")
+    cfg = compose(
+        "max_iters=6",
+        "eval_interval=3",
+        "gradient_accumulation_steps=3",
+        "log_interval=1",
+        "warmup_iters=0",
+        "decay_lr=false",
+        "learning_rate=2e-3",
+    )
     metrics = train(cfg, tmp_path)
     assert metrics["iters"] == 6  # optimizer steps, not micro-batches
     steps, _, _ = parse_log(tmp_path / "training.log")
@@ -132,8 +144,12 @@ def test_divergence_stops_with_advice_and_keeps_good_checkpoint(compose, tmp_pat
         return logits, loss
 
     monkeypatch.setattr(GPT, "forward", planted)
-    cfg = compose("max_iters=200", "eval_interval=5", "log_interval=50", "init_from=resume", "always_save_checkpoint=true")
-    with pytest.raises(NonFiniteLossError, match=r"loss became NaN/inf in optimizer step 17;.*learning_rate=0.0001.*grad_clip=1.0"):
+    cfg = compose(
+        "max_iters=200", "eval_interval=5", "log_interval=50", "init_from=resume", "always_save_checkpoint=true"
+    )
+    with pytest.raises(
+        NonFiniteLossError, match=r"loss became NaN/inf in optimizer step 17;.*learning_rate=0.0001.*grad_clip=1.0"
+    ):
         train(cfg, tmp_path)
     model, info = load_model(tmp_path / "best.ckpt")
     assert info["step"] <= 15  # the best of the evaluations before the bad step

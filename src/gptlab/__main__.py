@@ -11,8 +11,11 @@ import sys
 
 COMMANDS = {  # command: (module, what it does)
     "train": ("gptlab.train", "train a GPT, or a sweep with -m (key=value overrides, nanoGPT's --key=value too)"),
-    "sample": ("gptlab.sample", "generate text from a run: ckpt=<run folder or .ckpt> start=\"...\""),
-    "prepare": ("gptlab.prepare", "tokenize a dataset into data/<name>/: data=shakespeare_char | shakespeare | text data.path=FILE"),
+    "sample": ("gptlab.sample", 'generate text from a run: ckpt=<run folder or .ckpt> start="..."'),
+    "prepare": (
+        "gptlab.prepare",
+        "tokenize a dataset into data/<name>/: data=shakespeare_char | shakespeare | text data.path=FILE",
+    ),
     "inspect": ("gptlab.inspect", "show a batch exactly as the model sees it"),
     "lr-find": ("gptlab.lr_find", "the learning-rate range test: lr_find.png and a suggested learning_rate"),
     "report": ("gptlab.report", "a sweep's report.md, loss curves and the experiment's verdict"),
@@ -25,10 +28,18 @@ COMMANDS = {  # command: (module, what it does)
 def usage() -> str:
     from gptlab import __version__
 
-    lines = [f"gptlab {__version__}: train GPT language models (Lightning + Hydra, nanoGPT's keys)", "",
-             "usage: gptlab <command> [arguments]   (gptlab <command> --help for a command's own help)", "", "commands:"]
+    lines = [
+        f"gptlab {__version__}: train GPT language models (Lightning + Hydra, nanoGPT's keys)",
+        "",
+        "usage: gptlab <command> [arguments]   (gptlab <command> --help for a command's own help)",
+        "",
+        "commands:",
+    ]
     lines += [f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items()]
-    lines += ["", "The same commands run as python -m gptlab.<command> (lr-find: gptlab.lr_find). Docs: docs/ in the repository."]
+    lines += [
+        "",
+        "The same commands run as python -m gptlab.<command> (lr-find: gptlab.lr_find). Docs: docs/ in the repository.",
+    ]
     return "\n".join(lines)
 
 
@@ -47,7 +58,10 @@ def main() -> None:
 
         close = difflib.get_close_matches(args[0], list(COMMANDS), n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
-        print(f"error: unknown command '{args[0]}'.{hint} The commands: {', '.join(COMMANDS)} (gptlab --help)", file=sys.stderr)
+        print(
+            f"error: unknown command '{args[0]}'.{hint} The commands: {', '.join(COMMANDS)} (gptlab --help)",
+            file=sys.stderr,
+        )
         sys.exit(2)
     module = COMMANDS[args[0]][0]
     sys.argv = [f"gptlab {args[0]}", *args[1:]]

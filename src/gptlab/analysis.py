@@ -61,10 +61,14 @@ def convergence(curve: list[Point], status: str = "ok") -> Verdict:
     (s0, start), (s_end, final) = curve[0], curve[-1]
     s_low, low = min(curve, key=lambda p: p[1])
     if final > start - DIVERGE_MIN_DROP:
-        return Verdict("diverged", f"final {final:.3f} is not {DIVERGE_MIN_DROP:g} below the step-{s0} loss {start:.3f}")
+        return Verdict(
+            "diverged", f"final {final:.3f} is not {DIVERGE_MIN_DROP:g} below the step-{s0} loss {start:.3f}"
+        )
     if final - low > DIVERGE_GIVE_BACK * (start - low):
         share = (final - low) / (start - low)
-        return Verdict("diverged", f"gave back {share:.0%} of its fall: {low:.3f} at step {s_low}, {final:.3f} at step {s_end}")
+        return Verdict(
+            "diverged", f"gave back {share:.0%} of its fall: {low:.3f} at step {s_low}, {final:.3f} at step {s_end}"
+        )
     rises = [s for (_, a), (s, b) in zip(curve, curve[1:]) if b > a * (1 + OSCILLATE_RISE)]
     if len(rises) >= OSCILLATE_COUNT:
         return Verdict("oscillating", f"rose by more than {OSCILLATE_RISE:.0%} at steps {', '.join(map(str, rises))}")
@@ -120,8 +124,12 @@ class Overfit:
     why: str
 
 
-def overfitting(final_train: float | None, final_val: float | None, best_val: float | None = None,
-                train_at_best: float | None = None) -> Overfit:
+def overfitting(
+    final_train: float | None,
+    final_val: float | None,
+    best_val: float | None = None,
+    train_at_best: float | None = None,
+) -> Overfit:
     """Overfitting when the final gap exceeds OVERFIT_GAP, or when val loss rose OVERFIT_VAL_RISE
     above its best while the train loss kept falling (train_at_best: train loss when val was best)."""
     if not (finite(final_train) and finite(final_val)):
@@ -131,10 +139,23 @@ def overfitting(final_train: float | None, final_val: float | None, best_val: fl
         return Overfit(True, gap, f"gap {gap:.3f} > {OVERFIT_GAP:g}")
     rise = round(final_val - best_val, 9) if finite(best_val) else None
     if rise is None or rise < OVERFIT_VAL_RISE:
-        return Overfit(False, gap, f"gap {gap:.3f} <= {OVERFIT_GAP:g}" + (f", val within {OVERFIT_VAL_RISE:g} of its best" if rise is not None else ""))
+        return Overfit(
+            False,
+            gap,
+            f"gap {gap:.3f} <= {OVERFIT_GAP:g}"
+            + (f", val within {OVERFIT_VAL_RISE:g} of its best" if rise is not None else ""),
+        )
     if finite(train_at_best) and final_train < train_at_best:
-        return Overfit(True, gap, f"val rose {rise:.3f} above its best {best_val:.3f} while train fell {train_at_best:.3f} -> {final_train:.3f}")
-    return Overfit(False, gap, f"gap {gap:.3f} <= {OVERFIT_GAP:g}; val rose {rise:.3f} above its best, but train did not fall meanwhile")
+        return Overfit(
+            True,
+            gap,
+            f"val rose {rise:.3f} above its best {best_val:.3f} while train fell {train_at_best:.3f} -> {final_train:.3f}",
+        )
+    return Overfit(
+        False,
+        gap,
+        f"gap {gap:.3f} <= {OVERFIT_GAP:g}; val rose {rise:.3f} above its best, but train did not fall meanwhile",
+    )
 
 
 @dataclass(frozen=True)
@@ -162,8 +183,12 @@ def guide_params(n_layer: int, n_embd: int, vocab_size: int) -> int:
 def schedule_name(warmup_iters: int, decay_lr: bool) -> str:
     """Experiment 4's four schedules, named from the two settings that make them."""
     warm, decay = int(warmup_iters) > 0, bool(decay_lr)
-    return {(False, False): "no schedule", (True, False): "warmup only", (False, True): "decay only",
-            (True, True): "warmup + decay"}[(warm, decay)]
+    return {
+        (False, False): "no schedule",
+        (True, False): "warmup only",
+        (False, True): "decay only",
+        (True, True): "warmup + decay",
+    }[(warm, decay)]
 
 
 @dataclass(frozen=True)
@@ -177,8 +202,11 @@ class SizeStep:
 def size_steps(points: list[tuple[str, float, float]]) -> list[SizeStep]:
     """(name, parameters, val loss) sorted by parameters -> the gain of each step up in size."""
     pts = sorted(points, key=lambda p: p[1])
-    return [SizeStep(a[0], b[0], a[2] - b[2], (a[2] - b[2]) / math.log10(b[1] / a[1]))
-            for a, b in zip(pts, pts[1:]) if b[1] > a[1]]
+    return [
+        SizeStep(a[0], b[0], a[2] - b[2], (a[2] - b[2]) / math.log10(b[1] / a[1]))
+        for a, b in zip(pts, pts[1:])
+        if b[1] > a[1]
+    ]
 
 
 def diminishing_from(steps: list[SizeStep]) -> SizeStep | None:

@@ -180,9 +180,7 @@ class GPT(nn.Module):
         logits = self.lm_head(x)
         # the loss sees the padded columns too (no copy of the logits); no target points at them,
         # so training only pushes them down
-        loss = F.cross_entropy(
-            logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=ignore_index
-        )
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=ignore_index)
         return logits[..., :V], loss
 
     def optimizer_groups(self, weight_decay: float) -> list[dict]:

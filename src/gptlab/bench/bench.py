@@ -49,10 +49,23 @@ def _cpu_recipe() -> list[str]:
 PRESETS = {
     # timed steps: a multiple of eval_interval (250), so evaluations take their usual share of the window
     "cpu": Preset("the CPU recipe 4/4/128, block 64, batch 12", _cpu_recipe(), (50, 500), (50, 500)),
-    "baby": Preset("the baby GPT 6/6/384, block 256, batch 64", ["model=baby", "block_size=256", "batch_size=64"], (1, 3), (50, 250)),
+    "baby": Preset(
+        "the baby GPT 6/6/384, block 256, batch 64",
+        ["model=baby", "block_size=256", "batch_size=64"],
+        (1, 3),
+        (50, 250),
+    ),
     "gpt2": Preset(
         "GPT-2 124M, block 1024, batch 16 x 4 accumulation, bf16, compiled, vocab padded to 50,304",
-        ["model=gpt2", "data=shakespeare", "batch_size=16", "gradient_accumulation_steps=4", "dtype=bfloat16", "compile=true", "pad_vocab=true"],
+        [
+            "model=gpt2",
+            "data=shakespeare",
+            "batch_size=16",
+            "gradient_accumulation_steps=4",
+            "dtype=bfloat16",
+            "compile=true",
+            "pad_vocab=true",
+        ],
         None,
         (10, 40),
     ),
@@ -74,10 +87,15 @@ def peak_flops(on_cuda: bool, dtype: str) -> tuple[float, str]:
         for chip, peaks in GPU_PEAKS.items():
             if chip in name:
                 return peaks[key], f"{name}, {key} dense peak from the data sheet"
-        return _measured_matmul_peak("cuda", torch.bfloat16 if dtype != "float32" else torch.float32, 8192), f"{name}: measured {dtype} matmul peak (chip not in the table)"
+        return _measured_matmul_peak(
+            "cuda", torch.bfloat16 if dtype != "float32" else torch.float32, 8192
+        ), f"{name}: measured {dtype} matmul peak (chip not in the table)"
     threads = torch.get_num_threads()
     peak = _measured_matmul_peak("cpu", torch.float32, 1024)
-    return peak, f"CPU, {threads} threads: best float32 1024x1024 matmul rate measured now (no data-sheet peak for CPUs)"
+    return (
+        peak,
+        f"CPU, {threads} threads: best float32 1024x1024 matmul rate measured now (no data-sheet peak for CPUs)",
+    )
 
 
 def _measured_matmul_peak(device: str, dtype: torch.dtype, n: int, reps: int = 30) -> float:
@@ -130,7 +148,9 @@ class StepTimer:
         self.cpu_s = 0.0  # process CPU time: both threads' work, steadier than wall time alone
         self._t = self._cpu = None
         self.waited_s = 0.0  # blocked while the other side ran
-        self.turns_wall: list[tuple[float, float]] = []  # (start, end) of each chunk, wall clock: comparable across processes
+        self.turns_wall: list[
+            tuple[float, float]
+        ] = []  # (start, end) of each chunk, wall clock: comparable across processes
         self.loss = None
 
     def mark(self, step: int, loss: torch.Tensor) -> None:
@@ -189,8 +209,15 @@ def _run_plain(cfg, run_dir: Path, timer: StepTimer) -> dict:
     return train_plain(cfg, run_dir, on_step=timer.mark)
 
 
-def child(side: str, cfg_path: Path, out_path: Path, warmup: int, steps: int, chunk: int | None = None,
-          turns: Turns | None = None) -> None:
+def child(
+    side: str,
+    cfg_path: Path,
+    out_path: Path,
+    warmup: int,
+    steps: int,
+    chunk: int | None = None,
+    turns: Turns | None = None,
+) -> None:
     """One timed run in this process; writes its figures to out_path as JSON."""
     cfg = OmegaConf.load(cfg_path)
     on_cuda = resolve_device(cfg).accelerator == "gpu"
@@ -216,7 +243,9 @@ def child(side: str, cfg_path: Path, out_path: Path, warmup: int, steps: int, ch
         from gptlab.model import GPT
 
         with torch.device("meta"):  # counts parameters without allocating them
-            res["flops_per_token"] = GPT(model_config(cfg, int(load_meta(data_spec(cfg).dir)["vocab_size"]))).flops_per_token()
+            res["flops_per_token"] = GPT(
+                model_config(cfg, int(load_meta(data_spec(cfg).dir)["vocab_size"]))
+            ).flops_per_token()
     out_path.write_text(json.dumps(res))
 
 
@@ -236,14 +265,19 @@ class Side:
 def parse_side(spec: str) -> Side:
     name, *overrides = spec.split()
     if name not in ("gptlab", "plain"):
-        raise SystemExit(f"error: a side is 'gptlab' or 'plain', optionally followed by key=value overrides; got '{spec}'")
+        raise SystemExit(
+            f"error: a side is 'gptlab' or 'plain', optionally followed by key=value overrides; got '{spec}'"
+        )
     cli.check_override_keys(overrides)
     return Side(name, overrides)
 
 
 def compose_run(preset: Preset, side: Side, extra: list[str], warmup: int, steps: int, intervals: str) -> OmegaConf:
     max_iters = warmup + steps
-    cfg = cli.compose("train", ["profile=none", "sample_tokens=0", *preset.overrides, *extra, *side.overrides, f"max_iters={max_iters}"])
+    cfg = cli.compose(
+        "train",
+        ["profile=none", "sample_tokens=0", *preset.overrides, *extra, *side.overrides, f"max_iters={max_iters}"],
+    )
     cfg.warmup_iters = min(int(cfg.warmup_iters), max_iters)
     cfg.lr_decay_iters = max_iters
     if intervals == "none":
@@ -260,11 +294,23 @@ def _marks_in_window(preset: Preset, extra: list[str], warmup: int, steps: int) 
     return any(s % int(cfg.eval_interval) == 0 or s % int(cfg.log_interval) == 0 for s in window)
 
 
-def _start(side: Side, cfg, d: Path, warmup: int, steps: int, chunk: int, threads: int | None, pipes: tuple[int, int] | None):
+def _start(
+    side: Side, cfg, d: Path, warmup: int, steps: int, chunk: int, threads: int | None, pipes: tuple[int, int] | None
+):
     d.mkdir(parents=True)
     OmegaConf.save(cfg, d / "config.yaml", resolve=True)
-    cmd = [sys.executable, "-m", "gptlab.bench", "--child", side.name, str(d / "config.yaml"), str(d / "result.json"),
-           str(warmup), str(steps), str(chunk)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "gptlab.bench",
+        "--child",
+        side.name,
+        str(d / "config.yaml"),
+        str(d / "result.json"),
+        str(warmup),
+        str(steps),
+        str(chunk),
+    ]
     if pipes:
         cmd += [str(fd) for fd in pipes]
     env = os.environ.copy()
@@ -279,8 +325,17 @@ def _failed(side: Side, p: subprocess.Popen, d: Path) -> SystemExit:
     return SystemExit(f"error: the {side.label} run failed (exit {p.returncode}); the end of its output:\n{tail}")
 
 
-def run_round(sides: list[Side], cfgs: list, work: Path, warmup: int, steps: int, chunk: int, tag: str,
-              threads: int | None = None, first: int = 0) -> list[dict]:
+def run_round(
+    sides: list[Side],
+    cfgs: list,
+    work: Path,
+    warmup: int,
+    steps: int,
+    chunk: int,
+    tag: str,
+    threads: int | None = None,
+    first: int = 0,
+) -> list[dict]:
     """One run per side, each in a process of its own, side `first` starting first. chunk > 0:
     each starts and warms up alone, then the two take turns of `chunk` timed optimizer steps
     (A B, B A, A B, ...; the one waiting is blocked on a pipe, its CPU idle) and finish one after
@@ -333,26 +388,49 @@ def _spread(xs: list[float]) -> str:
     return f"min {min(xs):.3f} median {statistics.median(xs):.3f} max {max(xs):.3f}"
 
 
-def bench_preset(name: str, sides: list[Side], extra: list[str], rounds: int, steps: tuple[int, int] | None,
-                 intervals: str, peak: tuple[float, str], work: Path, threads: int | None = None, chunk: int | None = None) -> dict:
+def bench_preset(
+    name: str,
+    sides: list[Side],
+    extra: list[str],
+    rounds: int,
+    steps: tuple[int, int] | None,
+    intervals: str,
+    peak: tuple[float, str],
+    work: Path,
+    threads: int | None = None,
+    chunk: int | None = None,
+) -> dict:
     preset = PRESETS[name]
     warmup, timed = steps
     cfgs = [compose_run(preset, s, extra, warmup, timed, intervals) for s in sides]
     c = cfgs[0]
     ensure_prepared(data_spec(c), log=print)
-    what = f"eval every {c.eval_interval} steps x {c.eval_iters} batches, log every {c.log_interval}" if intervals == "default" else "no evaluation or log line inside the timed steps"
-    print(f"\n== {name}: {preset.about} ({c.n_layer}/{c.n_head}/{c.n_embd}, block {c.block_size}, batch {c.batch_size} "
-          f"x {c.gradient_accumulation_steps} accum, dtype {c.dtype}, compile {c.compile})")
+    what = (
+        f"eval every {c.eval_interval} steps x {c.eval_iters} batches, log every {c.log_interval}"
+        if intervals == "default"
+        else "no evaluation or log line inside the timed steps"
+    )
+    print(
+        f"\n== {name}: {preset.about} ({c.n_layer}/{c.n_head}/{c.n_embd}, block {c.block_size}, batch {c.batch_size} "
+        f"x {c.gradient_accumulation_steps} accum, dtype {c.dtype}, compile {c.compile})"
+    )
     how = f"taking turns of {chunk} steps" if chunk else "one whole run after the other"
     how += "; the side that starts first alternates between rounds"
-    print(f"   {warmup} warm-up + {timed} timed optimizer steps, {rounds} rounds of {' / '.join(s.label for s in sides)} ({how}); {what}")
+    print(
+        f"   {warmup} warm-up + {timed} timed optimizer steps, {rounds} rounds of {' / '.join(s.label for s in sides)} ({how}); {what}"
+    )
     results: list[list[dict]] = [[] for _ in sides]
     for r in range(rounds):
-        for i, res in enumerate(run_round(sides, cfgs, work, warmup, timed, chunk, f"{name}_{intervals}_r{r}", threads, first=r % 2)):
+        for i, res in enumerate(
+            run_round(sides, cfgs, work, warmup, timed, chunk, f"{name}_{intervals}_r{r}", threads, first=r % 2)
+        ):
             side = sides[i]
             results[i].append(res)
-            print(f"   round {r + 1} {side.label:<28} {res['ms_per_step']:8.1f} ms/step ({res['cpu_ms_per_step']:.1f} CPU) {res['tokens_per_s']:10,.0f} tok/s "
-                  f"peak RSS {res['peak_rss_mb']:6.0f} MB  loss {res['loss_at_end']:.4f}", flush=True)
+            print(
+                f"   round {r + 1} {side.label:<28} {res['ms_per_step']:8.1f} ms/step ({res['cpu_ms_per_step']:.1f} CPU) {res['tokens_per_s']:10,.0f} tok/s "
+                f"peak RSS {res['peak_rss_mb']:6.0f} MB  loss {res['loss_at_end']:.4f}",
+                flush=True,
+            )
     if peak[1].startswith("CPU"):
         # a matmul rate measured once can catch a busy moment on a shared machine: keep the best seen
         again = _measured_matmul_peak("cpu", torch.float32, 1024)
@@ -364,10 +442,24 @@ def bench_preset(name: str, sides: list[Side], extra: list[str], rounds: int, st
     for side, res in zip(sides, results):
         tok = statistics.median(r["tokens_per_s"] for r in res)
         mfu = tok * res[0]["flops_per_token"] / peak[0]
-        gpu = f"{statistics.median(r['cuda_peak_mb'] for r in res):7.0f}MB" if res[0]["cuda_peak_mb"] is not None else "        -"
+        gpu = (
+            f"{statistics.median(r['cuda_peak_mb'] for r in res):7.0f}MB"
+            if res[0]["cuda_peak_mb"] is not None
+            else "        -"
+        )
         rss = statistics.median(r["peak_rss_mb"] for r in res)
-        print(f"   {side.label:<28} {statistics.median(r['ms_per_step'] for r in res):9.1f} {tok:10,.0f} {100 * mfu:6.2f}% {rss:7.0f}MB {gpu}")
-        rows.append({"side": side.label, "tokens_per_s": tok, "ms_per_step": statistics.median(r["ms_per_step"] for r in res), "mfu": mfu, "peak_rss_mb": rss})
+        print(
+            f"   {side.label:<28} {statistics.median(r['ms_per_step'] for r in res):9.1f} {tok:10,.0f} {100 * mfu:6.2f}% {rss:7.0f}MB {gpu}"
+        )
+        rows.append(
+            {
+                "side": side.label,
+                "tokens_per_s": tok,
+                "ms_per_step": statistics.median(r["ms_per_step"] for r in res),
+                "mfu": mfu,
+                "peak_rss_mb": rss,
+            }
+        )
     tok_ratio = [a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(results[0], results[1])]
     cpu_ratio = [b["cpu_ms_per_step"] / a["cpu_ms_per_step"] for a, b in zip(results[0], results[1])]
     mem_ratio = [a["peak_rss_mb"] / b["peak_rss_mb"] for a, b in zip(results[0], results[1])]
@@ -375,9 +467,21 @@ def bench_preset(name: str, sides: list[Side], extra: list[str], rounds: int, st
     print(f"   tokens/s ratio {a} / {b}: {_spread(tok_ratio)}")
     print(f"   CPU time per step, {b} / {a}: {_spread(cpu_ratio)}  (a speed ratio counted in CPU time)")
     print(f"   peak RSS ratio {a} / {b}: {_spread(mem_ratio)}")
-    print(f"   loss at the last timed step: {a} {results[0][0]['loss_at_end']:.4f}, {b} {results[1][0]['loss_at_end']:.4f}")
-    return {"preset": name, "intervals": intervals, "warmup": warmup, "steps": timed, "rounds": rounds, "sides": rows,
-            "tokens_per_s_ratio": tok_ratio, "cpu_time_ratio": cpu_ratio, "peak_rss_ratio": mem_ratio, "runs": results}
+    print(
+        f"   loss at the last timed step: {a} {results[0][0]['loss_at_end']:.4f}, {b} {results[1][0]['loss_at_end']:.4f}"
+    )
+    return {
+        "preset": name,
+        "intervals": intervals,
+        "warmup": warmup,
+        "steps": timed,
+        "rounds": rounds,
+        "sides": rows,
+        "tokens_per_s_ratio": tok_ratio,
+        "cpu_time_ratio": cpu_ratio,
+        "peak_rss_ratio": mem_ratio,
+        "runs": results,
+    }
 
 
 # --------------------------------------------------------------------------- data preparation speed
@@ -421,17 +525,33 @@ def main(argv: list[str] | None = None) -> None:
         turns = Turns(*map(int, argv[7:9])) if len(argv) > 7 else None
         return child(side, Path(cfg_path), Path(out_path), int(warmup), int(steps), int(chunk), turns)
     p = argparse.ArgumentParser(prog="python -m gptlab.bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("overrides", nargs="*", help="train config overrides for every run (device=cpu, data.root=..., compile=true)")
-    p.add_argument("--configs", help="comma-separated presets: cpu, baby, gpt2 (default: cpu,baby without a GPU, baby,gpt2 with one)")
-    p.add_argument("--sides", nargs=2, default=["gptlab", "plain"], metavar="SIDE",
-                   help="the two sides, A then B: 'gptlab' or 'plain', each optionally followed by overrides, e.g. 'gptlab compile=true'")
+    p.add_argument(
+        "overrides", nargs="*", help="train config overrides for every run (device=cpu, data.root=..., compile=true)"
+    )
+    p.add_argument(
+        "--configs",
+        help="comma-separated presets: cpu, baby, gpt2 (default: cpu,baby without a GPU, baby,gpt2 with one)",
+    )
+    p.add_argument(
+        "--sides",
+        nargs=2,
+        default=["gptlab", "plain"],
+        metavar="SIDE",
+        help="the two sides, A then B: 'gptlab' or 'plain', each optionally followed by overrides, e.g. 'gptlab compile=true'",
+    )
     p.add_argument("--rounds", type=int, default=3, help="A, B pairs per configuration")
     p.add_argument("--steps", help="WARMUP,TIMED optimizer steps (default: per preset)")
-    p.add_argument("--intervals", default="default,none",
-                   help="default: the config's eval/log intervals; none: no eval or log inside the window; default,none (the default): both")
-    p.add_argument("--chunk", type=int,
-                   help="optimizer steps per turn: both sides' processes stay alive and take turns of this many timed steps "
-                        "(default: a fiftieth of the timed steps); 0: one whole run after the other")
+    p.add_argument(
+        "--intervals",
+        default="default,none",
+        help="default: the config's eval/log intervals; none: no eval or log inside the window; default,none (the default): both",
+    )
+    p.add_argument(
+        "--chunk",
+        type=int,
+        help="optimizer steps per turn: both sides' processes stay alive and take turns of this many timed steps "
+        "(default: a fiftieth of the timed steps); 0: one whole run after the other",
+    )
     p.add_argument("--threads", type=int, help="torch threads per run (default: torch's choice, one per core)")
     p.add_argument("--no-data", action="store_true", help="skip the tokenizer speed figures")
     p.add_argument("--costs", action="store_true", help="measure each single optimisation instead (see gptlab.costs)")
@@ -472,17 +592,33 @@ def main(argv: list[str] | None = None) -> None:
     load = os.getloadavg()
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, load average {load[0]:.2f} at start")
     print(f"MFU against {peak[0] / 1e12:.3f} TFLOP/s: {peak[1]}")
-    report = {"date": time.strftime("%Y-%m-%d %H:%M"), "argv": argv, "peak_flops": peak, "load_at_start": load, "benches": []}
+    report = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "argv": argv,
+        "peak_flops": peak,
+        "load_at_start": load,
+        "benches": [],
+    }
     with tempfile.TemporaryDirectory(prefix="gptlab-bench-") as work:
         for n in names:
             preset = PRESETS[n]
             steps = user_steps or (preset.gpu_steps if on_cuda else preset.cpu_steps)
             chunk = max(1, steps[1] // 50) if args.chunk is None else args.chunk
             for intervals in args.intervals.split(","):
-                if intervals == "none" and "default" in args.intervals and not _marks_in_window(preset, args.overrides, *steps):
-                    print(f"\n== {n}: no evaluation or log line falls inside the timed steps; the run without them would be the same")
+                if (
+                    intervals == "none"
+                    and "default" in args.intervals
+                    and not _marks_in_window(preset, args.overrides, *steps)
+                ):
+                    print(
+                        f"\n== {n}: no evaluation or log line falls inside the timed steps; the run without them would be the same"
+                    )
                     continue
-                report["benches"].append(bench_preset(n, sides, args.overrides, args.rounds, steps, intervals, peak, Path(work), args.threads, chunk))
+                report["benches"].append(
+                    bench_preset(
+                        n, sides, args.overrides, args.rounds, steps, intervals, peak, Path(work), args.threads, chunk
+                    )
+                )
     if not args.no_data:
         report["data_mb_per_s"] = data_speed(str(probe.data.root))
     load = os.getloadavg()

@@ -52,17 +52,35 @@ class Workload:
         return loss
 
 
-def workload(data_dir: Path, shape: dict, device: torch.device, dtype: str = "float32", vocab_multiple: int = 1,
-             optimizer: str = "auto") -> Workload:
+def workload(
+    data_dir: Path,
+    shape: dict,
+    device: torch.device,
+    dtype: str = "float32",
+    vocab_multiple: int = 1,
+    optimizer: str = "auto",
+) -> Workload:
     meta = load_meta(data_dir)
     torch.manual_seed(1337)
-    cfg = GPTConfig(vocab_size=int(meta["vocab_size"]), block_size=shape["block_size"], n_layer=shape["n_layer"],
-                    n_head=shape["n_head"], n_embd=shape["n_embd"], dropout=0.0, bias=False, vocab_multiple=vocab_multiple)
+    cfg = GPTConfig(
+        vocab_size=int(meta["vocab_size"]),
+        block_size=shape["block_size"],
+        n_layer=shape["n_layer"],
+        n_head=shape["n_head"],
+        n_embd=shape["n_embd"],
+        dropout=0.0,
+        bias=False,
+        vocab_multiple=vocab_multiple,
+    )
     model = GPT(cfg).to(device)
     on_cuda = device.type == "cuda"
     kind = ("fused" if on_cuda else "foreach") if optimizer == "auto" else optimizer
-    opt = torch.optim.AdamW(model.optimizer_groups(0.1), lr=1e-4, fused=kind == "fused" or None,
-                            foreach={"foreach": True, "loop": False}.get(kind))
+    opt = torch.optim.AdamW(
+        model.optimizer_groups(0.1),
+        lr=1e-4,
+        fused=kind == "fused" or None,
+        foreach={"foreach": True, "loop": False}.get(kind),
+    )
     windows = RandomWindows(data_dir / "train.bin", meta["dtype"], shape["block_size"], shape["batch_size"], seed=0)
     amp = torch.autocast(device.type, dtype=getattr(torch, dtype)) if dtype != "float32" else contextlib.nullcontext()
     return Workload(model, opt, windows, device, amp)
@@ -88,8 +106,11 @@ def ab(before, after, n: int, rounds: int, cuda: bool) -> dict:
         tb.append(_timed(before, n, cuda))
         ta.append(_timed(after, n, cuda))
     speedups = [b / a for b, a in zip(tb, ta)]
-    return {"before_ms": 1000 * statistics.median(tb), "after_ms": 1000 * statistics.median(ta),
-            "speedup": [min(speedups), statistics.median(speedups), max(speedups)]}
+    return {
+        "before_ms": 1000 * statistics.median(tb),
+        "after_ms": 1000 * statistics.median(ta),
+        "speedup": [min(speedups), statistics.median(speedups), max(speedups)],
+    }
 
 
 # --------------------------------------------------------------------------- the rows
@@ -114,6 +135,7 @@ def row_host_sync(w: Workload, n, rounds, cuda):
             step["i"] += 1
             if step["i"] % sync_every == 0:
                 loss.item()  # a host sync: the CPU waits for the device to finish the step
+
         return fn
 
     return ab(train(1), train(10), n, rounds, cuda)
@@ -156,6 +178,7 @@ def row_tf32(w: Workload, n, rounds, cuda):
         def fn():
             torch.set_float32_matmul_precision(precision)
             w.step(*w.batch())
+
         return fn
 
     out = ab(at("highest"), at("high"), n, rounds, cuda)
@@ -176,7 +199,11 @@ def row_flash(w: Workload, n, rounds, cuda):
         w.step(*w.batch())
         torch.cuda.synchronize()
     names = {e.name for e in prof.events()}
-    out["note"] = "flash kernel ran" if any("flash" in s.lower() for s in names) else "no flash kernel seen: " + ", ".join(sorted(s for s in names if "attention" in s.lower())[:3])
+    out["note"] = (
+        "flash kernel ran"
+        if any("flash" in s.lower() for s in names)
+        else "no flash kernel seen: " + ", ".join(sorted(s for s in names if "attention" in s.lower())[:3])
+    )
     return out
 
 
@@ -209,7 +236,9 @@ def main(overrides: list[str], rounds: int = 3, json_path: str | None = None) ->
     cuda = torch.cuda.is_available() and str(base.device) != "cpu"
     device = torch.device("cuda" if cuda else "cpu")
     char_dir = ensure_prepared(data_spec(base), log=print)
-    bpe_dir = ensure_prepared(data_spec(cli.compose("train", ["profile=none", *overrides, "data=shakespeare"])), log=print)
+    bpe_dir = ensure_prepared(
+        data_spec(cli.compose("train", ["profile=none", *overrides, "data=shakespeare"])), log=print
+    )
     shape = GPU_SHAPE if cuda else CPU_SHAPE
     amp_dtype = "bfloat16" if cuda else "float32"
     n = 20 if cuda else 10  # calls per timing
@@ -218,20 +247,59 @@ def main(overrides: list[str], rounds: int = 3, json_path: str | None = None) ->
     w = workload(char_dir, shape, device, amp_dtype)
     rows = [
         ("host sync (loss.item())", "every step", "every 10 steps", lambda: row_host_sync(w, n, rounds, cuda)),
-        ("batch sampling", "a Python loop per row", "one vectorised memmap gather", lambda: row_sampler(w, n, rounds, cuda)),
-        ("host->device copy", "pageable, blocking", "pinned, non_blocking", lambda: row_copies(w, n, rounds, cuda) if cuda else None),
+        (
+            "batch sampling",
+            "a Python loop per row",
+            "one vectorised memmap gather",
+            lambda: row_sampler(w, n, rounds, cuda),
+        ),
+        (
+            "host->device copy",
+            "pageable, blocking",
+            "pinned, non_blocking",
+            lambda: row_copies(w, n, rounds, cuda) if cuda else None,
+        ),
         ("evaluation batch", "autograd on", "inference_mode", lambda: row_eval(w, n, rounds, cuda)),
-        ("AdamW step", "foreach" if cuda else "for-loop per tensor", "fused" if cuda else "foreach",
-         lambda: row_optimizer(lambda kind: workload(char_dir, shape, device, amp_dtype, optimizer=kind), n, rounds, cuda)),
-        ("float32 matmuls", "full fp32", "TF32 ('high')", lambda: row_tf32(workload(char_dir, shape, device, "float32"), n, rounds, cuda) if cuda else None),
-        ("attention (bf16)", "SDPA math kernel", "SDPA default (flash)", lambda: row_flash(w, n, rounds, cuda) if cuda else None),
-        ("compile", "eager", "torch.compile", lambda: row_compile(workload(char_dir, shape, device, amp_dtype), n, rounds, cuda)),
-        ("pad_vocab (GPT-2 BPE)", "vocab 50,257", "padded to 50,304",
-         lambda: row_pad_vocab(lambda m: workload(bpe_dir, shape, device, amp_dtype, vocab_multiple=m), n, rounds, cuda)),
+        (
+            "AdamW step",
+            "foreach" if cuda else "for-loop per tensor",
+            "fused" if cuda else "foreach",
+            lambda: row_optimizer(
+                lambda kind: workload(char_dir, shape, device, amp_dtype, optimizer=kind), n, rounds, cuda
+            ),
+        ),
+        (
+            "float32 matmuls",
+            "full fp32",
+            "TF32 ('high')",
+            lambda: row_tf32(workload(char_dir, shape, device, "float32"), n, rounds, cuda) if cuda else None,
+        ),
+        (
+            "attention (bf16)",
+            "SDPA math kernel",
+            "SDPA default (flash)",
+            lambda: row_flash(w, n, rounds, cuda) if cuda else None,
+        ),
+        (
+            "compile",
+            "eager",
+            "torch.compile",
+            lambda: row_compile(workload(char_dir, shape, device, amp_dtype), n, rounds, cuda),
+        ),
+        (
+            "pad_vocab (GPT-2 BPE)",
+            "vocab 50,257",
+            "padded to 50,304",
+            lambda: row_pad_vocab(
+                lambda m: workload(bpe_dir, shape, device, amp_dtype, vocab_multiple=m), n, rounds, cuda
+            ),
+        ),
     ]
     where = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
-    print(f"\n== single costs on {where}, model {shape['n_layer']}/{shape['n_head']}/{shape['n_embd']} block {shape['block_size']} "
-          f"batch {shape['batch_size']}, {amp_dtype}; {rounds} rounds alternating before/after")
+    print(
+        f"\n== single costs on {where}, model {shape['n_layer']}/{shape['n_head']}/{shape['n_embd']} block {shape['block_size']} "
+        f"batch {shape['batch_size']}, {amp_dtype}; {rounds} rounds alternating before/after"
+    )
     print(f"   {'what':<26} {'before':<22} {'after':<30} {'ms before':>10} {'ms after':>9}  speed-up min/median/max")
     report = []
     for what, before, after, fn in rows:
@@ -240,8 +308,11 @@ def main(overrides: list[str], rounds: int = 3, json_path: str | None = None) ->
             print(f"   {what:<26} {before:<22} {after:<30} {'needs a GPU':>20}")
             continue
         s = res["speedup"]
-        print(f"   {what:<26} {before:<22} {after:<30} {res['before_ms']:10.3f} {res['after_ms']:9.3f}  "
-              f"{s[0]:.2f} / {s[1]:.2f} / {s[2]:.2f}  {res.get('note', '')}", flush=True)
+        print(
+            f"   {what:<26} {before:<22} {after:<30} {res['before_ms']:10.3f} {res['after_ms']:9.3f}  "
+            f"{s[0]:.2f} / {s[1]:.2f} / {s[2]:.2f}  {res.get('note', '')}",
+            flush=True,
+        )
         report.append({"what": what, "before": before, "after": after, **res})
     if json_path:
         Path(json_path).write_text(json.dumps(report, indent=1))

@@ -40,7 +40,11 @@ def train_plain(cfg: DictConfig, run_dir: Path, on_step=None) -> dict:
     # the same streams as GPTDataModule on rank 0: training windows, then the train and val
     # windows used for evaluation, so both sides see identical batches
     seeds = np.random.SeedSequence([int(cfg.seed), 0]).spawn(3)
-    rng = {"train": np.random.default_rng(seeds[0]), "eval_train": np.random.default_rng(seeds[1]), "val": np.random.default_rng(seeds[2])}
+    rng = {
+        "train": np.random.default_rng(seeds[0]),
+        "eval_train": np.random.default_rng(seeds[1]),
+        "val": np.random.default_rng(seeds[2]),
+    }
     offsets = np.arange(block_size + 1)
 
     def get_batch(stream: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,4 +126,8 @@ def train_plain(cfg: DictConfig, run_dir: Path, on_step=None) -> dict:
                 best_val = losses["val"]
                 save_checkpoint(done, losses)
             t_log = time.perf_counter()
-    return {"final_train_loss": losses["train"], "final_val_loss": losses["val"], "flops_per_token": model.flops_per_token()}
+    return {
+        "final_train_loss": losses["train"],
+        "final_val_loss": losses["val"],
+        "flops_per_token": model.flops_per_token(),
+    }

@@ -57,7 +57,9 @@ def translate_argv(args: list[str]) -> list[str]:
         if a.endswith(".py") and "=" not in a:
             if Path(a).name == "train_shakespeare_char.py":
                 continue
-            raise ConfigError(f"'{a}': nanoGPT config files are not read; pass its settings as key=value overrides or use experiment=...")
+            raise ConfigError(
+                f"'{a}': nanoGPT config files are not read; pass its settings as key=value overrides or use experiment=..."
+            )
         if a.startswith("--") and "=" in a and not a.startswith("--config"):
             a = a[2:]
         out.append(a)
@@ -201,8 +203,11 @@ def profile_summary(choices) -> str | None:
         if (head == "model" and value != "cpu") or (head == "data" and not str(value).endswith("/cpu")):
             continue  # chosen by the user or an experiment, not by the profile
         picked.append(f"{group}/{value}.yaml")
-    return ("training on CPU: the CPU profile adds conf/" + ", conf/".join(picked)
-            + " -- anything you choose wins; profile=gpu runs the config as written (--cfg job shows the result)")
+    return (
+        "training on CPU: the CPU profile adds conf/"
+        + ", conf/".join(picked)
+        + " -- anything you choose wins; profile=gpu runs the config as written (--cfg job shows the result)"
+    )
 
 
 def compose(config_name: str, overrides: list[str]):

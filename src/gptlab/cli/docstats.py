@@ -22,7 +22,9 @@ from gptlab.data.packing import PackedRows, PaddedBatches, padding_efficiency
 log = logging.getLogger("gptlab")
 
 
-def document_stats(data_dir: Path, block_size: int, batch_size: int, bucket_batches: int, seed: int, n_batches: int = 400) -> dict:
+def document_stats(
+    data_dir: Path, block_size: int, batch_size: int, bucket_batches: int, seed: int, n_batches: int = 400
+) -> dict:
     """Document lengths of the train split and the padding efficiency of n_batches batches of
     each mode (random windows are always full: 1.0)."""
     meta = load_meta(data_dir)

@@ -32,8 +32,17 @@ def pick_device(name: str) -> str:
     return name
 
 
-def generate(ckpt: str, start: str, num_samples: int, max_new_tokens: int, temperature: float,
-             top_k: int | None, seed: int, device: str = "auto", dtype: str = "auto") -> list[str]:
+def generate(
+    ckpt: str,
+    start: str,
+    num_samples: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    seed: int,
+    device: str = "auto",
+    dtype: str = "auto",
+) -> list[str]:
     dev = pick_device(device)
     model, info = load_model(ckpt, map_location=dev)
     tok = tokenizer_from_meta(info["tokenizer"])
@@ -47,7 +56,8 @@ def generate(ckpt: str, start: str, num_samples: int, max_new_tokens: int, tempe
         dtype = "bfloat16" if dev.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
     amp = (
         torch.autocast(device_type=dev.split(":")[0], dtype=getattr(torch, dtype))
-        if dtype != "float32" else contextlib.nullcontext()
+        if dtype != "float32"
+        else contextlib.nullcontext()
     )
     gen = torch.Generator(device=dev).manual_seed(seed)
     suppress = undecodable_ids(tok, model.config.vocab_size)  # e.g. [MASK] of a token-masking run
@@ -55,8 +65,9 @@ def generate(ckpt: str, start: str, num_samples: int, max_new_tokens: int, tempe
     out = []
     with torch.no_grad(), amp:
         for _ in range(num_samples):
-            y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, generator=gen,
-                               suppress_tokens=suppress)
+            y = model.generate(
+                x, max_new_tokens, temperature=temperature, top_k=top_k, generator=gen, suppress_tokens=suppress
+            )
             out.append(tok.decode(y[0].tolist()))
     return out
 
@@ -67,8 +78,17 @@ def main(argv: list[str] | None = None) -> None:
     cfg = cli.compose("sample", args)
     if OmegaConf.is_missing(cfg, "ckpt"):
         raise ConfigError("give the run to sample from: ckpt=<run folder or .ckpt file>")
-    samples = generate(str(cfg.ckpt), str(cfg.start), int(cfg.num_samples), int(cfg.max_new_tokens),
-                       float(cfg.temperature), cfg.top_k, int(cfg.seed), str(cfg.device), str(cfg.dtype))
+    samples = generate(
+        str(cfg.ckpt),
+        str(cfg.start),
+        int(cfg.num_samples),
+        int(cfg.max_new_tokens),
+        float(cfg.temperature),
+        cfg.top_k,
+        int(cfg.seed),
+        str(cfg.device),
+        str(cfg.dtype),
+    )
     for s in samples:
         print(s)
         print("---------------")

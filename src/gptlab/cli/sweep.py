@@ -108,14 +108,18 @@ class SweepReport(Callback):
                 rec.update(status="failed", error=self.crashed[str(d)])
             jobs.append(rec)
         failed = [j for j in jobs if j["status"] not in ("ok", "eval_only")]
-        write_text_atomic(sweep_dir / SUMMARY, json.dumps({"runs": len(jobs), "failed": len(failed), "jobs": jobs}, indent=1))
+        write_text_atomic(
+            sweep_dir / SUMMARY, json.dumps({"runs": len(jobs), "failed": len(failed), "jobs": jobs}, indent=1)
+        )
         done = [j for j in jobs if j["status"] == "ok" and j.get("best_val_loss") is not None]
         if done:
             best = min(done, key=lambda j: j["best_val_loss"])
             log.info(f"best val loss {best['best_val_loss']:.4f}: {best['dir']}")
         if not failed:
-            log.info(f"sweep finished: all {len(jobs)} runs completed ({sweep_dir / SUMMARY}); "
-                     f"compare them: python -m gptlab.report {sweep_dir}")
+            log.info(
+                f"sweep finished: all {len(jobs)} runs completed ({sweep_dir / SUMMARY}); "
+                f"compare them: python -m gptlab.report {sweep_dir}"
+            )
             return
         lines = [f"sweep finished with {len(failed)} of {len(jobs)} runs failed ({sweep_dir / SUMMARY}):"]
         lines += [f"  {j['dir']}: {j['status']}: {j.get('error', '')}" for j in failed]

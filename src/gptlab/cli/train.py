@@ -59,8 +59,10 @@ def _announce(hc, multirun: bool) -> None:
         log.info(summary)
     params = OmegaConf.select(hc, "sweeper.params", default=None)
     if not multirun and params and hc.runtime.choices.get("experiment"):
-        log.info(f"experiment={hc.runtime.choices['experiment']} declares a sweep ({', '.join(f'{k}: {v}' for k, v in params.items())}); "
-                 "this is one run with the file's own values -- add -m to run them all")
+        log.info(
+            f"experiment={hc.runtime.choices['experiment']} declares a sweep ({', '.join(f'{k}: {v}' for k, v in params.items())}); "
+            "this is one run with the file's own values -- add -m to run them all"
+        )
 
 
 @hydra.main(version_base="1.3", config_path=str(common.CONF_DIR), config_name="train")
@@ -79,8 +81,11 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     except RunInterrupted as e:
         # a signal stops a whole sweep too; the same command with resume=true continues it
         folder = Path(hc.sweep.dir).resolve() if multirun else run_dir
-        print(f"{e.label}: {e.detail} Resume with:\n  {common.resume_command('gptlab.train', _ARGS, folder)}",
-              file=sys.stderr, flush=True)
+        print(
+            f"{e.label}: {e.detail} Resume with:\n  {common.resume_command('gptlab.train', _ARGS, folder)}",
+            file=sys.stderr,
+            flush=True,
+        )
         sys.exit(e.exit_code)
     except Exception as e:
         if isinstance(e, GptlabError):

@@ -5,5 +5,14 @@ from gptlab.config.checks import BOOL_KEYS, LR_FIND_RULES, validate
 from gptlab.config.device import DeviceChoice, resolve_device
 from gptlab.config.settings import data_spec, model_config, plain, token_masking
 
-__all__ = ["BOOL_KEYS", "LR_FIND_RULES", "DeviceChoice", "data_spec", "model_config", "plain", "resolve_device",
-           "token_masking", "validate"]
+__all__ = [
+    "BOOL_KEYS",
+    "LR_FIND_RULES",
+    "DeviceChoice",
+    "data_spec",
+    "model_config",
+    "plain",
+    "resolve_device",
+    "token_masking",
+    "validate",
+]

@@ -25,9 +25,21 @@ def _positive_int(cfg: DictConfig, key: str, minimum: int = 1) -> None:
 
 # Keys that take only true or false: YAML's yes/no/on/off and other strings are refused, so that
 # overwrite=no never counts as true.
-BOOL_KEYS = ("eval_only", "always_save_checkpoint", "overwrite", "resume", "export_weights", "decay_lr", "compile",
-             "pad_vocab", "bias", "monitor.enabled", "monitor.histograms", "monitor.initial_loss_check",
-             "trainer.deterministic")
+BOOL_KEYS = (
+    "eval_only",
+    "always_save_checkpoint",
+    "overwrite",
+    "resume",
+    "export_weights",
+    "decay_lr",
+    "compile",
+    "pad_vocab",
+    "bias",
+    "monitor.enabled",
+    "monitor.histograms",
+    "monitor.initial_loss_check",
+    "trainer.deterministic",
+)
 
 
 def _validate_bools(cfg: DictConfig) -> None:
@@ -41,7 +53,9 @@ def _validate_run_mode(cfg: DictConfig) -> None:
     """overwrite starts over, resume continues, eval_only reads: at most one of them."""
     resumes = cfg.init_from == "resume" or bool(cfg.get("resume"))
     if cfg.overwrite and resumes:
-        raise ConfigError("overwrite=true starts the run over, init_from=resume / resume=true continue it: drop one of them")
+        raise ConfigError(
+            "overwrite=true starts the run over, init_from=resume / resume=true continue it: drop one of them"
+        )
     if cfg.overwrite and cfg.eval_only:
         raise ConfigError("eval_only=true never changes a run's files, so overwrite=true has nothing to do: drop it")
 
@@ -52,7 +66,17 @@ def validate(cfg: DictConfig) -> None:
     if cfg.init_from not in ("scratch", "resume"):
         raise ConfigError(f"init_from must be scratch or resume, got '{cfg.init_from}'")
     _validate_run_mode(cfg)
-    for key in ("batch_size", "block_size", "n_layer", "n_head", "n_embd", "eval_interval", "log_interval", "eval_iters", "gradient_accumulation_steps"):
+    for key in (
+        "batch_size",
+        "block_size",
+        "n_layer",
+        "n_head",
+        "n_embd",
+        "eval_interval",
+        "log_interval",
+        "eval_iters",
+        "gradient_accumulation_steps",
+    ):
         _positive_int(cfg, key)
     if cfg.get("eval_batch_size") is not None:
         _positive_int(cfg, "eval_batch_size")
@@ -64,8 +88,10 @@ def validate(cfg: DictConfig) -> None:
         _positive_int(cfg, key, minimum=0)
     budget = cfg.get("eval_sample_budget", 0.01)
     if not isinstance(budget, (int, float)) or isinstance(budget, bool) or not 0 <= budget <= 1:
-        raise ConfigError(f"eval_sample_budget={budget} must be a share of the training time between 0 and 1 "
-                          "(0.01: samples take at most 1%; 1: a sample at every evaluation)")
+        raise ConfigError(
+            f"eval_sample_budget={budget} must be a share of the training time between 0 and 1 "
+            "(0.01: samples take at most 1%; 1: a sample at every evaluation)"
+        )
     if cfg.max_iters == 0 and not cfg.eval_only:
         raise ConfigError("max_iters=0 trains nothing; give max_iters>0, or eval_only=true to only evaluate")
     if cfg.n_embd % cfg.n_head != 0:
@@ -78,7 +104,9 @@ def validate(cfg: DictConfig) -> None:
     if cfg.learning_rate == "auto":
         _validate_auto_lr(cfg)  # min_lr is checked against the learning rate once the search chose it
     elif not _number(cfg.learning_rate) or not float(cfg.learning_rate) > 0:
-        raise ConfigError(f"learning_rate must be > 0, or auto (a learning-rate range test picks it), got {cfg.learning_rate}")
+        raise ConfigError(
+            f"learning_rate must be > 0, or auto (a learning-rate range test picks it), got {cfg.learning_rate}"
+        )
     elif float(cfg.min_lr) < 0 or float(cfg.min_lr) > float(cfg.learning_rate):
         raise ConfigError(f"min_lr must be between 0 and learning_rate ({cfg.learning_rate}), got {cfg.min_lr}")
     _validate_lr_find(cfg.lr_find)
@@ -117,9 +145,13 @@ def validate(cfg: DictConfig) -> None:
     if isinstance(bucket, bool) or not isinstance(bucket, int) or bucket < 1:
         raise ConfigError(f"data.bucket_batches must be an integer >= 1 (1: no length bucketing), got {bucket!r}")
     devices = cfg.trainer.devices
-    if not (OmegaConf.is_list(devices) or (isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1)):
+    if not (
+        OmegaConf.is_list(devices) or (isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1)
+    ):
         # a count is needed up front: the global batch (batch x accumulation x processes) is logged before training
-        raise ConfigError(f"trainer.devices must be a number of processes (1, 2, ...) or a list of GPU ids ([0,1]), got {devices!r}")
+        raise ConfigError(
+            f"trainer.devices must be a number of processes (1, 2, ...) or a list of GPU ids ([0,1]), got {devices!r}"
+        )
 
 
 def _number(v) -> bool:
@@ -128,7 +160,9 @@ def _number(v) -> bool:
 
 def _validate_auto_lr(cfg: DictConfig) -> None:
     if cfg.eval_only:
-        raise ConfigError("learning_rate=auto searches for a rate to train with; eval_only trains nothing: drop one of them")
+        raise ConfigError(
+            "learning_rate=auto searches for a rate to train with; eval_only trains nothing: drop one of them"
+        )
     if str(cfg.trainer.devices) != "1" or int(cfg.trainer.num_nodes) != 1:
         raise ConfigError(
             "learning_rate=auto runs its search in one process; with several devices run python -m gptlab.lr_find "
@@ -140,22 +174,28 @@ def _validate_auto_lr(cfg: DictConfig) -> None:
 
 def _validate_lr_find(n: DictConfig) -> None:
     if not (_number(n.min_lr) and _number(n.max_lr) and 0 < float(n.min_lr) < float(n.max_lr)):
-        raise ConfigError(f"lr_find needs 0 < lr_find.min_lr < lr_find.max_lr, got min_lr={n.min_lr}, max_lr={n.max_lr}")
+        raise ConfigError(
+            f"lr_find needs 0 < lr_find.min_lr < lr_find.max_lr, got min_lr={n.min_lr}, max_lr={n.max_lr}"
+        )
     if isinstance(n.num_steps, bool) or not isinstance(n.num_steps, int) or n.num_steps < 20:
         raise ConfigError(f"lr_find.num_steps must be an integer >= 20 (100 is usual), got {n.num_steps!r}")
     if n.diverge_threshold is not None and not (_number(n.diverge_threshold) and float(n.diverge_threshold) > 1):
-        raise ConfigError(f"lr_find.diverge_threshold must be > 1 (4 is usual) or null to never stop early, got {n.diverge_threshold}")
+        raise ConfigError(
+            f"lr_find.diverge_threshold must be > 1 (4 is usual) or null to never stop early, got {n.diverge_threshold}"
+        )
     ratio = n.get("min_lr_ratio", 0.1)
     if ratio is not None and not (_number(ratio) and 0 < float(ratio) <= 1):
-        raise ConfigError(f"lr_find.min_lr_ratio must be in (0, 1] (0.1 is usual) or null to keep min_lr as set, got {ratio!r}")
+        raise ConfigError(
+            f"lr_find.min_lr_ratio must be in (0, 1] (0.1 is usual) or null to keep min_lr as set, got {ratio!r}"
+        )
     if n.rule not in LR_FIND_RULES:
         raise ConfigError(f"lr_find.rule must be one of {', '.join(LR_FIND_RULES)}, got '{n.rule}'")
 
 
 def _validate_early_stopping(n: DictConfig) -> None:
     if n.patience is not None and (isinstance(n.patience, bool) or not isinstance(n.patience, int) or n.patience < 0):
-        raise ConfigError(f"early_stopping.patience must be a whole number of evaluations (null or 0: off), got {n.patience!r}")
+        raise ConfigError(
+            f"early_stopping.patience must be a whole number of evaluations (null or 0: off), got {n.patience!r}"
+        )
     if not _number(n.min_delta) or float(n.min_delta) < 0:
         raise ConfigError(f"early_stopping.min_delta must be >= 0, got {n.min_delta}")
-
-

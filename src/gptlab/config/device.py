@@ -49,14 +49,16 @@ def resolve_device(cfg: DictConfig) -> DeviceChoice:
     if accelerator == "gpu" and not has_cuda:
         raise ConfigError("trainer.accelerator=gpu but no CUDA GPU is visible; use trainer=cpu or device=cpu")
     if str(tr.strategy).startswith("fsdp") and accelerator != "gpu":
-        raise ConfigError("trainer=fsdp needs CUDA GPUs (Lightning's FSDP does not run on the CPU); on the CPU use trainer=ddp")
+        raise ConfigError(
+            "trainer=fsdp needs CUDA GPUs (Lightning's FSDP does not run on the CPU); on the CPU use trainer=ddp"
+        )
 
     dtype = str(cfg.dtype)
     if dtype == "auto":
         dtype = "bfloat16" if accelerator == "gpu" and torch.cuda.is_bf16_supported() else "float32"
     if dtype == "float16" and accelerator == "cpu":
         # Lightning has no float16 AMP on CPU and would quietly train in bfloat16 instead
-        raise ConfigError("dtype=float16 needs a GPU (Lightning has no float16 mixed precision on CPU); on CPU use dtype=bfloat16 or dtype=float32")
+        raise ConfigError(
+            "dtype=float16 needs a GPU (Lightning has no float16 mixed precision on CPU); on CPU use dtype=bfloat16 or dtype=float32"
+        )
     return DeviceChoice(accelerator, devices, PRECISION[dtype], dtype)
-
-

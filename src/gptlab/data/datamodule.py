@@ -116,11 +116,16 @@ class GPTDataModule(L.LightningDataModule):
         seeds = np.random.SeedSequence([self.seed, rank]).spawn(3)
         if self._train is None:
             self._train = self.sampler("train", seeds[0], group=self.accumulation)
-            self._eval = [self.sampler("train", seeds[1], self.eval_batch_size), self.sampler("val", seeds[2], self.eval_batch_size)]
+            self._eval = [
+                self.sampler("train", seeds[1], self.eval_batch_size),
+                self.sampler("val", seeds[2], self.eval_batch_size),
+            ]
         if self.trainer is not None:
             self.pin_memory = self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator"
 
-    def sampler(self, split: str, seed, batch_size: int | None = None, group: int = 1) -> RandomWindows | PackedRows | PaddedBatches:
+    def sampler(
+        self, split: str, seed, batch_size: int | None = None, group: int = 1
+    ) -> RandomWindows | PackedRows | PaddedBatches:
         args = (self.data_dir / f"{split}.bin", self.meta["dtype"])
         batch_size = batch_size or self.batch_size
         if self.batching == "random":

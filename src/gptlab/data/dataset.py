@@ -76,7 +76,9 @@ def fetch_corpus(name: str, raw_dir: Path) -> Path:
     network (for offline machines and CI).
     """
     if name not in CORPORA:
-        raise DataError(f"unknown corpus '{name}'; known: {', '.join(CORPORA)}. For your own text use data=text data.path=FILE")
+        raise DataError(
+            f"unknown corpus '{name}'; known: {', '.join(CORPORA)}. For your own text use data=text data.path=FILE"
+        )
     info = CORPORA[name]
     target = raw_dir / name / "input.txt"
     if target.exists() and _sha256(target) == info["sha256"]:
@@ -88,7 +90,9 @@ def fetch_corpus(name: str, raw_dir: Path) -> Path:
         if mirror:
             src = Path(mirror) / name / "input.txt"
             if not src.is_file():
-                raise DataError(f"{MIRROR_ENV}={mirror} is set but {src} does not exist; fix the path or unset it to download")
+                raise DataError(
+                    f"{MIRROR_ENV}={mirror} is set but {src} does not exist; fix the path or unset it to download"
+                )
             shutil.copyfile(src, tmp)
         else:
             try:
@@ -101,7 +105,9 @@ def fetch_corpus(name: str, raw_dir: Path) -> Path:
                     "data=text data.path=FILE"
                 ) from e
         if _sha256(tmp) != info["sha256"]:
-            raise DataError(f"{name}: the fetched file's sha256 does not match the known one; the source may be corrupt")
+            raise DataError(
+                f"{name}: the fetched file's sha256 does not match the known one; the source may be corrupt"
+            )
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -136,7 +142,7 @@ def read_texts(path: Path) -> list[str]:
             texts.append(raw.decode("utf-8"))
         except UnicodeDecodeError as e:
             raise DataError(
-                f"'{f}' is not valid UTF-8 (byte {e.start}: {raw[e.start:e.start + 1]!r}); "
+                f"'{f}' is not valid UTF-8 (byte {e.start}: {raw[e.start : e.start + 1]!r}); "
                 "re-save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
             ) from e
     return texts
@@ -265,20 +271,26 @@ def check_replaceable(out: Path, spec: DataSpec, src: Path | None = None) -> Non
     if not out.exists() and not out.is_symlink():
         return
     if not out.is_dir() or out.is_symlink():
-        raise DataError(f"{out} exists and is not a folder; gptlab writes datasets only into folders it created. "
-                        "Move it, or choose another data.name")
+        raise DataError(
+            f"{out} exists and is not a folder; gptlab writes datasets only into folders it created. "
+            "Move it, or choose another data.name"
+        )
     entries = sorted(p.name for p in out.iterdir())
     if not entries:
         return
     foreign = [n for n in entries if n not in DATASET_FILES]
     meta = _read_meta_or_none(out)
     if not foreign and meta is None:
-        raise DataError(f"{out} looks like a damaged gptlab dataset (its meta.json is unreadable or incomplete); "
-                        f"delete {out} and prepare it again")
+        raise DataError(
+            f"{out} looks like a damaged gptlab dataset (its meta.json is unreadable or incomplete); "
+            f"delete {out} and prepare it again"
+        )
     if foreign or meta is None:
         what = f"files gptlab did not write ({', '.join(foreign[:5])})" if foreign else "no readable meta.json"
-        raise DataError(f"{out} holds {what}: it is not a prepared gptlab dataset, so prepare will not replace it. "
-                        "Choose another data.name (or data.root), or move those files")
+        raise DataError(
+            f"{out} holds {what}: it is not a prepared gptlab dataset, so prepare will not replace it. "
+            "Choose another data.name (or data.root), or move those files"
+        )
     theirs = (meta.get("tokenizer"), meta.get("source_id"))
     ours = (spec.tokenizer, source_id(spec))
     if theirs[0] != ours[0] or (theirs[1] is not None and theirs[1] != ours[1]) or _val_fraction_differs(meta, spec):
@@ -352,7 +364,9 @@ def _prepare_eot(src: Path, spec: DataSpec):
     if token_files:
         ids = np.concatenate([_read_token_file(f, tok.vocab_size) for f in token_files])
         if not (ids == eot).any():
-            raise DataError(f"'{src}' holds no end-of-text token ({eot}); data.documents=eot needs it after each document")
+            raise DataError(
+                f"'{src}' holds no end-of-text token ({eot}); data.documents=eot needs it after each document"
+            )
     else:
         pieces = read_text(src).split(EOT_MARKER)
         if len(pieces) == 1:
@@ -377,10 +391,14 @@ def _prepare_eot(src: Path, spec: DataSpec):
 
 def _read_token_file(path: Path, vocab_size: int) -> np.ndarray:
     if path.stat().st_size % 2:
-        raise DataError(f"'{path}' has an odd number of bytes; token files hold uint16 ids (nanoGPT's train.bin layout)")
+        raise DataError(
+            f"'{path}' has an odd number of bytes; token files hold uint16 ids (nanoGPT's train.bin layout)"
+        )
     ids = np.fromfile(path, dtype=np.uint16).astype(np.int64)
     if len(ids) and ids.max() >= vocab_size:
-        raise DataError(f"'{path}' holds id {ids.max()}, outside the tokenizer's vocabulary of {vocab_size:,}; check data.tokenizer")
+        raise DataError(
+            f"'{path}' holds id {ids.max()}, outside the tokenizer's vocabulary of {vocab_size:,}; check data.tokenizer"
+        )
     return ids
 
 
@@ -390,8 +408,10 @@ def load_meta(data_dir: Path) -> dict:
         raise DataError(f"{data_dir} is not a prepared dataset (no meta.json); run python -m gptlab.prepare data=...")
     meta = _read_meta_or_none(Path(data_dir))
     if meta is None:
-        raise DataError(f"{path} is damaged (not JSON, or without dtype/tokenizer); prepare the dataset again: "
-                        "python -m gptlab.prepare data=...")
+        raise DataError(
+            f"{path} is damaged (not JSON, or without dtype/tokenizer); prepare the dataset again: "
+            "python -m gptlab.prepare data=..."
+        )
     return meta
 
 
@@ -446,8 +466,10 @@ def open_tokens(data_dir: Path, split: str, meta: dict) -> np.memmap:
     path = Path(data_dir) / f"{split}.bin"
     problem = size_problem(data_dir, meta)
     if problem:
-        raise DataError(f"{data_dir} is damaged ({problem}); prepare it again: python -m gptlab.prepare data=... "
-                        "(training re-prepares a damaged dataset of its own)")
+        raise DataError(
+            f"{data_dir} is damaged ({problem}); prepare it again: python -m gptlab.prepare data=... "
+            "(training re-prepares a damaged dataset of its own)"
+        )
     return np.memmap(path, dtype=np.dtype(meta["dtype"]), mode="r")
 
 

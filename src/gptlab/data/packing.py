@@ -97,7 +97,9 @@ class PackedRows(_DocumentBatches):
         # rows start only where a whole row fits before the split ends
         self.row_starts = self.offsets[:-1][self.offsets[:-1] <= n - block_size - 1]
         if len(self.row_starts) == 0:
-            raise DataError(f"{self.path}: no document starts {block_size + 1} tokens before the end of the split; use a smaller block_size")
+            raise DataError(
+                f"{self.path}: no document starts {block_size + 1} tokens before the end of the split; use a smaller block_size"
+            )
         self._span = np.arange(block_size + 1)
 
     def draw(self) -> dict:

@@ -45,7 +45,7 @@ def read_layer_norms(run_dir: Path) -> tuple[list[str], list[int], np.ndarray]:
             f"no per-layer gradient norms in '{run_dir}': they are written every monitor.layer_interval steps "
             "(default 250); train longer than one interval, or set a smaller monitor.layer_interval"
         )
-    series = {t[len(TAG):]: {e.step: e.value for e in ea.Scalars(t)} for t in tags}
+    series = {t[len(TAG) :]: {e.step: e.value for e in ea.Scalars(t)} for t in tags}
     layers = sorted(series, key=layer_order)
     steps = sorted({s for v in series.values() for s in v})
     norms = np.array([[series[name].get(s, math.nan) for s in steps] for name in layers])
@@ -84,8 +84,10 @@ def verdict(layers: list[str], steps: list[int], norms: np.ndarray, ratio: float
     if not seen:
         final = norms[:, -1]
         spread = np.nanmax(final) / max(np.nanmin(final), 1e-30)
-        return [f"healthy: no layer vanishing or exploding at any of {len(steps)} recorded steps "
-                f"(at step {steps[-1]} the largest layer norm is {spread:.0f}x the smallest)"]
+        return [
+            f"healthy: no layer vanishing or exploding at any of {len(steps)} recorded steps "
+            f"(at step {steps[-1]} the largest layer norm is {spread:.0f}x the smallest)"
+        ]
     return [f"{k} at step(s) {', '.join(map(str, v[:8]))}{' ...' if len(v) > 8 else ''}" for k, v in seen.items()]
 
 
@@ -93,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m gptlab.gradviz", description=__doc__.splitlines()[0])
     ap.add_argument("run_dir", type=Path, help="a run folder (holds events.out.tfevents.*)")
     ap.add_argument("--out", type=Path, default=None, help="PNG path (default: <run dir>/grad_heatmap.png)")
-    ap.add_argument("--ratio", type=float, default=1000.0, help="how far from the median layer counts as vanishing/exploding")
+    ap.add_argument(
+        "--ratio", type=float, default=1000.0, help="how far from the median layer counts as vanishing/exploding"
+    )
     args = ap.parse_args(argv)
     try:
         layers, steps, norms = read_layer_norms(args.run_dir)

@@ -85,8 +85,11 @@ class Run:
         return node
 
     def curve(self, split: str) -> list[an.Point]:
-        return [(int(e["step"]), float(e[f"{split}_loss"])) for e in self.evals
-                if isinstance(e.get(f"{split}_loss"), (int, float))]
+        return [
+            (int(e["step"]), float(e[f"{split}_loss"]))
+            for e in self.evals
+            if isinstance(e.get(f"{split}_loss"), (int, float))
+        ]
 
     def train_points(self) -> list[an.Point]:
         """The step-0 evaluation's train loss, then train_curve (mean training-batch loss per
@@ -157,15 +160,21 @@ def find_sweep(folder: str | Path | None) -> tuple[Path, str | None]:
     root = OUTPUTS if folder is None else Path(folder)
     if not root.is_dir():
         where = "no outputs/ folder here" if folder is None else f"'{root}' is not a folder"
-        raise ConfigError(f"{where}; give the sweep's output folder (its out_dir): python -m gptlab.report outputs/<experiment>")
+        raise ConfigError(
+            f"{where}; give the sweep's output folder (its out_dir): python -m gptlab.report outputs/<experiment>"
+        )
     if _has_result(root) and not _run_dirs(root):
-        raise ConfigError(f"'{root}' is one run's folder, not a sweep; give the sweep folder that holds its runs ('{root.parent}')")
+        raise ConfigError(
+            f"'{root}' is one run's folder, not a sweep; give the sweep folder that holds its runs ('{root.parent}')"
+        )
     if _run_dirs(root):
         return root, None
     sweeps = _sweeps_below(root)
     if not sweeps:
-        raise ConfigError(f"no finished runs under '{root}' (no metrics.json in its subfolders, nor a sweep below it); "
-                          "give a sweep's folder: python -m gptlab.report outputs/<experiment>")
+        raise ConfigError(
+            f"no finished runs under '{root}' (no metrics.json in its subfolders, nor a sweep below it); "
+            "give a sweep's folder: python -m gptlab.report outputs/<experiment>"
+        )
     newest = max(sweeps, key=lambda s: (_finished_at(s), str(s)))
     if len(sweeps) == 1:
         return newest, f"the only sweep under {root}"
@@ -232,8 +241,11 @@ def settings(runs: list[Run]) -> dict[Path, str]:
     flat = {r.path: _flat({k: v for k, v in r.config.items() if k != "report"}) for r in runs if r.config}
     keys = sorted({k for f in flat.values() for k in f})
     # cpu_scale.* are the values a CPU run already applied (they show in the keys themselves)
-    differ = [k for k in keys if k not in NOT_SETTINGS and not k.startswith("cpu_scale.")
-              and len({repr(f.get(k)) for f in flat.values()}) > 1]
+    differ = [
+        k
+        for k in keys
+        if k not in NOT_SETTINGS and not k.startswith("cpu_scale.") and len({repr(f.get(k)) for f in flat.values()}) > 1
+    ]
     return {p: ", ".join(f"{k}={f.get(k)}" for k in differ) for p, f in flat.items()}
 
 
@@ -262,18 +274,40 @@ def _speed(m: dict) -> str:
 
 
 def _md_table(head: list[str], rows: list[list[str]]) -> str:
-    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(r) + " |" for r in rows)])
+    return "\n".join(
+        ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(r) + " |" for r in rows)]
+    )
 
 
 def table(runs: list[Run], keys: list[str]) -> str:
     what = settings(runs) if any(r.variant for r in runs) else {}
-    head = ["run", *keys, *(["settings"] if what else []), *COLUMNS.values(), "best at step", "steps", "stopped", "status", "time"]
+    head = [
+        "run",
+        *keys,
+        *(["settings"] if what else []),
+        *COLUMNS.values(),
+        "best at step",
+        "steps",
+        "stopped",
+        "status",
+        "time",
+    ]
     rows = []
     for r in runs:
         m = r.metrics
-        rows.append([r.name, *(r.overrides.get(k, "-") for k in keys), *([what.get(r.path, "-")] if what else []),
-                     *(_fmt(r.value(c)) for c in COLUMNS), str(m.get("best_step", "-")), str(m.get("iters", "-")),
-                     m.get("stop_reason", "-"), r.status, _time(m)])
+        rows.append(
+            [
+                r.name,
+                *(r.overrides.get(k, "-") for k in keys),
+                *([what.get(r.path, "-")] if what else []),
+                *(_fmt(r.value(c)) for c in COLUMNS),
+                str(m.get("best_step", "-")),
+                str(m.get("iters", "-")),
+                m.get("stop_reason", "-"),
+                r.status,
+                _time(m),
+            ]
+        )
     return _md_table(head, rows)
 
 
@@ -307,7 +341,9 @@ def verdict(runs: list[Run], keys: list[str]) -> str:
     base_spec = spec.get("baseline")
     base = next((r for r in runs if _matches(r, base_spec)), None) if base_spec else runs[0]
     if base is None:
-        raise ConfigError(f"report.baseline '{base_spec}' matches none of the runs ({', '.join(label(r, keys) for r in runs)})")
+        raise ConfigError(
+            f"report.baseline '{base_spec}' matches none of the runs ({', '.join(label(r, keys) for r in runs)})"
+        )
     b = base.value(metric)
     if b is None:
         return f"{spec['question']} -> no answer: the baseline {label(base, keys)} has no {metric} ({base.status})"
@@ -355,7 +391,9 @@ def assess(runs: list[Run]) -> dict[Path, Assessment]:
         finite_val = [p for p in val if an.finite(p[1])]
         best_step = min(finite_val, key=lambda p: p[1])[0] if finite_val else None
         train_at_best = dict(r.curve("train")).get(best_step)
-        overfit = an.overfitting(r.value("final_train_loss"), r.value("final_val_loss"), r.value("best_val_loss"), train_at_best)
+        overfit = an.overfitting(
+            r.value("final_train_loss"), r.value("final_val_loss"), r.value("best_val_loss"), train_at_best
+        )
         v = None if r.status == "failed" else an.convergence(_verdict_curve(r), r.status)
         out[r.path] = Assessment(early[r.path], speed, v, overfit)
     return out
@@ -365,7 +403,9 @@ def _early_text(a: Assessment) -> str:
     w = a.early
     if w is None:
         return "-"
-    return f"{w.start_loss:.3f} -> {w.end_loss:.3f} over steps {w.start_step}-{w.end_step} ({w.change:+.3f})" + (f", {a.speed}" if a.speed else "")
+    return f"{w.start_loss:.3f} -> {w.end_loss:.3f} over steps {w.start_step}-{w.end_step} ({w.change:+.3f})" + (
+        f", {a.speed}" if a.speed else ""
+    )
 
 
 def _sample_block(text: str, lines: int = 4, width: int = 100) -> list[str]:
@@ -381,9 +421,12 @@ def run_block(r: Run, a: Assessment, keys: list[str]) -> str:
     lines.append(f"- early loss drop (first {an.EARLY_FRACTION:.0%} of max_iters): {_early_text(a)}")
     if a.verdict:
         lines.append(f"- convergence: **{a.verdict.name}** ({a.verdict.why})")
-    lines.append(f"- final val loss {_fmt(r.value('final_val_loss'))}, best {_fmt(r.value('best_val_loss'))} at step "
-                 f"{m.get('best_step', '-')}; train-val gap {_fmt(a.overfit.gap, 3)}: "
-                 + {True: "**overfitting**", False: "no overfitting", None: "-"}[a.overfit.flag] + f" ({a.overfit.why})")
+    lines.append(
+        f"- final val loss {_fmt(r.value('final_val_loss'))}, best {_fmt(r.value('best_val_loss'))} at step "
+        f"{m.get('best_step', '-')}; train-val gap {_fmt(a.overfit.gap, 3)}: "
+        + {True: "**overfitting**", False: "no overfitting", None: "-"}[a.overfit.flag]
+        + f" ({a.overfit.why})"
+    )
     lines.append(f"- wall time {_time(m)}, {_speed(m)}, peak memory {_memory(m)}")
     if m.get("sample"):
         lines.append("- sample:" + "\n".join(_sample_block(m["sample"])))
@@ -404,18 +447,36 @@ def _names(rs: list[Run], keys: list[str]) -> str:
 def hparams(runs: list[Run], keys: list[str], found: dict[Path, Assessment], sweep: Path) -> list[str]:
     """Experiment 1: which run reached the lowest val loss; which oscillated or diverged."""
     scored = [r for r in runs if r.value("best_val_loss") is not None and an.finite(r.value("best_val_loss"))]
-    rows = [[label(r, keys), _early_text(found[r.path]), found[r.path].verdict.name if found[r.path].verdict else r.status,
-             _fmt(r.value("best_val_loss")), _fmt(r.value("final_val_loss")), _time(r.metrics), _speed(r.metrics)] for r in runs]
-    by = {name: [r for r in runs if found[r.path].verdict and found[r.path].verdict.name == name] for name in
-          ("converged", "still improving", "oscillating", "diverged")}
+    rows = [
+        [
+            label(r, keys),
+            _early_text(found[r.path]),
+            found[r.path].verdict.name if found[r.path].verdict else r.status,
+            _fmt(r.value("best_val_loss")),
+            _fmt(r.value("final_val_loss")),
+            _time(r.metrics),
+            _speed(r.metrics),
+        ]
+        for r in runs
+    ]
+    by = {
+        name: [r for r in runs if found[r.path].verdict and found[r.path].verdict.name == name]
+        for name in ("converged", "still improving", "oscillating", "diverged")
+    }
     best = min(scored, key=lambda r: r.value("best_val_loss")) if scored else None
-    line = (f"lowest val loss: **{label(best, keys)}** ({best.value('best_val_loss'):.4f} at step {best.metrics.get('best_step', '-')})"
-            if best else "no run has a val loss")
+    line = (
+        f"lowest val loss: **{label(best, keys)}** ({best.value('best_val_loss'):.4f} at step {best.metrics.get('best_step', '-')})"
+        if best
+        else "no run has a val loss"
+    )
     line += "; " + "; ".join(f"{name}: {_names(rs, keys)}" for name, rs in by.items())
     failed = [r for r in runs if r.status == "failed"]
     if failed:
         line += f"; failed: {_names(failed, keys)}"
-    return [_md_table(["run", "early loss drop", "convergence", "best val", "final val", "time", "speed"], rows), "**Verdict:** " + line]
+    return [
+        _md_table(["run", "early loss drop", "convergence", "best val", "final val", "time", "speed"], rows),
+        "**Verdict:** " + line,
+    ]
 
 
 def grad_accum(runs: list[Run], keys: list[str], found: dict[Path, Assessment], sweep: Path) -> list[str]:
@@ -424,11 +485,20 @@ def grad_accum(runs: list[Run], keys: list[str], found: dict[Path, Assessment], 
     if len(ok) < 2:
         return [f"**Verdict:** cannot compare: needs two finished runs, the sweep has {len(ok)} ({_names(ok, keys)})."]
     a = ok[0]
-    out = ["Theory: effective batch = batch_size × gradient_accumulation_steps: " + "; ".join(
-        f"{label(r, keys)} {r.setting('batch_size')} × {r.setting('gradient_accumulation_steps')} = "
-        + (str(r.setting("batch_size") * r.setting("gradient_accumulation_steps"))
-           if isinstance(r.setting("batch_size"), int) and isinstance(r.setting("gradient_accumulation_steps"), int) else "?")
-        for r in ok) + "."]
+    out = [
+        "Theory: effective batch = batch_size × gradient_accumulation_steps: "
+        + "; ".join(
+            f"{label(r, keys)} {r.setting('batch_size')} × {r.setting('gradient_accumulation_steps')} = "
+            + (
+                str(r.setting("batch_size") * r.setting("gradient_accumulation_steps"))
+                if isinstance(r.setting("batch_size"), int)
+                and isinstance(r.setting("gradient_accumulation_steps"), int)
+                else "?"
+            )
+            for r in ok
+        )
+        + "."
+    ]
     verdicts = []
     for b in ok[1:]:
         d = {split: an.curve_difference(a.curve(split), b.curve(split)) for split in ("train", "val")}
@@ -436,21 +506,30 @@ def grad_accum(runs: list[Run], keys: list[str], found: dict[Path, Assessment], 
         worst = max((x.max_abs for x in d.values() if x), default=None)
         pair = f"{label(a, keys)} vs {label(b, keys)}"
         lines = [f"{pair}, largest |Δ loss|:"]
-        lines += [f"- {split} loss at the evaluations: " + (f"{_delta(x.max_abs)} at step {x.step} ({x.common} common evaluations)" if x else "no common steps")
-                  for split, x in d.items()]
-        lines.append("- training-batch loss (train_curve, per log interval): "
-                     + (f"{_delta(dense.max_abs)} at step {dense.step} ({dense.common} common steps)" if dense else "-"))
+        lines += [
+            f"- {split} loss at the evaluations: "
+            + (f"{_delta(x.max_abs)} at step {x.step} ({x.common} common evaluations)" if x else "no common steps")
+            for split, x in d.items()
+        ]
+        lines.append(
+            "- training-batch loss (train_curve, per log interval): "
+            + (f"{_delta(dense.max_abs)} at step {dense.step} ({dense.common} common steps)" if dense else "-")
+        )
         wa, wb = a.metrics.get("wall_time_s"), b.metrics.get("wall_time_s")
         ratio = f"{wb / wa:.2f}×" if an.finite(wa) and an.finite(wb) and wa > 0 else "-"
-        lines.append(f"- wall time {label(b, keys)} / {label(a, keys)}: {ratio} ({_time(b.metrics)} vs {_time(a.metrics)}; "
-                     f"{_speed(b.metrics)} vs {_speed(a.metrics)}); final val {_fmt(b.value('final_val_loss'))} vs {_fmt(a.value('final_val_loss'))}")
+        lines.append(
+            f"- wall time {label(b, keys)} / {label(a, keys)}: {ratio} ({_time(b.metrics)} vs {_time(a.metrics)}; "
+            f"{_speed(b.metrics)} vs {_speed(a.metrics)}); final val {_fmt(b.value('final_val_loss'))} vs {_fmt(a.value('final_val_loss'))}"
+        )
         out.append("\n".join(lines))
         if worst is None:
             verdicts.append(f"{pair}: no common evaluations to compare")
         else:
             same = worst <= an.SAME_CURVES_TOL
-            verdicts.append(f"{pair}: **{'the same' if same else 'not the same'}** -- the eval curves differ by at most "
-                            f"{_delta(worst)} ({'≤' if same else '>'} the tolerance {an.SAME_CURVES_TOL:g}); wall-time ratio {ratio}")
+            verdicts.append(
+                f"{pair}: **{'the same' if same else 'not the same'}** -- the eval curves differ by at most "
+                f"{_delta(worst)} ({'≤' if same else '>'} the tolerance {an.SAME_CURVES_TOL:g}); wall-time ratio {ratio}"
+            )
     return [*out, "**Verdict:** " + "; ".join(verdicts)]
 
 
@@ -481,30 +560,67 @@ def regularization(runs: list[Run], keys: list[str], found: dict[Path, Assessmen
     for r in ok:
         o = found[r.path].overfit
         closed = f"{found[base.path].overfit.gap - o.gap:+.3f}" if base and r is not base else "-"
-        rows.append([label(r, keys), str(r.setting("dropout")), str(r.setting("weight_decay")), _fmt(r.value("final_train_loss")),
-                     _fmt(r.value("final_val_loss")), _fmt(o.gap), "yes" if o.flag else "no", closed, _fmt(r.value("best_val_loss"))])
-    out = [_md_table(["run", "dropout", "weight_decay", "final train", "final val", "gap", "overfitting", "gap closed", "best val"], rows)]
+        rows.append(
+            [
+                label(r, keys),
+                str(r.setting("dropout")),
+                str(r.setting("weight_decay")),
+                _fmt(r.value("final_train_loss")),
+                _fmt(r.value("final_val_loss")),
+                _fmt(o.gap),
+                "yes" if o.flag else "no",
+                closed,
+                _fmt(r.value("best_val_loss")),
+            ]
+        )
+    out = [
+        _md_table(
+            [
+                "run",
+                "dropout",
+                "weight_decay",
+                "final train",
+                "final val",
+                "gap",
+                "overfitting",
+                "gap closed",
+                "best val",
+            ],
+            rows,
+        )
+    ]
     if base is None:
         smallest = min(ok, key=lambda r: found[r.path].overfit.gap)
-        return [*out, f"**Verdict:** no run has dropout=0 and weight_decay=0 to be the baseline; smallest gap: "
-                      f"{label(smallest, keys)} ({found[smallest.path].overfit.gap:.3f}, best val {_fmt(smallest.value('best_val_loss'))})"]
+        return [
+            *out,
+            f"**Verdict:** no run has dropout=0 and weight_decay=0 to be the baseline; smallest gap: "
+            f"{label(smallest, keys)} ({found[smallest.path].overfit.gap:.3f}, best val {_fmt(smallest.value('best_val_loss'))})",
+        ]
     bo = found[base.path].overfit
-    line = (f"the baseline {_with_regularization(base, keys)} {'overfits' if bo.flag else 'does not overfit'} "
-            f"({bo.why}; best val {_fmt(base.value('best_val_loss'))})")
+    line = (
+        f"the baseline {_with_regularization(base, keys)} {'overfits' if bo.flag else 'does not overfit'} "
+        f"({bo.why}; best val {_fmt(base.value('best_val_loss'))})"
+    )
     others = [r for r in ok if r is not base]
     if others:
         top = max(others, key=lambda r: bo.gap - found[r.path].overfit.gap)
         to = found[top.path].overfit
         verb = "closed the gap most" if to.gap < bo.gap else "closed no gap; the least widened"
         tb, bb = top.value("best_val_loss"), base.value("best_val_loss")
-        line += (f"; {verb}: **{_with_regularization(top, keys)}**: "
-                 f"gap {bo.gap:.3f} -> {to.gap:.3f} ({to.gap - bo.gap:+.3f}), best val {_fmt(tb)}"
-                 + (f" ({tb - bb:+.4f} vs the baseline's)" if tb is not None and bb is not None else ""))
+        line += (
+            f"; {verb}: **{_with_regularization(top, keys)}**: "
+            f"gap {bo.gap:.3f} -> {to.gap:.3f} ({to.gap - bo.gap:+.3f}), best val {_fmt(tb)}"
+            + (f" ({tb - bb:+.4f} vs the baseline's)" if tb is not None and bb is not None else "")
+        )
     return [*out, "**Verdict:** " + line]
 
 
 def _window_text(w: an.Window | None) -> str:
-    return "-" if w is None else f"{w.change:+.3f} (steps {w.start_step}-{w.end_step}: {w.start_loss:.3f} -> {w.end_loss:.3f})"
+    return (
+        "-"
+        if w is None
+        else f"{w.change:+.3f} (steps {w.start_step}-{w.end_step}: {w.start_loss:.3f} -> {w.end_loss:.3f})"
+    )
 
 
 def lr_schedule(runs: list[Run], keys: list[str], found: dict[Path, Assessment], sweep: Path) -> list[str]:
@@ -516,21 +632,43 @@ def lr_schedule(runs: list[Run], keys: list[str], found: dict[Path, Assessment],
     for r in ok:
         pts = r.train_points()
         last = pts[-1][0] if pts else 0
-        rows.append([label(r, keys), an.schedule_name(r.setting("warmup_iters") or 0, r.setting("decay_lr")),
-                     str(r.setting("warmup_iters")), str(r.setting("decay_lr")),
-                     _window_text(an.window_change(pts, 0, FIRST_STEPS)), _window_text(an.window_change(pts, last - LAST_STEPS, last)),
-                     _fmt(r.value("final_val_loss")), found[r.path].verdict.name if found[r.path].verdict else "-"])
-    head = ["run", "schedule", "warmup_iters", "decay_lr", f"first {FIRST_STEPS} steps", f"last {LAST_STEPS} steps", "final val", "convergence"]
+        rows.append(
+            [
+                label(r, keys),
+                an.schedule_name(r.setting("warmup_iters") or 0, r.setting("decay_lr")),
+                str(r.setting("warmup_iters")),
+                str(r.setting("decay_lr")),
+                _window_text(an.window_change(pts, 0, FIRST_STEPS)),
+                _window_text(an.window_change(pts, last - LAST_STEPS, last)),
+                _fmt(r.value("final_val_loss")),
+                found[r.path].verdict.name if found[r.path].verdict else "-",
+            ]
+        )
+    head = [
+        "run",
+        "schedule",
+        "warmup_iters",
+        "decay_lr",
+        f"first {FIRST_STEPS} steps",
+        f"last {LAST_STEPS} steps",
+        "final val",
+        "convergence",
+    ]
     ended = [r for r in ok if r.value("final_val_loss") is not None and an.finite(r.value("final_val_loss"))]
-    note = (f"Loss changes of the training-batch loss (train_curve: the mean over each log interval, ending at the step named), "
-            f"from the step-0 evaluation for the first {FIRST_STEPS} steps and from the point nearest {LAST_STEPS} steps "
-            "before the last for the last ones; negative: it fell.")
+    note = (
+        f"Loss changes of the training-batch loss (train_curve: the mean over each log interval, ending at the step named), "
+        f"from the step-0 evaluation for the first {FIRST_STEPS} steps and from the point nearest {LAST_STEPS} steps "
+        "before the last for the last ones; negative: it fell."
+    )
     if not ended:
         return [_md_table(head, rows), note, "**Verdict:** no run has a final val loss."]
     low = min(ended, key=lambda r: r.value("final_val_loss"))
     sched = an.schedule_name(low.setting("warmup_iters") or 0, low.setting("decay_lr"))
-    return [_md_table(head, rows), note,
-            f"**Verdict:** ended lowest: **{sched}** ({label(low, keys)}, final val {low.value('final_val_loss'):.4f}, best val {_fmt(low.value('best_val_loss'))})"]
+    return [
+        _md_table(head, rows),
+        note,
+        f"**Verdict:** ended lowest: **{sched}** ({label(low, keys)}, final val {low.value('final_val_loss'):.4f}, best val {_fmt(low.value('best_val_loss'))})",
+    ]
 
 
 def _plt():
@@ -550,16 +688,43 @@ def scaling(runs: list[Run], keys: list[str], found: dict[Path, Assessment], swe
         vocab = r.metrics.get("vocab_size")
         formula = an.guide_params(nl, ne, vocab) if all(isinstance(x, int) for x in (nl, ne, vocab)) else None
         params = r.metrics.get("params") or formula
-        rows.append([label(r, keys), str(nl), str(nh), str(ne), f"{formula:,}" if formula else "-",
-                     f"{r.metrics['params']:,}" if r.metrics.get("params") else "-", _fmt(r.value("best_val_loss")),
-                     _time(r.metrics), _speed(r.metrics), _memory(r.metrics), r.status])
+        rows.append(
+            [
+                label(r, keys),
+                str(nl),
+                str(nh),
+                str(ne),
+                f"{formula:,}" if formula else "-",
+                f"{r.metrics['params']:,}" if r.metrics.get("params") else "-",
+                _fmt(r.value("best_val_loss")),
+                _time(r.metrics),
+                _speed(r.metrics),
+                _memory(r.metrics),
+                r.status,
+            ]
+        )
         if params and an.finite(r.value("best_val_loss")):
             pts.append((label(r, keys), float(params), r.value("best_val_loss")))
-    head = ["run", "n_layer", "n_head", "n_embd", "guide formula", "params", "best val", "time", "speed", "peak memory", "status"]
-    out = [_md_table(head, rows), "guide formula = n_layer·16·n_embd² + vocab_size·n_embd, the guide's estimate; params: the "
-                                  "model's exact count (without position embeddings, as nanoGPT counts). A block holds about "
-                                  "12·n_embd² weights (attention 4·n_embd², MLP 8·n_embd²), so the formula's 16 overstates them "
-                                  "by a third: the guide's estimate is an upper bound."]
+    head = [
+        "run",
+        "n_layer",
+        "n_head",
+        "n_embd",
+        "guide formula",
+        "params",
+        "best val",
+        "time",
+        "speed",
+        "peak memory",
+        "status",
+    ]
+    out = [
+        _md_table(head, rows),
+        "guide formula = n_layer·16·n_embd² + vocab_size·n_embd, the guide's estimate; params: the "
+        "model's exact count (without position embeddings, as nanoGPT counts). A block holds about "
+        "12·n_embd² weights (attention 4·n_embd², MLP 8·n_embd²), so the formula's 16 overstates them "
+        "by a third: the guide's estimate is an upper bound.",
+    ]
     if len(pts) < 2:
         return [*out, "**Verdict:** needs two runs with a val loss and a size to compare."]
     plt = _plt()
@@ -568,8 +733,13 @@ def scaling(runs: list[Run], keys: list[str], found: dict[Path, Assessment], swe
     ax.plot([p[1] for p in pts], [p[2] for p in pts], "o-")
     for name, x, y in pts:
         ax.annotate(f"{name}\n{x / 1e6:.2f}M, {y:.3f}", (x, y), textcoords="offset points", xytext=(6, 6), fontsize=9)
-    ax.set(xscale="log", yscale="log", xlabel="parameters (log)", ylabel="best val loss (log)",
-           title=next((r.report.get("question") for r in runs if r.report.get("question")), "val loss against model size"))
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="parameters (log)",
+        ylabel="best val loss (log)",
+        title=next((r.report.get("question") for r in runs if r.report.get("question")), "val loss against model size"),
+    )
     from matplotlib.ticker import FormatStrFormatter
 
     # losses span less than a decade: plain numbers on the log axis, not 1.6x10^0
@@ -582,8 +752,12 @@ def scaling(runs: list[Run], keys: list[str], found: dict[Path, Assessment], swe
     plt.close(fig)
     steps = an.size_steps(pts)
     falls = all(s.fall > 0 for s in steps)
-    line = "val loss falls with every increase in size: " + ("**yes**" if falls else "**no**") + " -- " + "; ".join(
-        f"{s.smaller} -> {s.larger}: {-s.fall:+.4f} ({s.per_decade:.3f} per 10× parameters)" for s in steps)
+    line = (
+        "val loss falls with every increase in size: "
+        + ("**yes**" if falls else "**no**")
+        + " -- "
+        + "; ".join(f"{s.smaller} -> {s.larger}: {-s.fall:+.4f} ({s.per_decade:.3f} per 10× parameters)" for s in steps)
+    )
     dim = an.diminishing_from(steps)
     if dim:
         line += f"; returns diminish from {dim.smaller} -> {dim.larger} (a smaller gain per 10× parameters than the step before)"
@@ -592,8 +766,13 @@ def scaling(runs: list[Run], keys: list[str], found: dict[Path, Assessment], swe
     return [*out, "![val loss against parameters](scaling.png)", "**Verdict:** " + line]
 
 
-SECTIONS = {"hparams": hparams, "grad_accum": grad_accum, "regularization": regularization,
-            "lr_schedule": lr_schedule, "scaling": scaling}
+SECTIONS = {
+    "hparams": hparams,
+    "grad_accum": grad_accum,
+    "regularization": regularization,
+    "lr_schedule": lr_schedule,
+    "scaling": scaling,
+}
 assert tuple(SECTIONS) == an.ANALYSES
 
 
@@ -637,7 +816,9 @@ def plot(runs: list[Run], keys: list[str], path: Path, title: str) -> None:
         for split, style in (("val", dict(lw=2)), ("train", dict(lw=1, ls=":"))):
             pts = r.curve(split)
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, label=f"{label(r, keys)} {split}", **style)
+                ax.plot(
+                    [p[0] for p in pts], [p[1] for p in pts], color=color, label=f"{label(r, keys)} {split}", **style
+                )
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(title)
@@ -661,8 +842,11 @@ def report(folder: str | Path | None) -> str:
         raise ConfigError(f"report.analysis must be one of {', '.join(SECTIONS)} or null, got '{kind}'")
     question = spec.get("question")
     # job folders of the sweep that wrote nothing: killed, or still going
-    unfinished = sorted(d.name for d in sweep_dir.iterdir()
-                        if d.is_dir() and not d.name.startswith(".") and JOB_DIR.match(d.name) and not _has_result(d))
+    unfinished = sorted(
+        d.name
+        for d in sweep_dir.iterdir()
+        if d.is_dir() and not d.name.startswith(".") and JOB_DIR.match(d.name) and not _has_result(d)
+    )
     found = assess(runs)
     # the answer first: a bad report: node is refused before any file is written
     answer = SECTIONS[kind](runs, keys, found, sweep_dir) if kind else ["**Verdict:** " + verdict(runs, keys)]
@@ -677,15 +861,26 @@ def report(folder: str | Path | None) -> str:
         parts.append(f"Sweep `{sweep_dir}`: {how}.")
     parts += ["## Runs", table(runs, keys), notes]
     if bad:
-        parts.append("Runs that did not finish well:\n" + "\n".join(
-            f"- `{r.name}` ({label(r, keys)}): {r.status}: {r.metrics.get('error') or 'no error recorded'}" for r in bad))
+        parts.append(
+            "Runs that did not finish well:\n"
+            + "\n".join(
+                f"- `{r.name}` ({label(r, keys)}): {r.status}: {r.metrics.get('error') or 'no error recorded'}"
+                for r in bad
+            )
+        )
     parts.append(f"## {question or 'Verdict'}")
     parts += answer
-    parts += ["## Loss curves", "![train and val loss](loss_curves.png)", "![val-loss curves, train dotted](comparison.png)",
-              "## Each run", *(run_block(r, found[r.path], keys) for r in runs),
-              "## Rules", "\n".join(an.rules()),
-              f"Made by `python -m gptlab.report {sweep_dir}` from each run's metrics.json, training.log, config.yaml "
-              "and .hydra/overrides.yaml."]
+    parts += [
+        "## Loss curves",
+        "![train and val loss](loss_curves.png)",
+        "![val-loss curves, train dotted](comparison.png)",
+        "## Each run",
+        *(run_block(r, found[r.path], keys) for r in runs),
+        "## Rules",
+        "\n".join(an.rules()),
+        f"Made by `python -m gptlab.report {sweep_dir}` from each run's metrics.json, training.log, config.yaml "
+        "and .hydra/overrides.yaml.",
+    ]
     text = "\n\n".join(parts) + "\n"
     (sweep_dir / "report.md").write_text(text)
     return text

@@ -44,17 +44,29 @@ class BestCheckpoint(ModelCheckpoint):
     is read for the folder as it is now, so moving a run folder changes nothing."""
 
     def __init__(self, run_dir: Path, save_last: bool = False):
-        super().__init__(dirpath=run_dir, filename=Path(BEST).stem, monitor="val/loss", mode="min", save_top_k=1,
-                         save_last=save_last, auto_insert_metric_name=False, enable_version_counter=False)
+        super().__init__(
+            dirpath=run_dir,
+            filename=Path(BEST).stem,
+            monitor="val/loss",
+            mode="min",
+            save_top_k=1,
+            save_last=save_last,
+            auto_insert_metric_name=False,
+            enable_version_counter=False,
+        )
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         old = state_dict.get("dirpath")
         if old and self.dirpath and old != self.dirpath:
             moved = lambda p: str(Path(self.dirpath) / Path(p).name) if p else p  # noqa: E731
-            state_dict = {**state_dict, "dirpath": self.dirpath, "best_model_path": moved(state_dict.get("best_model_path")),
-                          "kth_best_model_path": moved(state_dict.get("kth_best_model_path")),
-                          "last_model_path": moved(state_dict.get("last_model_path")),
-                          "best_k_models": {moved(k): v for k, v in (state_dict.get("best_k_models") or {}).items()}}
+            state_dict = {
+                **state_dict,
+                "dirpath": self.dirpath,
+                "best_model_path": moved(state_dict.get("best_model_path")),
+                "kth_best_model_path": moved(state_dict.get("kth_best_model_path")),
+                "last_model_path": moved(state_dict.get("last_model_path")),
+                "best_k_models": {moved(k): v for k, v in (state_dict.get("best_k_models") or {}).items()},
+            }
         super().load_state_dict(state_dict)
 
 
@@ -79,7 +91,9 @@ def resolve_checkpoint(ref: str | Path) -> Path:
         for name in (BEST, LAST):
             if (p / name).is_file():
                 return p / name
-        raise CheckpointError(f"run folder '{p}' holds no {BEST} or {LAST}; did its training reach the first evaluation?")
+        raise CheckpointError(
+            f"run folder '{p}' holds no {BEST} or {LAST}; did its training reach the first evaluation?"
+        )
     if not p.is_file():
         raise CheckpointError(f"checkpoint '{p}' does not exist; give a .ckpt file or a run folder under outputs/")
     return p

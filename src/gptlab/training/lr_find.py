@@ -131,7 +131,9 @@ def _unsmooth(recorded: list[float], first_step: int) -> list[float]:
     return out
 
 
-def search(module: L.LightningModule, datamodule: L.LightningDataModule, trainer: L.Trainer, settings: LRFindSettings) -> RangeTest:
+def search(
+    module: L.LightningModule, datamodule: L.LightningDataModule, trainer: L.Trainer, settings: LRFindSettings
+) -> RangeTest:
     """Run Tuner.lr_find on module. Afterwards the module, its optimizer and schedule, and the
     datamodule's samplers are as they were: Lightning reloads the checkpoint it wrote before the
     search, then draws one batch for the fit it expects to follow (fit_loop.setup_data()), which
@@ -200,7 +202,9 @@ def plot(result: RangeTest, path: Path) -> None:
     if result.index is not None:
         i = result.index
         ax.plot(result.lrs[i], result.smoothed[i], "o", color="C3", ms=8, label=f"read at {result.lrs[i]:.2e}")
-        ax.axvline(result.suggestion, color="C3", ls="--", lw=1, label=f"suggested learning_rate={result.suggestion:.2e}")
+        ax.axvline(
+            result.suggestion, color="C3", ls="--", lw=1, label=f"suggested learning_rate={result.suggestion:.2e}"
+        )
     finite = [y for y in result.smoothed if math.isfinite(y)]
     if finite:  # keep the diverged tail from flattening the interesting part
         lo = min(finite + [y for y in result.losses if math.isfinite(y)])
@@ -209,7 +213,9 @@ def plot(result: RangeTest, path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss")
-    ax.set_title(f"learning-rate range test ({len(result.lrs)} steps{', stopped: loss diverged' if result.stopped_early else ''})")
+    ax.set_title(
+        f"learning-rate range test ({len(result.lrs)} steps{', stopped: loss diverged' if result.stopped_early else ''})"
+    )
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -226,7 +232,9 @@ def save(result: RangeTest, folder: Path) -> None:
 def settings_from(cfg) -> LRFindSettings:
     n = cfg.lr_find
     thr = n.diverge_threshold
-    return LRFindSettings(float(n.min_lr), float(n.max_lr), int(n.num_steps), None if thr is None else float(thr), str(n.rule))
+    return LRFindSettings(
+        float(n.min_lr), float(n.max_lr), int(n.num_steps), None if thr is None else float(thr), str(n.rule)
+    )
 
 
 def run(cfg, datamodule, model_config, device, out_dir: Path, augment=None) -> RangeTest:
@@ -240,14 +248,25 @@ def run(cfg, datamodule, model_config, device, out_dir: Path, augment=None) -> R
     s = settings_from(cfg)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     # the schedule during the search is the Tuner's; only AdamW's own settings matter here
-    optim = OptimConfig(learning_rate=s.min_lr, weight_decay=float(cfg.weight_decay), beta1=float(cfg.beta1),
-                        beta2=float(cfg.beta2), decay_lr=False, warmup_iters=0, min_lr=0.0)
+    optim = OptimConfig(
+        learning_rate=s.min_lr,
+        weight_decay=float(cfg.weight_decay),
+        beta1=float(cfg.beta1),
+        beta2=float(cfg.beta2),
+        decay_lr=False,
+        warmup_iters=0,
+        min_lr=0.0,
+    )
     module = GPTModule(model_config, optim, augment=copy.deepcopy(augment))
     trainer = search_trainer(device, int(cfg.gradient_accumulation_steps), float(cfg.grad_clip), out_dir)
     log.info(f"learning-rate range test: {s.num_steps} steps from {s.min_lr:g} to {s.max_lr:g}, exponentially")
     result = search(module, datamodule, trainer, s)
     save(result, out_dir)
-    ended = f"stopped after {len(result.lrs)} steps: the loss diverged" if result.stopped_early else f"{len(result.lrs)} steps"
+    ended = (
+        f"stopped after {len(result.lrs)} steps: the loss diverged"
+        if result.stopped_early
+        else f"{len(result.lrs)} steps"
+    )
     log.info(
         f"range test: {ended}; suggested learning_rate={result.suggestion:.3g} (rule {result.rule}); "
         f"curve in {out_dir / PNG}"

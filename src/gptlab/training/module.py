@@ -119,8 +119,15 @@ class GPTModule(L.LightningModule):
         steps = float(len(n))
         self._grad_norms.clear()
         finite_steps = max(steps - nonfinite, 1.0)
-        return {"last": last, "mean": total / finite_steps, "max": mx, "clipped": n_clipped,
-                "clipped_frac": n_clipped / steps, "nonfinite": nonfinite, "steps": steps}
+        return {
+            "last": last,
+            "mean": total / finite_steps,
+            "max": mx,
+            "clipped": n_clipped,
+            "clipped_frac": n_clipped / steps,
+            "nonfinite": nonfinite,
+            "steps": steps,
+        }
 
     # ------------------------------------------------------------------ augmentation
 
@@ -152,7 +159,9 @@ class GPTModule(L.LightningModule):
             self.log(names[idx], total / count, sync_dist=True, prog_bar=False, logger=False)
         metrics = self.trainer.callback_metrics
         self.last_eval = {
-            split: float(metrics[name]) for name, split in (("train/loss", "train"), ("val/loss", "val")) if name in metrics
+            split: float(metrics[name])
+            for name, split in (("train/loss", "train"), ("val/loss", "val"))
+            if name in metrics
         }
         if self.logger is not None and not self.trainer.sanity_checking:
             self.logger.log_metrics({f"{k}/loss": v for k, v in self.last_eval.items()}, step=self.global_step)

@@ -48,8 +48,9 @@ def run_state(run_dir: Path) -> str:
     return "new"
 
 
-def starting_point(run_dir: Path, init_from: str, ckpt_path: str | None, resume: bool, overwrite: bool,
-                   eval_only: bool) -> Path | str | None:
+def starting_point(
+    run_dir: Path, init_from: str, ckpt_path: str | None, resume: bool, overwrite: bool, eval_only: bool
+) -> Path | str | None:
     """Where a run starts: a checkpoint to continue from, None (from scratch), or FINISHED when
     resume=true finds the run already complete."""
     run_dir = Path(run_dir)
@@ -86,8 +87,18 @@ def starting_point(run_dir: Path, init_from: str, ckpt_path: str | None, resume:
 # win (docs/reliability.md, "Resuming with changed settings").
 RESUME_REFUSES = ("learning_rate", "weight_decay", "beta1", "beta2")
 # Where the run is and how it was started: not settings of the training itself.
-RESUME_IGNORES = ("out_dir", "resume", "init_from", "ckpt_path", "overwrite", "eval_only", "data.root", "data.path",
-                  "report", "hydra")
+RESUME_IGNORES = (
+    "out_dir",
+    "resume",
+    "init_from",
+    "ckpt_path",
+    "overwrite",
+    "eval_only",
+    "data.root",
+    "data.path",
+    "report",
+    "hydra",
+)
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

@@ -119,7 +119,9 @@ class Parts:
     early_stop: EarlyStopping | None = None
 
 
-def train(cfg: DictConfig, run_dir: str | Path, callbacks: Sequence[L.Callback] = (), hparam_keys: Sequence[str] = ()) -> dict:
+def train(
+    cfg: DictConfig, run_dir: str | Path, callbacks: Sequence[L.Callback] = (), hparam_keys: Sequence[str] = ()
+) -> dict:
     """Train (or, with eval_only, evaluate) as cfg says, writing into run_dir; returns the
     metrics.json dict (eval.json's for eval_only). No other run may use run_dir meanwhile: rank
     0 holds its lock. callbacks run after the run's own (the bench times steps through one);
@@ -169,8 +171,10 @@ def starting(cfg: DictConfig, run_dir: Path) -> Path | str | None:
             log.info(f"overwrite=true: removed the earlier run's {len(removed)} files in {run_dir} ({names})")
     start = starting_point(run_dir, cfg.init_from, cfg.ckpt_path, bool(cfg.resume), bool(cfg.overwrite), False)
     if start == FINISHED:
-        log.info(f"resume=true: {run_dir} already finished ({METRICS} is there); nothing to do "
-                 "(to train it further: init_from=resume with a larger max_iters)")
+        log.info(
+            f"resume=true: {run_dir} already finished ({METRICS} is there); nothing to do "
+            "(to train it further: init_from=resume with a larger max_iters)"
+        )
     elif start is not None:
         log.info(f"continuing from {start}")
     remove_partial_writes(run_dir)  # leftovers of a write that a SIGKILL cut short
@@ -184,9 +188,14 @@ def build_data(cfg: DictConfig) -> Data:
     batching = str(cfg.data.get("batching", "random"))
     ensure_prepared(spec, log=log.info, documents=batching != "random")
     dm = GPTDataModule(
-        spec.dir, int(cfg.block_size), int(cfg.batch_size), seed=int(cfg.seed),
-        batching=batching, bucket_batches=int(cfg.data.get("bucket_batches", 16)),
-        accumulation=int(cfg.gradient_accumulation_steps), eval_batch_size=cfg.get("eval_batch_size"),
+        spec.dir,
+        int(cfg.block_size),
+        int(cfg.batch_size),
+        seed=int(cfg.seed),
+        batching=batching,
+        bucket_batches=int(cfg.data.get("bucket_batches", 16)),
+        accumulation=int(cfg.gradient_accumulation_steps),
+        eval_batch_size=cfg.get("eval_batch_size"),
     )
     dm.check_block_size()
     masking = token_masking(cfg, dm.vocab_size)
@@ -208,8 +217,10 @@ def check_checkpoint(run: Run, data: Data) -> None:
     run.resume_step = int(ckpt.get("global_step", 0))
     run.changes = resume_changes(ckpt["gptlab"].get("config", {}), plain(run.cfg))
     if run.changes:
-        log.info(f"resumed at step {run.resume_step} with changed settings (applied from here on, recorded in "
-                 f"{TRAINING_LOG} and {METRICS}): " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in run.changes.items()))
+        log.info(
+            f"resumed at step {run.resume_step} with changed settings (applied from here on, recorded in "
+            f"{TRAINING_LOG} and {METRICS}): " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in run.changes.items())
+        )
 
 
 def choose_learning_rate(run: Run, data: Data) -> None:
@@ -236,7 +247,9 @@ def build_module(cfg: DictConfig, data: Data) -> GPTModule:
 def describe(run: Run, data: Data, module: GPTModule) -> int:
     """The run's summary lines; returns the tokens per optimizer step (all processes)."""
     cfg, device, run_dir = run.cfg, run.device, run.run_dir
-    n_proc = (len(device.devices) if isinstance(device.devices, list) else int(device.devices)) * int(cfg.trainer.num_nodes)
+    n_proc = (len(device.devices) if isinstance(device.devices, list) else int(device.devices)) * int(
+        cfg.trainer.num_nodes
+    )
     accum = int(cfg.gradient_accumulation_steps)
     tokens_per_step = int(cfg.batch_size) * int(cfg.block_size) * accum * n_proc
     log.info(
@@ -274,8 +287,12 @@ def build_monitors(cfg: DictConfig, vocab_size: int, resume: bool) -> list[L.Cal
 def build_callbacks(run: Run, data: Data, extra: Sequence[L.Callback] = ()) -> Parts:
     """Every callback of a training run, in the order Lightning must call them."""
     cfg, run_dir, resume = run.cfg, run.run_dir, run.start is not None
-    training_log = TrainingLog(run_dir / TRAINING_LOG, append=resume, tokens_per_step=run.tokens_per_step,
-                               resumed=(run.resume_step, run.changes) if run.changes else None)
+    training_log = TrainingLog(
+        run_dir / TRAINING_LOG,
+        append=resume,
+        tokens_per_step=run.tokens_per_step,
+        resumed=(run.resume_step, run.changes) if run.changes else None,
+    )
     monitors = build_monitors(cfg, data.mconf.vocab_size, resume)
     grad_monitor = next((m for m in monitors if isinstance(m, GradientMonitor)), None)
     progress = ProgressLog(int(cfg.log_interval), run.tokens_per_step, grad_monitor=grad_monitor)
@@ -292,13 +309,25 @@ def build_callbacks(run: Run, data: Data, extra: Sequence[L.Callback] = ()) -> P
     ]
     if int(cfg.eval_sample_tokens) > 0 and str(cfg.trainer.strategy) != "fsdp":
         suppress = undecodable_ids(data.dm.tokenizer, data.mconf.vocab_size)  # padded rows and [MASK]
-        callbacks.append(EvalSamples(int(cfg.eval_sample_tokens), data.dm.tokenizer, int(cfg.seed), suppress,
-                                     budget=float(cfg.eval_sample_budget)))
+        callbacks.append(
+            EvalSamples(
+                int(cfg.eval_sample_tokens),
+                data.dm.tokenizer,
+                int(cfg.seed),
+                suppress,
+                budget=float(cfg.eval_sample_budget),
+            )
+        )
     early_stop = None
     if cfg.early_stopping.patience:
         # counts the evaluations during fit (not the step-0 one) without val loss < best - min_delta
-        early_stop = EarlyStopping("val/loss", min_delta=float(cfg.early_stopping.min_delta), mode="min",
-                                   patience=int(cfg.early_stopping.patience), check_on_train_epoch_end=False)
+        early_stop = EarlyStopping(
+            "val/loss",
+            min_delta=float(cfg.early_stopping.min_delta),
+            mode="min",
+            patience=int(cfg.early_stopping.patience),
+            check_on_train_epoch_end=False,
+        )
         callbacks.append(early_stop)
     return Parts(callbacks, training_log, progress, monitors, early_stop)
 
@@ -310,8 +339,13 @@ def build_trainer(run: Run, callbacks: list) -> L.Trainer:
     accum = int(cfg.gradient_accumulation_steps)
     # purge_step: TensorBoard hides what a killed run logged after the checkpoint it resumes from,
     # so every curve continues from the checkpoint's step without a doubled stretch
-    logger = TensorBoardLogger(save_dir=str(run_dir), name="", version="", default_hp_metric=False,
-                               purge_step=run.resume_step + 1 if run.start else None)
+    logger = TensorBoardLogger(
+        save_dir=str(run_dir),
+        name="",
+        version="",
+        default_hp_metric=False,
+        purge_step=run.resume_step + 1 if run.start else None,
+    )
     return L.Trainer(
         accelerator=device.accelerator,
         devices=device.devices,
@@ -356,7 +390,9 @@ def fit(run: Run, trainer: L.Trainer, module: GPTModule, data: Data, parts: Part
     except SIGTERMException:
         # Lightning's handler caught a SIGTERM outside the training steps (StopOnSignal covers
         # those); its exception would end the process with status 0, as if the run had finished
-        raise RunInterrupted("SIGTERM outside the training steps; nothing new was saved.", signal.SIGTERM, str(run_dir)) from None
+        raise RunInterrupted(
+            "SIGTERM outside the training steps; nothing new was saved.", signal.SIGTERM, str(run_dir)
+        ) from None
     except Exception as e:
         if trainer.is_global_zero and not isinstance(e, RunInterrupted):
             # what the run got to before it failed, for the sweep's summary and the report
@@ -378,14 +414,24 @@ def results(run: Run, trainer: L.Trainer, module: GPTModule, data: Data, parts: 
     # under FSDP the weights are sharded: rank 0 alone cannot run the model
     skip = int(cfg.sample_tokens) == 0 or str(cfg.trainer.strategy) == "fsdp"
     suppress = undecodable_ids(data.dm.tokenizer, data.mconf.vocab_size)
-    metrics["sample"] = "" if skip else generate_sample(module.model, data.dm.tokenizer, int(cfg.sample_tokens), int(cfg.seed), suppress)
+    metrics["sample"] = (
+        ""
+        if skip
+        else generate_sample(module.model, data.dm.tokenizer, int(cfg.sample_tokens), int(cfg.seed), suppress)
+    )
     metrics["checkpoint_bytes"] = disk_report(run_dir, bool(cfg.get("export_weights")))
     write_metrics(run_dir, metrics)
     best = metrics.get("best_val_loss")
     if best is not None:
         # the HParams dashboard: one row per run of a sweep, with its best val loss
-        trainer.logger.log_hyperparams(hparams(cfg, run.hparam_keys), metrics={
-            "hp/best_val_loss": best, "hp/final_val_loss": metrics["final_val_loss"], "hp/final_train_loss": metrics["final_train_loss"]})
+        trainer.logger.log_hyperparams(
+            hparams(cfg, run.hparam_keys),
+            metrics={
+                "hp/best_val_loss": best,
+                "hp/final_val_loss": metrics["final_val_loss"],
+                "hp/final_train_loss": metrics["final_train_loss"],
+            },
+        )
         trainer.logger.save()
         log.info(f"training stopped at step {metrics['iters']}: {metrics['stop_message']}")
         log.info(f"best val loss {best:.4f} at step {metrics['best_step']}; checkpoints in {run_dir}")
@@ -409,22 +455,40 @@ def evaluate_only(cfg: DictConfig, run_dir: Path, device: DeviceChoice) -> dict:
         step = checkpoint_step(ckpt)
     module = build_module(cfg, data)
     trainer = L.Trainer(
-        accelerator=device.accelerator, devices=device.devices, strategy=strategy(str(cfg.trainer.strategy)),
-        num_nodes=int(cfg.trainer.num_nodes), precision=device.precision, limit_val_batches=int(cfg.eval_iters),
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        default_root_dir=str(run_dir), use_distributed_sampler=False,
+        accelerator=device.accelerator,
+        devices=device.devices,
+        strategy=strategy(str(cfg.trainer.strategy)),
+        num_nodes=int(cfg.trainer.num_nodes),
+        precision=device.precision,
+        limit_val_batches=int(cfg.eval_iters),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(run_dir),
+        use_distributed_sampler=False,
     )
     what = str(ckpt) if ckpt else "a freshly initialised model (no checkpoint in the run folder)"
     log.info(f"eval_only: evaluating {what} on {cfg.eval_iters} batches per split")
-    trainer.validate(module, datamodule=data.dm, ckpt_path=str(ckpt) if ckpt else None, weights_only=True, verbose=False)
+    trainer.validate(
+        module, datamodule=data.dm, ckpt_path=str(ckpt) if ckpt else None, weights_only=True, verbose=False
+    )
     ev = module.last_eval
-    result = {"status": "eval_only", "checkpoint": str(ckpt) if ckpt else None, "step": step,
-              "train_loss": ev.get("train"), "val_loss": ev.get("val"), "eval_iters": int(cfg.eval_iters),
-              "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    result = {
+        "status": "eval_only",
+        "checkpoint": str(ckpt) if ckpt else None,
+        "step": step,
+        "train_loss": ev.get("train"),
+        "val_loss": ev.get("val"),
+        "eval_iters": int(cfg.eval_iters),
+        "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     if trainer.is_global_zero:
         write_eval(run_dir, result)
-        log.info(f"step {step}: train loss {result['train_loss']:.4f}, val loss {result['val_loss']:.4f} "
-                 f"(eval_only; written to {run_dir / EVAL})")
+        log.info(
+            f"step {step}: train loss {result['train_loss']:.4f}, val loss {result['val_loss']:.4f} "
+            f"(eval_only; written to {run_dir / EVAL})"
+        )
     return result
 
 
@@ -459,7 +523,11 @@ def find_learning_rate(cfg: DictConfig, run_dir: str | Path) -> dict:
 
 def _quiet_lightning() -> None:
     # Lightning's start-up banner (GPU/TPU available, ...) repeats what the run summary says
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda", "lightning.fabric.utilities.seed"):
+    for name in (
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.pytorch.accelerators.cuda",
+        "lightning.fabric.utilities.seed",
+    ):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
@@ -494,9 +562,26 @@ def strategy(name: str):
 
 # The hyperparameters experiments vary; TensorBoard's HPARAMS tab shows these and any swept key
 # (all ~80 keys would bury the swept ones)
-HPARAMS = ("variant", "learning_rate", "batch_size", "gradient_accumulation_steps", "block_size", "n_layer", "n_head",
-           "n_embd", "dropout", "weight_decay", "max_iters", "warmup_iters", "decay_lr", "lr_decay_iters", "min_lr",
-           "grad_clip", "seed", "augment.mask_prob")
+HPARAMS = (
+    "variant",
+    "learning_rate",
+    "batch_size",
+    "gradient_accumulation_steps",
+    "block_size",
+    "n_layer",
+    "n_head",
+    "n_embd",
+    "dropout",
+    "weight_decay",
+    "max_iters",
+    "warmup_iters",
+    "decay_lr",
+    "lr_decay_iters",
+    "min_lr",
+    "grad_clip",
+    "seed",
+    "augment.mask_prob",
+)
 NOT_HPARAMS = {"out_dir", "resume", "device", "profile", "data.root", "init_from", "ckpt_path", "overwrite"}
 
 

@@ -27,8 +27,9 @@ class TrainingLog(L.Callback):
     """After every evaluation: one line in <run dir>/training.log and on the console, and the
     history kept for metrics.json."""
 
-    def __init__(self, path: str | Path, append: bool = False, tokens_per_step: int = 0,
-                 resumed: tuple[int, dict] | None = None):
+    def __init__(
+        self, path: str | Path, append: bool = False, tokens_per_step: int = 0, resumed: tuple[int, dict] | None = None
+    ):
         self.path = Path(path)
         self.append = append
         self.tokens_per_step = tokens_per_step  # for the losses against tokens seen (TensorBoard by_tokens/)
@@ -59,7 +60,10 @@ class TrainingLog(L.Callback):
             self._log_by_tokens(trainer, rec)
 
     def state_dict(self) -> dict:
-        return {"history": self.history, "resumes": self.resumes}  # in checkpoints: metrics.json of a resumed run covers it all
+        return {
+            "history": self.history,
+            "resumes": self.resumes,
+        }  # in checkpoints: metrics.json of a resumed run covers it all
 
     def on_fit_start(self, trainer, pl_module) -> None:
         if self._resumed:
@@ -69,7 +73,11 @@ class TrainingLog(L.Callback):
             if rank_zero_only.rank == 0:
                 # not an evaluation line: the guide's parse_log and gptlab's both skip it
                 with open(self.path, "a") as f:
-                    f.write(f"# resumed at step {step} with " + ", ".join(f"{k}={new} (was {old})" for k, (old, new) in changed.items()) + "\n")
+                    f.write(
+                        f"# resumed at step {step} with "
+                        + ", ".join(f"{k}={new} (was {old})" for k, (old, new) in changed.items())
+                        + "\n"
+                    )
         if rank_zero_only.rank != 0:
             return
         if self._replay and trainer.logger is not None and self.tokens_per_step:
@@ -82,8 +90,10 @@ class TrainingLog(L.Callback):
 
     def _log_by_tokens(self, trainer, rec: dict) -> None:
         # the same losses with tokens seen as the x axis: runs with different batch sizes compare fairly
-        trainer.logger.log_metrics({"by_tokens/train_loss": rec["train_loss"], "by_tokens/val_loss": rec["val_loss"]},
-                                   step=rec["step"] * self.tokens_per_step)
+        trainer.logger.log_metrics(
+            {"by_tokens/train_loss": rec["train_loss"], "by_tokens/val_loss": rec["val_loss"]},
+            step=rec["step"] * self.tokens_per_step,
+        )
 
     def load_state_dict(self, state: dict) -> None:
         self.history = list(state.get("history", []))
@@ -291,8 +301,14 @@ def generate_sample(model, tokenizer, n_tokens: int, seed: int, suppress: list[i
         start = int(tokenizer.encode("\n")[0]) if "\n" in getattr(tokenizer, "stoi", {}) else 0
     gen = torch.Generator(device=dev).manual_seed(seed)
     with torch.inference_mode():  # ~10% faster than no_grad for this token-by-token loop on CPU
-        out = model.generate(torch.tensor([[start]], device=dev), n_tokens, temperature=0.8, top_k=200,
-                             generator=gen, suppress_tokens=suppress)
+        out = model.generate(
+            torch.tensor([[start]], device=dev),
+            n_tokens,
+            temperature=0.8,
+            top_k=200,
+            generator=gen,
+            suppress_tokens=suppress,
+        )
     model.train(was_training)
     return tokenizer.decode(out[0, 1:].tolist())
 
@@ -358,5 +374,8 @@ class EvalSamples(L.Callback):
         self._spent += self._cost
         # TensorBoard renders markdown: four spaces make a code block that keeps the line breaks
         body = "\n".join("    " + line for line in text.splitlines())
-        trainer.logger.experiment.add_text("samples/eval", f"step {trainer.global_step}, val loss "
-                                           f"{pl_module.last_eval['val']:.4f}:\n\n{body}", trainer.global_step)
+        trainer.logger.experiment.add_text(
+            "samples/eval",
+            f"step {trainer.global_step}, val loss {pl_module.last_eval['val']:.4f}:\n\n{body}",
+            trainer.global_step,
+        )

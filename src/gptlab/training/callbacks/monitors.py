@@ -68,8 +68,12 @@ class GradientMonitor(L.Callback):
         self.total_clipped += st["clipped"]
         if trainer.logger is not None:
             trainer.logger.log_metrics(
-                {"train/grad_norm": st["last"], "grad/norm_mean": st["mean"], "grad/norm_max": st["max"],
-                 "grad/clipped_frac": st["clipped_frac"]},
+                {
+                    "train/grad_norm": st["last"],
+                    "grad/norm_mean": st["mean"],
+                    "grad/norm_max": st["max"],
+                    "grad/clipped_frac": st["clipped_frac"],
+                },
                 step=trainer.global_step,
             )
         if self.warn_above > 0 and st["max"] > self.warn_above and trainer.is_global_zero:
@@ -97,8 +101,17 @@ def add_histogram(exp, tag: str, values: torch.Tensor, step: int, bins: int = 64
     left = lo if hi > lo else lo - width / 2
     counts = torch.histc(v, bins=bins, min=left, max=left + width).tolist()
     limits = [left + width * (i + 1) / bins for i in range(bins)]  # right edge of each bucket
-    exp.add_histogram_raw(tag, min=lo, max=hi, num=v.numel(), sum=total, sum_squares=squares,
-                          bucket_limits=limits, bucket_counts=counts, global_step=step)
+    exp.add_histogram_raw(
+        tag,
+        min=lo,
+        max=hi,
+        num=v.numel(),
+        sum=total,
+        sum_squares=squares,
+        bucket_limits=limits,
+        bucket_counts=counts,
+        global_step=step,
+    )
 
 
 class LayerGradients(L.Callback):
@@ -122,7 +135,9 @@ class LayerGradients(L.Callback):
         norms = {}
         with torch.no_grad():
             sq = {k: sum(p.grad.float().pow(2).sum() for p in ps if p.grad is not None) for k, ps in groups.items()}
-            values = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=pl_module.device) for v in sq.values()])
+            values = torch.stack(
+                [torch.as_tensor(v, dtype=torch.float32, device=pl_module.device) for v in sq.values()]
+            )
             norms = dict(zip(sq, values.sqrt().tolist()))  # one host sync per interval
             self._before = {k: [p.detach().clone() for p in ps] for k, ps in groups.items()}
         exp = _tensorboard(trainer)
@@ -182,7 +197,9 @@ class InitialLossCheck(L.Callback):
             return
         diff = val - self.expected
         if abs(diff) <= self.tolerance:
-            log.info(f"initial val loss {val:.4f} vs random guess -ln(1/{self.vocab_size}) = {self.expected:.4f}: as expected")
+            log.info(
+                f"initial val loss {val:.4f} vs random guess -ln(1/{self.vocab_size}) = {self.expected:.4f}: as expected"
+            )
             return
         why = (
             "the untrained model is confidently wrong: weights initialised too large (logits far from uniform)"
@@ -242,8 +259,13 @@ class PlateauHint(L.Callback):
             )
 
     def state_dict(self) -> dict:
-        return {"best": self.best, "best_step": self.best_step, "since": self.since,
-                "train_at_best": self.train_at_best, "fired": self.fired}
+        return {
+            "best": self.best,
+            "best_step": self.best_step,
+            "since": self.since,
+            "train_at_best": self.train_at_best,
+            "fired": self.fired,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         for k, v in state.items():
