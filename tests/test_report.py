@@ -329,8 +329,8 @@ def test_grad_accum_same_curves_or_not(tmp_path):
         )
         text = report.report(sweep)
         assert (
-            "effective batch = batch_size × gradient_accumulation_steps: large_batch 64 × 1 = 64; grad_accum 16 × 4 = 64."
-            in text
+            "effective batch = batch_size × gradient_accumulation_steps: "
+            "large_batch 64 × 1 = 64; grad_accum 16 × 4 = 64." in text
         )
         assert "wall time grad_accum / large_batch: 1.12×" in text
         line = verdict_line(text)
@@ -383,8 +383,8 @@ def test_lr_schedule_windows_and_the_lowest_end(tmp_path):
     first, last = f(100) + 0.02 - f(0), f(2000) - f(1800)
     row = next(ln for ln in text.splitlines() if ln.startswith("| decay_lr=True, warmup_iters=100 |"))
     assert (
-        f"| warmup + decay | 100 | True | {first:+.3f} (steps 0-100: 4.200 -> {f(100) + 0.02:.3f}) | {last:+.3f} (steps 1800-2000:"
-        in row
+        f"| warmup + decay | 100 | True | {first:+.3f} (steps 0-100: 4.200 -> {f(100) + 0.02:.3f}) | "
+        f"{last:+.3f} (steps 1800-2000:" in row
     )
     assert "| no schedule | 0 | False |" in text and "| decay only | 0 | True |" in text
     assert verdict_line(text).startswith(
@@ -416,7 +416,8 @@ def test_scaling_table_figure_and_verdict(tmp_path):
     assert "| large | 8 | 8 | 512 | 33,587,712 |" in text
     line = verdict_line(text)
     assert line.startswith(
-        "**Verdict:** val loss falls with every increase in size: **yes** -- tiny -> small: -0.3000 (0.335 per 10× parameters)"
+        "**Verdict:** val loss falls with every increase in size: **yes** -- "
+        "tiny -> small: -0.3000 (0.335 per 10× parameters)"
     )
     assert "returns diminish from small -> medium" in line
     assert (tmp_path / "scaling.png").read_bytes()[:8] == PNG_MAGIC
@@ -444,8 +445,8 @@ def test_failed_runs_are_listed_with_their_error(tmp_path):
     text = report.report(tmp_path)
     assert "| 2_learning_rate=-1 | -1 | - | - | - | - | - | - | - | failed | - |" in text
     assert (
-        "- `1_learning_rate=1` (learning_rate=1): diverged: NonFiniteLossError: the training loss became NaN/inf at step 30"
-        in text
+        "- `1_learning_rate=1` (learning_rate=1): diverged: "
+        "NonFiniteLossError: the training loss became NaN/inf at step 30" in text
     )
     assert "- `2_learning_rate=-1` (learning_rate=-1): failed: ConfigError: learning_rate must be > 0" in text
     assert "convergence: **diverged** (the run stopped on a non-finite loss)" in text  # from its training.log
@@ -458,7 +459,8 @@ def test_an_unknown_analysis_is_refused_before_writing(tmp_path, capsys):
         report_main([str(tmp_path)])
     assert (
         e.value.code == 2
-        and "report.analysis must be one of hparams, grad_accum, regularization, lr_schedule, scaling or null, got 'scalling'"
+        and "report.analysis must be one of hparams, grad_accum, regularization, lr_schedule, scaling or null, "
+        "got 'scalling'"
         in capsys.readouterr().err
     )
     assert not list(tmp_path.glob("*.png")) and not (tmp_path / "report.md").exists()

@@ -191,7 +191,10 @@ def test_a_second_run_in_the_same_folder_is_refused(compose, tmp_path):
 
 
 def test_a_killed_runs_lock_is_taken_over(tmp_path):
-    code = f"import time; from gptlab.rundir import RunLock; l = RunLock({str(tmp_path)!r}).__enter__(); print('held', flush=True); time.sleep(60)"
+    code = (
+        f"import time; from gptlab.rundir import RunLock; l = RunLock({str(tmp_path)!r}).__enter__(); "
+        "print('held', flush=True); time.sleep(60)"
+    )
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "held"
     with pytest.raises(ConfigError, match=f"pid {p.pid}"):
