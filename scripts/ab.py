@@ -41,13 +41,15 @@ def main() -> None:
             rows.append((ma["tokens_per_s"], mb["tokens_per_s"], ma["wall_time_s"], mb["wall_time_s"]))
             print(
                 f"round {r}: A {ma['tokens_per_s']:,.0f} tok/s ({ma['wall_time_s']:.1f} s)   "
-                f"B {mb['tokens_per_s']:,.0f} tok/s ({mb['wall_time_s']:.1f} s)   A/B {ma['tokens_per_s'] / mb['tokens_per_s']:.3f}",
+                f"B {mb['tokens_per_s']:,.0f} tok/s ({mb['wall_time_s']:.1f} s)"
+                f"   A/B {ma['tokens_per_s'] / mb['tokens_per_s']:.3f}",
                 flush=True,
             )
     tok = [a / b for a, b, _, _ in rows]
     wall = [wb / wa for _, _, wa, wb in rows]  # > 1: A finished faster
     print(
-        f"A: {' '.join(args.a) or '(defaults)'}   B: {' '.join(args.b) or '(defaults)'}   common: {' '.join(args.common)}"
+        f"A: {' '.join(args.a) or '(defaults)'}   B: {' '.join(args.b) or '(defaults)'}"
+        f"   common: {' '.join(args.common)}"
     )
     print(f"tokens/s A/B: min {min(tok):.3f}  median {statistics.median(tok):.3f}  max {max(tok):.3f}")
     print(f"wall time B/A: min {min(wall):.3f}  median {statistics.median(wall):.3f}  max {max(wall):.3f}")

@@ -149,7 +149,8 @@ def overfitting(
         return Overfit(
             True,
             gap,
-            f"val rose {rise:.3f} above its best {best_val:.3f} while train fell {train_at_best:.3f} -> {final_train:.3f}",
+            f"val rose {rise:.3f} above its best {best_val:.3f}"
+            f" while train fell {train_at_best:.3f} -> {final_train:.3f}",
         )
     return Overfit(
         False,

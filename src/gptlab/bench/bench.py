@@ -1,12 +1,13 @@
 """Side-by-side benchmark: `python -m gptlab.bench [--configs cpu,baby] [key=value ...]`.
 
 Times the same model, batches, optimizer and schedule (a) through gptlab's training path
-(``gptlab.train.train``: GPTModule, GPTDataModule, the Trainer and callbacks train.py builds) and
-(b) through the hand-written loop in ``gptlab.plain_loop``. Each run is a subprocess of its own,
-so start-up and peak resident memory belong to one side. In each round the two processes take
-turns of a few optimizer steps (A, B, B, A, ...), so that a spell of load from elsewhere on a
+(``gptlab.training.run.train``: GPTModule, GPTDataModule, the Trainer and callbacks run.py builds)
+and (b) through the hand-written loop in ``gptlab.bench.plain_loop``. Each run is a subprocess of
+its own, so start-up and peak resident memory belong to one side. In each round the two processes
+take turns of a few optimizer steps (A, B, B, A, ...), so that a spell of load from elsewhere on a
 shared machine slows both sides alike; the ratio A / B is reported per round as min / median /
-max. Also reports tokenizer speed on Tiny Shakespeare (MB/s). ``--costs`` measures the single optimisations instead (gptlab.costs).
+max. Also reports tokenizer speed on Tiny Shakespeare (MB/s). ``--costs`` measures the single
+optimisations instead (gptlab.bench.costs).
 """
 
 from __future__ import annotations
@@ -417,7 +418,8 @@ def bench_preset(
     how = f"taking turns of {chunk} steps" if chunk else "one whole run after the other"
     how += "; the side that starts first alternates between rounds"
     print(
-        f"   {warmup} warm-up + {timed} timed optimizer steps, {rounds} rounds of {' / '.join(s.label for s in sides)} ({how}); {what}"
+        f"   {warmup} warm-up + {timed} timed optimizer steps, "
+        f"{rounds} rounds of {' / '.join(s.label for s in sides)} ({how}); {what}"
     )
     results: list[list[dict]] = [[] for _ in sides]
     for r in range(rounds):
@@ -427,7 +429,8 @@ def bench_preset(
             side = sides[i]
             results[i].append(res)
             print(
-                f"   round {r + 1} {side.label:<28} {res['ms_per_step']:8.1f} ms/step ({res['cpu_ms_per_step']:.1f} CPU) {res['tokens_per_s']:10,.0f} tok/s "
+                f"   round {r + 1} {side.label:<28} {res['ms_per_step']:8.1f} ms/step "
+                f"({res['cpu_ms_per_step']:.1f} CPU) {res['tokens_per_s']:10,.0f} tok/s "
                 f"peak RSS {res['peak_rss_mb']:6.0f} MB  loss {res['loss_at_end']:.4f}",
                 flush=True,
             )
@@ -449,7 +452,8 @@ def bench_preset(
         )
         rss = statistics.median(r["peak_rss_mb"] for r in res)
         print(
-            f"   {side.label:<28} {statistics.median(r['ms_per_step'] for r in res):9.1f} {tok:10,.0f} {100 * mfu:6.2f}% {rss:7.0f}MB {gpu}"
+            f"   {side.label:<28} {statistics.median(r['ms_per_step'] for r in res):9.1f} {tok:10,.0f} "
+            f"{100 * mfu:6.2f}% {rss:7.0f}MB {gpu}"
         )
         rows.append(
             {
@@ -468,7 +472,8 @@ def bench_preset(
     print(f"   CPU time per step, {b} / {a}: {_spread(cpu_ratio)}  (a speed ratio counted in CPU time)")
     print(f"   peak RSS ratio {a} / {b}: {_spread(mem_ratio)}")
     print(
-        f"   loss at the last timed step: {a} {results[0][0]['loss_at_end']:.4f}, {b} {results[1][0]['loss_at_end']:.4f}"
+        f"   loss at the last timed step: {a} {results[0][0]['loss_at_end']:.4f}"
+        f", {b} {results[1][0]['loss_at_end']:.4f}"
     )
     return {
         "preset": name,
@@ -537,14 +542,16 @@ def main(argv: list[str] | None = None) -> None:
         nargs=2,
         default=["gptlab", "plain"],
         metavar="SIDE",
-        help="the two sides, A then B: 'gptlab' or 'plain', each optionally followed by overrides, e.g. 'gptlab compile=true'",
+        help="the two sides, A then B: 'gptlab' or 'plain', each optionally followed by overrides"
+        ", e.g. 'gptlab compile=true'",
     )
     p.add_argument("--rounds", type=int, default=3, help="A, B pairs per configuration")
     p.add_argument("--steps", help="WARMUP,TIMED optimizer steps (default: per preset)")
     p.add_argument(
         "--intervals",
         default="default,none",
-        help="default: the config's eval/log intervals; none: no eval or log inside the window; default,none (the default): both",
+        help="default: the config's eval/log intervals; none: no eval or log inside the window"
+        "; default,none (the default): both",
     )
     p.add_argument(
         "--chunk",
@@ -611,7 +618,8 @@ def main(argv: list[str] | None = None) -> None:
                     and not _marks_in_window(preset, args.overrides, *steps)
                 ):
                     print(
-                        f"\n== {n}: no evaluation or log line falls inside the timed steps; the run without them would be the same"
+                        f"\n== {n}: no evaluation or log line falls inside the timed steps"
+                        "; the run without them would be the same"
                     )
                     continue
                 report["benches"].append(

@@ -297,7 +297,8 @@ def main(overrides: list[str], rounds: int = 3, json_path: str | None = None) ->
     ]
     where = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
     print(
-        f"\n== single costs on {where}, model {shape['n_layer']}/{shape['n_head']}/{shape['n_embd']} block {shape['block_size']} "
+        f"\n== single costs on {where}, model {shape['n_layer']}/{shape['n_head']}/{shape['n_embd']} "
+        f"block {shape['block_size']} "
         f"batch {shape['batch_size']}, {amp_dtype}; {rounds} rounds alternating before/after"
     )
     print(f"   {'what':<26} {'before':<22} {'after':<30} {'ms before':>10} {'ms after':>9}  speed-up min/median/max")

@@ -58,7 +58,8 @@ def translate_argv(args: list[str]) -> list[str]:
             if Path(a).name == "train_shakespeare_char.py":
                 continue
             raise ConfigError(
-                f"'{a}': nanoGPT config files are not read; pass its settings as key=value overrides or use experiment=..."
+                f"'{a}': nanoGPT config files are not read"
+                "; pass its settings as key=value overrides or use experiment=..."
             )
         if a.startswith("--") and "=" in a and not a.startswith("--config"):
             a = a[2:]

@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     s = document_stats(spec.dir, T, B, bucket, int(cfg.seed))
     print(
         f"{spec.dir} train split: {s['documents']:,} documents ({s['kind']}), {s['tokens']:,} tokens\n"
-        f"tokens per document: median {s['median']:.0f}, mean {s['mean']:.0f}, 90th percentile {s['p90']:.0f}, max {s['max']:,}\n"
+        f"tokens per document: median {s['median']:.0f}, mean {s['mean']:.0f}"
+        f", 90th percentile {s['p90']:.0f}, max {s['max']:,}\n"
         f"longer than block_size + 1 = {T + 1}: {s['truncated_docs']:.1%} of documents, cut off there "
         f"({s['truncated_tokens']:.1%} of tokens never reach packed or padded batches)\n"
         f"padding efficiency (real tokens / slots), {B} rows per batch, block_size {T}:"

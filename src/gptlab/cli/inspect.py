@@ -41,7 +41,8 @@ def describe_batch(dm: GPTDataModule, split: str, rows: int, show: int) -> list[
         ]
     shifted = torch.equal(x[:, 1:], y[:, :-1])
     lines.append(
-        f"Y is X shifted left by one token in every row: {'yes' if shifted else 'NO -- inputs and targets are misaligned'}"
+        "Y is X shifted left by one token in every row: "
+        f"{'yes' if shifted else 'NO -- inputs and targets are misaligned'}"
     )
     return lines
 

@@ -60,7 +60,8 @@ def _announce(hc, multirun: bool) -> None:
     params = OmegaConf.select(hc, "sweeper.params", default=None)
     if not multirun and params and hc.runtime.choices.get("experiment"):
         log.info(
-            f"experiment={hc.runtime.choices['experiment']} declares a sweep ({', '.join(f'{k}: {v}' for k, v in params.items())}); "
+            f"experiment={hc.runtime.choices['experiment']}"
+            f" declares a sweep ({', '.join(f'{k}: {v}' for k, v in params.items())}); "
             "this is one run with the file's own values -- add -m to run them all"
         )
 

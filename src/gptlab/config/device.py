@@ -59,6 +59,7 @@ def resolve_device(cfg: DictConfig) -> DeviceChoice:
     if dtype == "float16" and accelerator == "cpu":
         # Lightning has no float16 AMP on CPU and would quietly train in bfloat16 instead
         raise ConfigError(
-            "dtype=float16 needs a GPU (Lightning has no float16 mixed precision on CPU); on CPU use dtype=bfloat16 or dtype=float32"
+            "dtype=float16 needs a GPU (Lightning has no float16 mixed precision on CPU)"
+            "; on CPU use dtype=bfloat16 or dtype=float32"
         )
     return DeviceChoice(accelerator, devices, PRECISION[dtype], dtype)

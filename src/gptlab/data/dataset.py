@@ -479,7 +479,8 @@ def open_documents(data_dir: Path, split: str, meta: dict) -> np.ndarray:
     if not path.is_file() or not meta.get("documents"):
         raise DataError(
             f"{data_dir} has no document index ({path.name}); it was prepared before documents were recorded. "
-            "Prepare it again: python -m gptlab.prepare data=... (training does so itself for data.batching=packed|padded)"
+            "Prepare it again: python -m gptlab.prepare data=..."
+            " (training does so itself for data.batching=packed|padded)"
         )
     offsets = np.fromfile(path, dtype=np.int64)
     n = int(meta[f"{split}_tokens"])

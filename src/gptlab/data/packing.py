@@ -98,7 +98,8 @@ class PackedRows(_DocumentBatches):
         self.row_starts = self.offsets[:-1][self.offsets[:-1] <= n - block_size - 1]
         if len(self.row_starts) == 0:
             raise DataError(
-                f"{self.path}: no document starts {block_size + 1} tokens before the end of the split; use a smaller block_size"
+                f"{self.path}: no document starts {block_size + 1} tokens before the end of the split"
+                "; use a smaller block_size"
             )
         self._span = np.arange(block_size + 1)
 

@@ -465,7 +465,8 @@ def hparams(runs: list[Run], keys: list[str], found: dict[Path, Assessment], swe
     }
     best = min(scored, key=lambda r: r.value("best_val_loss")) if scored else None
     line = (
-        f"lowest val loss: **{label(best, keys)}** ({best.value('best_val_loss'):.4f} at step {best.metrics.get('best_step', '-')})"
+        f"lowest val loss: **{label(best, keys)}**"
+        f" ({best.value('best_val_loss'):.4f} at step {best.metrics.get('best_step', '-')})"
         if best
         else "no run has a val loss"
     )
@@ -519,7 +520,8 @@ def grad_accum(runs: list[Run], keys: list[str], found: dict[Path, Assessment], 
         ratio = f"{wb / wa:.2f}×" if an.finite(wa) and an.finite(wb) and wa > 0 else "-"
         lines.append(
             f"- wall time {label(b, keys)} / {label(a, keys)}: {ratio} ({_time(b.metrics)} vs {_time(a.metrics)}; "
-            f"{_speed(b.metrics)} vs {_speed(a.metrics)}); final val {_fmt(b.value('final_val_loss'))} vs {_fmt(a.value('final_val_loss'))}"
+            f"{_speed(b.metrics)} vs {_speed(a.metrics)})"
+            f"; final val {_fmt(b.value('final_val_loss'))} vs {_fmt(a.value('final_val_loss'))}"
         )
         out.append("\n".join(lines))
         if worst is None:
@@ -528,7 +530,8 @@ def grad_accum(runs: list[Run], keys: list[str], found: dict[Path, Assessment], 
             same = worst <= an.SAME_CURVES_TOL
             verdicts.append(
                 f"{pair}: **{'the same' if same else 'not the same'}** -- the eval curves differ by at most "
-                f"{_delta(worst)} ({'≤' if same else '>'} the tolerance {an.SAME_CURVES_TOL:g}); wall-time ratio {ratio}"
+                f"{_delta(worst)} ({'≤' if same else '>'} the tolerance {an.SAME_CURVES_TOL:g})"
+                f"; wall-time ratio {ratio}"
             )
     return [*out, "**Verdict:** " + "; ".join(verdicts)]
 
@@ -594,7 +597,8 @@ def regularization(runs: list[Run], keys: list[str], found: dict[Path, Assessmen
         return [
             *out,
             f"**Verdict:** no run has dropout=0 and weight_decay=0 to be the baseline; smallest gap: "
-            f"{label(smallest, keys)} ({found[smallest.path].overfit.gap:.3f}, best val {_fmt(smallest.value('best_val_loss'))})",
+            f"{label(smallest, keys)} ({found[smallest.path].overfit.gap:.3f}"
+            f", best val {_fmt(smallest.value('best_val_loss'))})",
         ]
     bo = found[base.path].overfit
     line = (
@@ -656,7 +660,8 @@ def lr_schedule(runs: list[Run], keys: list[str], found: dict[Path, Assessment],
     ]
     ended = [r for r in ok if r.value("final_val_loss") is not None and an.finite(r.value("final_val_loss"))]
     note = (
-        f"Loss changes of the training-batch loss (train_curve: the mean over each log interval, ending at the step named), "
+        "Loss changes of the training-batch loss "
+        "(train_curve: the mean over each log interval, ending at the step named), "
         f"from the step-0 evaluation for the first {FIRST_STEPS} steps and from the point nearest {LAST_STEPS} steps "
         "before the last for the last ones; negative: it fell."
     )
@@ -667,7 +672,8 @@ def lr_schedule(runs: list[Run], keys: list[str], found: dict[Path, Assessment],
     return [
         _md_table(head, rows),
         note,
-        f"**Verdict:** ended lowest: **{sched}** ({label(low, keys)}, final val {low.value('final_val_loss'):.4f}, best val {_fmt(low.value('best_val_loss'))})",
+        f"**Verdict:** ended lowest: **{sched}** ({label(low, keys)}"
+        f", final val {low.value('final_val_loss'):.4f}, best val {_fmt(low.value('best_val_loss'))})",
     ]
 
 
@@ -760,7 +766,10 @@ def scaling(runs: list[Run], keys: list[str], found: dict[Path, Assessment], swe
     )
     dim = an.diminishing_from(steps)
     if dim:
-        line += f"; returns diminish from {dim.smaller} -> {dim.larger} (a smaller gain per 10× parameters than the step before)"
+        line += (
+            f"; returns diminish from {dim.smaller} -> {dim.larger}"
+            " (a smaller gain per 10× parameters than the step before)"
+        )
     elif len(steps) >= 2:
         line += "; no diminishing returns: every step gains at least as much per 10× parameters as the one before"
     return [*out, "![val loss against parameters](scaling.png)", "**Verdict:** " + line]

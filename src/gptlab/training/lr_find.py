@@ -90,8 +90,9 @@ def suggest(lrs: list[float], smoothed: list[float], rule: str) -> tuple[float, 
     ok[:SKIP_START] = False
     if ok.sum() < 3:
         raise ConfigError(
-            f"the range test has {int(ok.sum())} usable steps of {len(y)} (the first {SKIP_START} are skipped), too few "
-            "to read a learning rate from. If the loss diverged that early, lower lr_find.min_lr; else raise lr_find.num_steps"
+            f"the range test has {int(ok.sum())} usable steps of {len(y)} (the first {SKIP_START} are skipped), "
+            "too few to read a learning rate from. If the loss diverged that early, lower lr_find.min_lr; "
+            "else raise lr_find.num_steps"
         )
     idx = np.flatnonzero(ok)
     if rule == "minimum":
@@ -214,7 +215,8 @@ def plot(result: RangeTest, path: Path) -> None:
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss")
     ax.set_title(
-        f"learning-rate range test ({len(result.lrs)} steps{', stopped: loss diverged' if result.stopped_early else ''})"
+        f"learning-rate range test ({len(result.lrs)} steps"
+        f"{', stopped: loss diverged' if result.stopped_early else ''})"
     )
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8)

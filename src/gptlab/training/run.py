@@ -254,7 +254,8 @@ def describe(run: Run, data: Data, module: GPTModule) -> int:
     tokens_per_step = int(cfg.batch_size) * int(cfg.block_size) * accum * n_proc
     log.info(
         f"model: {cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} wide, vocab {data.mconf.vocab_size:,}, "
-        f"{module.model.num_params() / 1e6:.2f}M parameters | device {device.accelerator}, {device.dtype} ({device.precision})"
+        f"{module.model.num_params() / 1e6:.2f}M parameters"
+        f" | device {device.accelerator}, {device.dtype} ({device.precision})"
     )
     log.info(
         f"tokens per optimizer step: {cfg.batch_size} batch x {cfg.block_size} block x {accum} accum x "

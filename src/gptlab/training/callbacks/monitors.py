@@ -198,7 +198,8 @@ class InitialLossCheck(L.Callback):
         diff = val - self.expected
         if abs(diff) <= self.tolerance:
             log.info(
-                f"initial val loss {val:.4f} vs random guess -ln(1/{self.vocab_size}) = {self.expected:.4f}: as expected"
+                f"initial val loss {val:.4f} vs random guess -ln(1/{self.vocab_size}) = {self.expected:.4f}"
+                ": as expected"
             )
             return
         why = (
@@ -208,7 +209,8 @@ class InitialLossCheck(L.Callback):
             "shifted by one with python -m gptlab.inspect), or the vocabulary is far larger than the tokens used"
         )
         log.warning(
-            f"warning: initial val loss {val:.4f} differs from the random-guess loss {self.expected:.4f} by {diff:+.2f} "
+            f"warning: initial val loss {val:.4f} differs from the random-guess loss {self.expected:.4f}"
+            f" by {diff:+.2f} "
             f"(more than {self.tolerance}): {why}."
         )
 
@@ -255,7 +257,8 @@ class PlateauHint(L.Callback):
             log.warning(
                 head + " Checklist (guide, Q1): 1) learning rate too small? try 10x learning_rate; "
                 "2) data aligned? python -m gptlab.inspect shows X and Y side by side; 3) model too small? "
-                "raise n_layer or n_embd; 4) gradients present? see train/grad_norm in TensorBoard or python -m gptlab.gradviz <run>."
+                "raise n_layer or n_embd; 4) gradients present?"
+                " see train/grad_norm in TensorBoard or python -m gptlab.gradviz <run>."
             )
 
     def state_dict(self) -> dict:
