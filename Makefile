@@ -41,8 +41,10 @@ test: install ## run the tests, without the slow ones (what CI runs)
 test-all: install ## run every test, slow ones included
 	$(BIN)/python -m pytest -q $(ARGS)
 
-lint: install ## ruff
-	$(BIN)/ruff check src tests
+lint: install ## ruff (lint + format check) and the import layers (lint-imports, contracts in pyproject.toml)
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/lint-imports
 
 bench: install ## gptlab vs a plain PyTorch loop, side by side (ARGS="--configs cpu --rounds 5"); see README, Performance
 	$(BIN)/python -m gptlab.bench $(ARGS)
