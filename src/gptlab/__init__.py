@@ -11,6 +11,8 @@ analysis.py (the guide's verdicts) at the bottom; config/, data/, training/, rep
 above them; cli/ and the `python -m gptlab.<command>` modules on top (docs/architecture.md).
 """
 
+import importlib
+
 __version__ = "0.1.0"
 __all__ = ["compose", "train", "__version__"]
 
@@ -18,14 +20,13 @@ __all__ = ["compose", "train", "__version__"]
 def compose(*overrides: str, config: str = "train"):
     """A config composed from conf/<config>.yaml and key=value overrides, the profile chosen as
     the command line chooses it (profile=auto: cpu or gpu from the hardware)."""
-    from gptlab.cli.common import compose as _compose  # lazy: Hydra only when a config is asked for
+    # only here: `import gptlab` stays cheap; Hydra and torch load when a config is asked for
+    from gptlab.cli.common import compose as _compose
 
     return _compose(config, list(overrides))
 
 
 def __getattr__(name: str):
     if name == "train":  # the gptlab.train module, which calls as gptlab.training.run.train
-        import importlib
-
         return importlib.import_module("gptlab.train")
     raise AttributeError(f"module 'gptlab' has no attribute {name!r}")

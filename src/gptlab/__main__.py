@@ -6,8 +6,11 @@ again, finds it."""
 
 from __future__ import annotations
 
+import difflib
 import runpy
 import sys
+
+from gptlab import __version__
 
 COMMANDS = {  # command: (module, what it does)
     "train": ("gptlab.train", "train a GPT, or a sweep with -m (key=value overrides, nanoGPT's --key=value too)"),
@@ -26,8 +29,6 @@ COMMANDS = {  # command: (module, what it does)
 
 
 def usage() -> str:
-    from gptlab import __version__
-
     lines = [
         f"gptlab {__version__}: train GPT language models (Lightning + Hydra, nanoGPT's keys)",
         "",
@@ -49,13 +50,9 @@ def main() -> None:
         print(usage())
         return
     if args[0] in ("-V", "--version"):
-        from gptlab import __version__
-
         print(f"gptlab {__version__}")
         return
     if args[0] not in COMMANDS:
-        import difflib
-
         close = difflib.get_close_matches(args[0], list(COMMANDS), n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
         print(

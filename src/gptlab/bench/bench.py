@@ -27,9 +27,12 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from gptlab.bench.plain_loop import train_plain
 from gptlab.cli import common as cli
-from gptlab.config import data_spec, resolve_device
-from gptlab.data.dataset import ensure_prepared, fetch_corpus, read_text
+from gptlab.config import data_spec, model_config, resolve_device
+from gptlab.data.dataset import ensure_prepared, fetch_corpus, load_meta, read_text
+from gptlab.data.tokenizer import CharTokenizer, TiktokenTokenizer
+from gptlab.model import GPT
 
 
 @dataclass
@@ -182,12 +185,14 @@ class StepTimer:
 
 
 def _run_gptlab(cfg, run_dir: Path, timer: StepTimer) -> dict:
+    # only here: the parent and the plain side's process never import Lightning (start-up time and
+    # resident memory are measured per side)
     import lightning as L
 
     from gptlab.training.callbacks.logs import EvalSamples
     from gptlab.training.run import train
 
-    class Timer(L.Callback):  # local: the plain side's process must not import Lightning
+    class Timer(L.Callback):  # local: needs Lightning, imported just above
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             accum = trainer.accumulate_grad_batches
             if (batch_idx + 1) % accum == 0:
@@ -205,8 +210,6 @@ def _run_gptlab(cfg, run_dir: Path, timer: StepTimer) -> dict:
 
 
 def _run_plain(cfg, run_dir: Path, timer: StepTimer) -> dict:
-    from gptlab.bench.plain_loop import train_plain
-
     return train_plain(cfg, run_dir, on_step=timer.mark)
 
 
@@ -239,10 +242,6 @@ def child(
         cuda_peak_mb=torch.cuda.max_memory_allocated() / 2**20 if on_cuda else None,
     )
     if res["flops_per_token"] is None:
-        from gptlab.config import model_config
-        from gptlab.data.dataset import load_meta
-        from gptlab.model import GPT
-
         with torch.device("meta"):  # counts parameters without allocating them
             res["flops_per_token"] = GPT(
                 model_config(cfg, int(load_meta(data_spec(cfg).dir)["vocab_size"]))
@@ -503,8 +502,6 @@ def _best_time(fn, reps: int = 3) -> float:
 
 def data_speed(root: str = "data") -> list[tuple[str, float]]:
     """MB/s of encoding Tiny Shakespeare: char table, and GPT-2 BPE single-threaded and threaded."""
-    from gptlab.data.tokenizer import CharTokenizer, TiktokenTokenizer
-
     text = read_text(fetch_corpus("tinyshakespeare", Path(root) / "raw"))
     mb = len(text.encode("utf-8")) / 1e6
     bpe = TiktokenTokenizer("gpt2")
@@ -580,7 +577,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)  # this process's work: the CPU peak, --costs
     if args.costs:
-        from gptlab.bench.costs import main as costs_main
+        from gptlab.bench.costs import main as costs_main  # only here: costs loads Lightning (datamodule)
 
         return costs_main(args.overrides, rounds=args.rounds, json_path=args.json)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from gptlab.cli import common as cli
 from gptlab.config import data_spec
@@ -187,8 +188,6 @@ def row_tf32(w: Workload, n, rounds, cuda):
 
 
 def row_flash(w: Workload, n, rounds, cuda):
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     def math():
         with sdpa_kernel(SDPBackend.MATH):
             w.step(*w.batch())

@@ -76,7 +76,7 @@ class TiktokenTokenizer:
     """GPT-2 BPE (50,257 tokens, <|endoftext|> = 50256) or another tiktoken encoding."""
 
     def __init__(self, encoding: str = "gpt2"):
-        import tiktoken
+        import tiktoken  # only here: char-level datasets never load tiktoken (~0.3 s and its BPE files)
 
         self.name = encoding
         try:

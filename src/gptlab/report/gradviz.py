@@ -33,6 +33,7 @@ def layer_order(name: str) -> tuple:
 
 def read_layer_norms(run_dir: Path) -> tuple[list[str], list[int], np.ndarray]:
     """(layers, steps, norms[layer, step]) from the run's event files; NaN where missing."""
+    # only here: tensorboard's event reader is heavy and only this reads event files back
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     if not run_dir.is_dir():
@@ -53,10 +54,10 @@ def read_layer_norms(run_dir: Path) -> tuple[list[str], list[int], np.ndarray]:
 
 
 def plot(layers: list[str], steps: list[int], norms: np.ndarray, out: Path, title: str) -> None:
-    import matplotlib
+    import matplotlib  # only here: matplotlib (~0.5 s to import) loads once there is something to draw
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # only here: after choosing the Agg backend (no display)
 
     with np.errstate(divide="ignore", invalid="ignore"):
         logn = np.log10(norms)

@@ -678,10 +678,10 @@ def lr_schedule(runs: list[Run], keys: list[str], found: dict[Path, Assessment],
 
 
 def _plt():
-    import matplotlib
+    import matplotlib  # only here: matplotlib (~0.5 s to import) loads once a report draws
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # only here: after choosing the Agg backend (no display)
 
     return plt
 
@@ -746,11 +746,9 @@ def scaling(runs: list[Run], keys: list[str], found: dict[Path, Assessment], swe
         ylabel="best val loss (log)",
         title=next((r.report.get("question") for r in runs if r.report.get("question")), "val loss against model size"),
     )
-    from matplotlib.ticker import FormatStrFormatter
-
     # losses span less than a decade: plain numbers on the log axis, not 1.6x10^0
-    ax.yaxis.set_major_formatter(FormatStrFormatter("%.2f"))
-    ax.yaxis.set_minor_formatter(FormatStrFormatter("%.2f"))
+    ax.yaxis.set_major_formatter("{x:.2f}")
+    ax.yaxis.set_minor_formatter("{x:.2f}")
     ax.margins(x=0.2, y=0.1)  # room for the labels of the end points
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()

@@ -27,6 +27,7 @@ what this module does about them:
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -35,9 +36,13 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+from lightning.pytorch.tuner import Tuner
+from omegaconf import open_dict
 
 from gptlab.config import LR_FIND_RULES
 from gptlab.errors import ConfigError
+from gptlab.training.module import GPTModule
+from gptlab.training.schedule import OptimConfig
 
 log = logging.getLogger("gptlab")
 
@@ -139,8 +144,6 @@ def search(
     datamodule's samplers are as they were: Lightning reloads the checkpoint it wrote before the
     search, then draws one batch for the fit it expects to follow (fit_loop.setup_data()), which
     here is undone by putting the samplers' state back once more."""
-    from lightning.pytorch.tuner import Tuner
-
     datamodule.setup("fit")  # create the samplers now, so that their state can be put back afterwards
     sampler_state = datamodule.state_dict()
     start = trainer.global_step
@@ -191,10 +194,10 @@ def search_trainer(device, accumulate: int, grad_clip: float, root_dir: Path) ->
 def plot(result: RangeTest, path: Path) -> None:
     """Smoothed loss against learning rate (log axis), the raw losses faintly behind it, the
     suggestion marked."""
-    import matplotlib
+    import matplotlib  # only here: matplotlib is needed for learning_rate=auto and lr-find, not every run
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # only here: after choosing the Agg backend (no display)
 
     fig, ax = plt.subplots(figsize=(8, 5))
     ax.plot(result.lrs, result.losses, color="0.8", lw=0.8, label="loss per step")
@@ -242,11 +245,6 @@ def settings_from(cfg) -> LRFindSettings:
 def run(cfg, datamodule, model_config, device, out_dir: Path, augment=None) -> RangeTest:
     """The search for a training config: a fresh GPTModule (seeded as train seeds it) on the
     config's batches; lr_find.png and lr_find.json in out_dir."""
-    import copy
-
-    from gptlab.training.module import GPTModule
-    from gptlab.training.schedule import OptimConfig
-
     s = settings_from(cfg)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     # the schedule during the search is the Tuner's; only AdamW's own settings matter here
@@ -286,8 +284,6 @@ def use_suggestion(cfg, result: RangeTest) -> None:
 
 def use_learning_rate(cfg, learning_rate: float, min_lr: float | None, source: str) -> None:
     """Put the chosen learning rate (and min_lr, unless None) into cfg for the run that follows."""
-    from omegaconf import open_dict
-
     with open_dict(cfg):
         cfg.learning_rate = float(learning_rate)
         if min_lr is not None:

@@ -25,6 +25,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -35,7 +36,7 @@ from gptlab.data.datamodule import GPTDataModule
 from gptlab.data.dataset import DataSpec, ensure_prepared
 from gptlab.data.tokenizer import undecodable_ids
 from gptlab.errors import ConfigError, RunInterrupted
-from gptlab.model import GPTConfig
+from gptlab.model import Block, GPTConfig
 from gptlab.rundir import (
     BEST,
     CONFIG,
@@ -551,10 +552,6 @@ def disk_report(run_dir: Path, export: bool) -> dict[str, int]:
 
 def strategy(name: str):
     if name == "fsdp":
-        from lightning.pytorch.strategies import FSDPStrategy  # only here: FSDP pulls in torch.distributed's FSDP
-
-        from gptlab.model import Block
-
         # one FSDP unit per transformer block: a block's whole weights exist only while it runs;
         # "full" checkpoints are gathered on rank 0 into one file that load_model reads as usual
         return FSDPStrategy(auto_wrap_policy={Block}, state_dict_type="full")

@@ -9,6 +9,7 @@ import math
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from gptlab.analysis import diagnose
 
@@ -276,8 +277,6 @@ class PlateauHint(L.Callback):
 
 
 def _tensorboard(trainer):
-    from lightning.pytorch.loggers import TensorBoardLogger
-
     for lg in trainer.loggers:
         if isinstance(lg, TensorBoardLogger):
             return lg.experiment
