@@ -403,8 +403,39 @@ def bench_preset(
     preset = PRESETS[name]
     warmup, timed = steps
     cfgs = [compose_run(preset, s, extra, warmup, timed, intervals) for s in sides]
-    c = cfgs[0]
-    ensure_prepared(data_spec(c), log=print)
+    ensure_prepared(data_spec(cfgs[0]), log=print)
+    _print_header(name, preset, cfgs[0], sides, steps, rounds, intervals, chunk)
+    results: list[list[dict]] = [[] for _ in sides]
+    for r in range(rounds):
+        for i, res in enumerate(
+            run_round(sides, cfgs, work, warmup, timed, chunk, f"{name}_{intervals}_r{r}", threads, first=r % 2)
+        ):
+            results[i].append(res)
+            print(
+                f"   round {r + 1} {sides[i].label:<28} {res['ms_per_step']:8.1f} ms/step "
+                f"({res['cpu_ms_per_step']:.1f} CPU) {res['tokens_per_s']:10,.0f} tok/s "
+                f"peak RSS {res['peak_rss_mb']:6.0f} MB  loss {res['loss_at_end']:.4f}",
+                flush=True,
+            )
+    if peak[1].startswith("CPU"):
+        # a matmul rate measured once can catch a busy moment on a shared machine: keep the best seen
+        again = _measured_matmul_peak("cpu", torch.float32, 1024)
+        if again > peak[0]:
+            peak = (again, peak[1])
+            print(f"   MFU against {again / 1e12:.3f} TFLOP/s: a higher matmul rate measured after these runs")
+    return {
+        "preset": name,
+        "intervals": intervals,
+        "warmup": warmup,
+        "steps": timed,
+        "rounds": rounds,
+        **_summary(sides, results, peak[0]),
+        "runs": results,
+    }
+
+
+def _print_header(name, preset, c, sides, steps, rounds, intervals, chunk) -> None:
+    warmup, timed = steps
     what = (
         f"eval every {c.eval_interval} steps x {c.eval_iters} batches, log every {c.log_interval}"
         if intervals == "default"
@@ -420,30 +451,15 @@ def bench_preset(
         f"   {warmup} warm-up + {timed} timed optimizer steps, "
         f"{rounds} rounds of {' / '.join(s.label for s in sides)} ({how}); {what}"
     )
-    results: list[list[dict]] = [[] for _ in sides]
-    for r in range(rounds):
-        for i, res in enumerate(
-            run_round(sides, cfgs, work, warmup, timed, chunk, f"{name}_{intervals}_r{r}", threads, first=r % 2)
-        ):
-            side = sides[i]
-            results[i].append(res)
-            print(
-                f"   round {r + 1} {side.label:<28} {res['ms_per_step']:8.1f} ms/step "
-                f"({res['cpu_ms_per_step']:.1f} CPU) {res['tokens_per_s']:10,.0f} tok/s "
-                f"peak RSS {res['peak_rss_mb']:6.0f} MB  loss {res['loss_at_end']:.4f}",
-                flush=True,
-            )
-    if peak[1].startswith("CPU"):
-        # a matmul rate measured once can catch a busy moment on a shared machine: keep the best seen
-        again = _measured_matmul_peak("cpu", torch.float32, 1024)
-        if again > peak[0]:
-            peak = (again, peak[1])
-            print(f"   MFU against {again / 1e12:.3f} TFLOP/s: a higher matmul rate measured after these runs")
+
+
+def _summary(sides: list[Side], results: list[list[dict]], peak_flops: float) -> dict:
+    """The medians per side and the per-round ratios A / B, printed and returned."""
     print(f"   {'side':<28} {'ms/step':>9} {'tok/s':>10} {'MFU':>7} {'peak RSS':>9} {'GPU peak':>9}   (medians)")
     rows = []
     for side, res in zip(sides, results):
         tok = statistics.median(r["tokens_per_s"] for r in res)
-        mfu = tok * res[0]["flops_per_token"] / peak[0]
+        mfu = tok * res[0]["flops_per_token"] / peak_flops
         gpu = (
             f"{statistics.median(r['cuda_peak_mb'] for r in res):7.0f}MB"
             if res[0]["cuda_peak_mb"] is not None
@@ -474,18 +490,7 @@ def bench_preset(
         f"   loss at the last timed step: {a} {results[0][0]['loss_at_end']:.4f}"
         f", {b} {results[1][0]['loss_at_end']:.4f}"
     )
-    return {
-        "preset": name,
-        "intervals": intervals,
-        "warmup": warmup,
-        "steps": timed,
-        "rounds": rounds,
-        "sides": rows,
-        "tokens_per_s_ratio": tok_ratio,
-        "cpu_time_ratio": cpu_ratio,
-        "peak_rss_ratio": mem_ratio,
-        "runs": results,
-    }
+    return {"sides": rows, "tokens_per_s_ratio": tok_ratio, "cpu_time_ratio": cpu_ratio, "peak_rss_ratio": mem_ratio}
 
 
 # --------------------------------------------------------------------------- data preparation speed
@@ -526,6 +531,65 @@ def main(argv: list[str] | None = None) -> None:
         side, cfg_path, out_path, warmup, steps, chunk = argv[1:7]
         turns = Turns(*map(int, argv[7:9])) if len(argv) > 7 else None
         return child(side, Path(cfg_path), Path(out_path), int(warmup), int(steps), int(chunk), turns)
+    p = _parser()
+    args = p.parse_args(argv)
+    user_steps = _checked_steps(p, args)  # checked before any work starts
+    cli.setup_console_logging()
+    if args.threads:
+        torch.set_num_threads(args.threads)  # this process's work: the CPU peak, --costs
+    if args.costs:
+        from gptlab.bench.costs import main as costs_main  # only here: costs loads Lightning (datamodule)
+
+        return costs_main(args.overrides, rounds=args.rounds, json_path=args.json)
+
+    cli.check_override_keys(args.overrides)
+    sides = [parse_side(s) for s in args.sides]
+    probe = cli.compose("train", ["profile=none", *args.overrides])
+    on_cuda = resolve_device(probe).accelerator == "gpu"
+    names = _preset_names(args.configs, on_cuda)
+    dtype = "bfloat16" if on_cuda and torch.cuda.is_bf16_supported() else "float32"
+    peak = peak_flops(on_cuda, dtype)
+    load = os.getloadavg()
+    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, load average {load[0]:.2f} at start")
+    print(f"MFU against {peak[0] / 1e12:.3f} TFLOP/s: {peak[1]}")
+    report = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "argv": argv,
+        "peak_flops": peak,
+        "load_at_start": load,
+        "benches": [],
+    }
+    with tempfile.TemporaryDirectory(prefix="gptlab-bench-") as work:
+        for n in names:
+            report["benches"] += _bench_both_intervals(n, sides, args, user_steps, on_cuda, peak, Path(work))
+    if not args.no_data:
+        report["data_mb_per_s"] = data_speed(str(probe.data.root))
+    load = os.getloadavg()
+    print(f"\nload average {load[0]:.2f} at the end (other processes on this machine share its cores)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+
+
+def _bench_both_intervals(n: str, sides, args, user_steps, on_cuda: bool, peak, work: Path) -> list[dict]:
+    """One preset with each of --intervals (default, none), skipping none where it would repeat default."""
+    preset = PRESETS[n]
+    steps = user_steps or (preset.gpu_steps if on_cuda else preset.cpu_steps)
+    chunk = max(1, steps[1] // 50) if args.chunk is None else args.chunk
+    out = []
+    for intervals in args.intervals.split(","):
+        if intervals == "none" and "default" in args.intervals and not _marks_in_window(preset, args.overrides, *steps):
+            print(
+                f"\n== {n}: no evaluation or log line falls inside the timed steps"
+                "; the run without them would be the same"
+            )
+            continue
+        out.append(
+            bench_preset(n, sides, args.overrides, args.rounds, steps, intervals, peak, work, args.threads, chunk)
+        )
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m gptlab.bench", description=__doc__.split("\n\n")[0])
     p.add_argument(
         "overrides", nargs="*", help="train config overrides for every run (device=cpu, data.root=..., compile=true)"
@@ -558,9 +622,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--threads", type=int, help="torch threads per run (default: torch's choice, one per core)")
     p.add_argument("--no-data", action="store_true", help="skip the tokenizer speed figures")
-    p.add_argument("--costs", action="store_true", help="measure each single optimisation instead (see gptlab.costs)")
+    p.add_argument(
+        "--costs", action="store_true", help="measure each single optimisation instead (see gptlab.bench.costs)"
+    )
     p.add_argument("--json", help="also write every figure to this file")
-    args = p.parse_args(argv)
+    return p
+
+
+def _checked_steps(p: argparse.ArgumentParser, args) -> tuple[int, int] | None:
+    """Refuses bad --chunk, --intervals and --steps; returns --steps as (warm-up, timed), or None."""
     if args.chunk is not None and args.chunk < 0:
         p.error(f"--chunk takes a number of steps (0: no turns), not {args.chunk}")
     if not set(args.intervals.split(",")) <= {"default", "none"}:
@@ -573,63 +643,17 @@ def main(argv: list[str] | None = None) -> None:
             user_steps = ()
         if len(user_steps) != 2 or min(user_steps) < 1:
             p.error(f"--steps takes WARMUP,TIMED, both at least 1, not '{args.steps}'")
-    cli.setup_console_logging()
-    if args.threads:
-        torch.set_num_threads(args.threads)  # this process's work: the CPU peak, --costs
-    if args.costs:
-        from gptlab.bench.costs import main as costs_main  # only here: costs loads Lightning (datamodule)
+    return user_steps
 
-        return costs_main(args.overrides, rounds=args.rounds, json_path=args.json)
 
-    cli.check_override_keys(args.overrides)
-    sides = [parse_side(s) for s in args.sides]
-    probe = cli.compose("train", ["profile=none", *args.overrides])
-    on_cuda = resolve_device(probe).accelerator == "gpu"
-    names = args.configs.split(",") if args.configs else (["baby", "gpt2"] if on_cuda else ["cpu", "baby"])
+def _preset_names(configs: str | None, on_cuda: bool) -> list[str]:
+    names = configs.split(",") if configs else (["baby", "gpt2"] if on_cuda else ["cpu", "baby"])
     for n in names:
         if n not in PRESETS:
             raise SystemExit(f"error: unknown config '{n}'; choose from {', '.join(PRESETS)}")
         if not on_cuda and PRESETS[n].cpu_steps is None:
             raise SystemExit(f"error: config '{n}' runs on a GPU only (none is visible here)")
-    dtype = "bfloat16" if on_cuda and torch.cuda.is_bf16_supported() else "float32"
-    peak = peak_flops(on_cuda, dtype)
-    load = os.getloadavg()
-    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, load average {load[0]:.2f} at start")
-    print(f"MFU against {peak[0] / 1e12:.3f} TFLOP/s: {peak[1]}")
-    report = {
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "argv": argv,
-        "peak_flops": peak,
-        "load_at_start": load,
-        "benches": [],
-    }
-    with tempfile.TemporaryDirectory(prefix="gptlab-bench-") as work:
-        for n in names:
-            preset = PRESETS[n]
-            steps = user_steps or (preset.gpu_steps if on_cuda else preset.cpu_steps)
-            chunk = max(1, steps[1] // 50) if args.chunk is None else args.chunk
-            for intervals in args.intervals.split(","):
-                if (
-                    intervals == "none"
-                    and "default" in args.intervals
-                    and not _marks_in_window(preset, args.overrides, *steps)
-                ):
-                    print(
-                        f"\n== {n}: no evaluation or log line falls inside the timed steps"
-                        "; the run without them would be the same"
-                    )
-                    continue
-                report["benches"].append(
-                    bench_preset(
-                        n, sides, args.overrides, args.rounds, steps, intervals, peak, Path(work), args.threads, chunk
-                    )
-                )
-    if not args.no_data:
-        report["data_mb_per_s"] = data_speed(str(probe.data.root))
-    load = os.getloadavg()
-    print(f"\nload average {load[0]:.2f} at the end (other processes on this machine share its cores)")
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1))
+    return names
 
 
 if __name__ == "__main__":

@@ -186,30 +186,7 @@ def prepare_dataset(spec: DataSpec, log=print) -> Path:
         tok, train_ids, val_ids, starts = _prepare_eot(src, spec)
         n = len(train_ids) + len(val_ids)
     else:
-        texts = read_texts(src)
-        if spec.documents == "files" and not src.is_dir():
-            raise DataError(
-                f"data.documents=files makes one document of each .txt file in a folder, but '{src}' is a single "
-                "file; give data.path=FOLDER, or use data.documents=blank_lines"
-            )
-        text = join_texts(texts, src)
-        try:
-            tok = build_tokenizer(spec.tokenizer, text)
-        except TokenizerError as e:
-            raise DataError(str(e)) from e
-        n = len(text)
-        split = int(n * (1.0 - spec.val_fraction))
-        train_ids = tok.encode(text[:split])
-        val_ids = tok.encode(text[split:])
-        if spec.documents == "files":  # each file's joining blank line ends the document before it
-            char_starts = np.cumsum([0] + [len(t) + 2 for t in texts[:-1]])
-        else:
-            char_starts = np.array([0] + [m.end() for m in re.finditer(r"\n(?:[ \t\r]*\n)+", text)])
-        # the document that straddles the train/val cut becomes two: its tail starts the val split
-        starts = (
-            _token_starts(tok, text[:split], train_ids, char_starts[char_starts < split]),
-            _token_starts(tok, text[split:], val_ids, char_starts[char_starts >= split] - split),
-        )
+        tok, train_ids, val_ids, starts, n = _prepare_text(src, spec)
     if len(train_ids) < 2 or len(val_ids) < 2:
         raise DataError(f"'{src}' is too short to split into train and val ({n} characters); give a longer text")
     dtype = token_dtype(tok.vocab_size)
@@ -219,22 +196,7 @@ def prepare_dataset(spec: DataSpec, log=print) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}.", dir=out.parent))
     try:
-        train_ids.astype(dtype).tofile(tmp / "train.bin")
-        val_ids.astype(dtype).tofile(tmp / "val.bin")
-        for split_name, ids, st in (("train", train_ids, starts[0]), ("val", val_ids, starts[1])):
-            np.append(st, len(ids)).astype(np.int64).tofile(tmp / f"{split_name}_docs.bin")
-        meta = {
-            **tok.to_meta(),
-            "dtype": dtype.name,
-            "train_tokens": int(len(train_ids)),
-            "val_tokens": int(len(val_ids)),
-            "source": str(src),
-            "source_id": source_id(spec),
-            "source_sha256": _sha256(src) if src.is_file() else None,
-            "val_fraction": spec.val_fraction,
-            "documents": {"kind": spec.documents, "train": len(starts[0]), "val": len(starts[1])},
-        }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
+        meta = _write_dataset(tmp, spec, src, tok, dtype, (train_ids, val_ids), starts)
         _swap_in(tmp, out)
     finally:
         if tmp.exists():
@@ -245,6 +207,58 @@ def prepare_dataset(spec: DataSpec, log=print) -> Path:
         f"documents ({spec.documents}): {len(starts[0]):,} train, {len(starts[1]):,} val"
     )
     return out
+
+
+def _prepare_text(src: Path, spec: DataSpec):
+    """Documents separated by blank lines or given as files: (tokenizer, train ids, val ids,
+    (train starts, val starts), characters); the val split is the text's last val_fraction."""
+    texts = read_texts(src)
+    if spec.documents == "files" and not src.is_dir():
+        raise DataError(
+            f"data.documents=files makes one document of each .txt file in a folder, but '{src}' is a single "
+            "file; give data.path=FOLDER, or use data.documents=blank_lines"
+        )
+    text = join_texts(texts, src)
+    try:
+        tok = build_tokenizer(spec.tokenizer, text)
+    except TokenizerError as e:
+        raise DataError(str(e)) from e
+    split = int(len(text) * (1.0 - spec.val_fraction))
+    train_ids = tok.encode(text[:split])
+    val_ids = tok.encode(text[split:])
+    if spec.documents == "files":  # each file's joining blank line ends the document before it
+        char_starts = np.cumsum([0] + [len(t) + 2 for t in texts[:-1]])
+    else:
+        char_starts = np.array([0] + [m.end() for m in re.finditer(r"\n(?:[ \t\r]*\n)+", text)])
+    # the document that straddles the train/val cut becomes two: its tail starts the val split
+    starts = (
+        _token_starts(tok, text[:split], train_ids, char_starts[char_starts < split]),
+        _token_starts(tok, text[split:], val_ids, char_starts[char_starts >= split] - split),
+    )
+    return tok, train_ids, val_ids, starts, len(text)
+
+
+def _write_dataset(folder: Path, spec: DataSpec, src: Path, tok, dtype, ids: tuple, starts: tuple) -> dict:
+    """train.bin, val.bin, <split>_docs.bin (document starts, then the split's length) and
+    meta.json into folder; returns the meta."""
+    train_ids, val_ids = ids
+    train_ids.astype(dtype).tofile(folder / "train.bin")
+    val_ids.astype(dtype).tofile(folder / "val.bin")
+    for split_name, split_ids, st in (("train", train_ids, starts[0]), ("val", val_ids, starts[1])):
+        np.append(st, len(split_ids)).astype(np.int64).tofile(folder / f"{split_name}_docs.bin")
+    meta = {
+        **tok.to_meta(),
+        "dtype": dtype.name,
+        "train_tokens": int(len(train_ids)),
+        "val_tokens": int(len(val_ids)),
+        "source": str(src),
+        "source_id": source_id(spec),
+        "source_sha256": _sha256(src) if src.is_file() else None,
+        "val_fraction": spec.val_fraction,
+        "documents": {"kind": spec.documents, "train": len(starts[0]), "val": len(starts[1])},
+    }
+    (folder / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
+    return meta
 
 
 def source_id(spec: DataSpec) -> str:
