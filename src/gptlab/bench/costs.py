@@ -243,8 +243,23 @@ def main(overrides: list[str], rounds: int = 3, json_path: str | None = None) ->
     n = 20 if cuda else 10  # calls per timing
     if cuda:
         torch.set_float32_matmul_precision("high")
+    rows = cost_rows(char_dir, bpe_dir, shape, device, amp_dtype, n, rounds, cuda)
+    where = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
+    print(
+        f"\n== single costs on {where}, model {shape['n_layer']}/{shape['n_head']}/{shape['n_embd']} "
+        f"block {shape['block_size']} "
+        f"batch {shape['batch_size']}, {amp_dtype}; {rounds} rounds alternating before/after"
+    )
+    report = measure(rows)
+    if json_path:
+        Path(json_path).write_text(json.dumps(report, indent=1))
+    return report
+
+
+def cost_rows(char_dir: Path, bpe_dir: Path, shape: dict, device, amp_dtype: str, n: int, rounds: int, cuda: bool):
+    """(what, before, after, measure) per single cost; measure returns None where it needs a GPU."""
     w = workload(char_dir, shape, device, amp_dtype)
-    rows = [
+    return [
         ("host sync (loss.item())", "every step", "every 10 steps", lambda: row_host_sync(w, n, rounds, cuda)),
         (
             "batch sampling",
@@ -294,12 +309,10 @@ def main(overrides: list[str], rounds: int = 3, json_path: str | None = None) ->
             ),
         ),
     ]
-    where = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
-    print(
-        f"\n== single costs on {where}, model {shape['n_layer']}/{shape['n_head']}/{shape['n_embd']} "
-        f"block {shape['block_size']} "
-        f"batch {shape['batch_size']}, {amp_dtype}; {rounds} rounds alternating before/after"
-    )
+
+
+def measure(rows) -> list[dict]:
+    """Runs each row's measurement and prints its line of the table."""
     print(f"   {'what':<26} {'before':<22} {'after':<30} {'ms before':>10} {'ms after':>9}  speed-up min/median/max")
     report = []
     for what, before, after, fn in rows:
@@ -314,6 +327,4 @@ def main(overrides: list[str], rounds: int = 3, json_path: str | None = None) ->
             flush=True,
         )
         report.append({"what": what, "before": before, "after": after, **res})
-    if json_path:
-        Path(json_path).write_text(json.dumps(report, indent=1))
     return report

@@ -2,8 +2,8 @@
 
 get_batch, forward, loss / accumulation, backward, clip, step, zero_grad -- with the same model
 init, batches, optimizer, schedule and evaluation as gptlab's training path, and nothing of
-Lightning. ``python -m gptlab.bench`` times this against ``gptlab.train.train`` to show what the
-framework costs. It is deliberately the one training loop outside the LightningModule.
+Lightning. ``python -m gptlab.bench`` times this against ``gptlab.training.run.train`` to show what
+the framework costs. It is deliberately the one training loop outside the LightningModule.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from gptlab.model import GPT
 from gptlab.training.schedule import optim_config
 
 
+# One function of ~110 lines on purpose, like nanoGPT's train.py: the reference loop reads top to
+# bottom (data, model, optimizer, evaluation, the loop) with nothing hidden behind calls.
 def train_plain(cfg: DictConfig, run_dir: Path, on_step=None) -> dict:
     """Train as cfg says (same keys as gptlab.train); on_step(step, loss) is called after every
     optimizer step. Returns the last training and evaluation losses."""
