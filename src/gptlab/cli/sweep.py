@@ -101,16 +101,7 @@ class SweepReport(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        jobs = []
-        for d in job_dirs(sweep_dir.resolve(), since=self.started - 5):  # absolute paths: unambiguous in sweep.json
-            rec = {"dir": str(d), "overrides": _overrides(d), **job_outcome(d)}
-            if str(d) in self.crashed:
-                rec.update(status="failed", error=self.crashed[str(d)])
-            jobs.append(rec)
-        failed = [j for j in jobs if j["status"] not in ("ok", "eval_only")]
-        write_text_atomic(
-            sweep_dir / SUMMARY, json.dumps({"runs": len(jobs), "failed": len(failed), "jobs": jobs}, indent=1)
-        )
+        jobs, failed = write_summary(sweep_dir, since=self.started - 5, crashed=self.crashed)
         done = [j for j in jobs if j["status"] == "ok" and j.get("best_val_loss") is not None]
         if done:
             best = min(done, key=lambda j: j["best_val_loss"])
@@ -126,6 +117,39 @@ class SweepReport(Callback):
         print("\n".join(lines), file=sys.stderr, flush=True)
         # Hydra hands nothing back from a multirun to its caller, so the exit status is set here
         sys.exit(1)
+
+
+def write_summary(
+    sweep_dir: Path, since: float, crashed: dict[str, str] | None = None, stopped: bool = False
+) -> tuple[list[dict], list[dict]]:
+    """sweep.json from the job folders Hydra started at or after `since`: every run's folder,
+    overrides and outcome. crashed: run dir -> an exception its job did not catch. Returns
+    (jobs, the ones that did not finish). stopped: the sweep was stopped before its end."""
+    crashed = crashed or {}
+    jobs = []
+    for d in job_dirs(Path(sweep_dir).resolve(), since=since):  # absolute paths: unambiguous in sweep.json
+        rec = {"dir": str(d), "overrides": _overrides(d), **job_outcome(d)}
+        if str(d) in crashed:
+            rec.update(status="failed", error=crashed[str(d)])
+        jobs.append(rec)
+    failed = [j for j in jobs if j["status"] not in ("ok", "eval_only")]
+    summary = {"runs": len(jobs), "failed": len(failed), "jobs": jobs}
+    if stopped:
+        summary["stopped"] = True  # the runs not started yet are not listed
+    write_text_atomic(Path(sweep_dir) / SUMMARY, json.dumps(summary, indent=1))
+    return jobs, failed
+
+
+def write_stopped_summary(sweep_dir: Path) -> None:
+    """A sweep stopped by a signal (Hydra's on_multirun_end never runs): sweep.json with the runs
+    so far -- finished, failed, and the interrupted one as stopped; the ones not started are absent."""
+    if rank_zero_only.rank != 0:
+        return
+    # Hydra's sweeper writes multirun.yaml as the sweep starts: older job folders are an earlier sweep's
+    started = Path(sweep_dir) / "multirun.yaml"
+    jobs, _ = write_summary(sweep_dir, since=started.stat().st_mtime - 5 if started.is_file() else 0, stopped=True)
+    done = sum(j["status"] == "ok" for j in jobs)
+    log.info(f"sweep stopped: {done} of the {len(jobs)} runs started finished ({Path(sweep_dir) / SUMMARY})")
 
 
 def _overrides(run_dir: Path) -> list[str]:

@@ -20,7 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from gptlab.cli import common
-from gptlab.cli.sweep import clear_failure, record_failure
+from gptlab.cli.sweep import clear_failure, record_failure, write_stopped_summary
 from gptlab.errors import GptlabError, RunInterrupted
 from gptlab.training.run import train
 
@@ -82,6 +82,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     except RunInterrupted as e:
         # a signal stops a whole sweep too; the same command with resume=true continues it
         folder = Path(hc.sweep.dir).resolve() if multirun else run_dir
+        if multirun:
+            write_stopped_summary(folder)  # the sweep ends here: Hydra's on_multirun_end never runs
         print(
             f"{e.label}: {e.detail} Resume with:\n  {common.resume_command('gptlab.train', _ARGS, folder)}",
             file=sys.stderr,

@@ -150,27 +150,44 @@ class GPTDataModule(L.LightningDataModule):
         return [self._loader(ds) for ds in self._eval]
 
     def state_dict(self) -> dict:
-        # the samplers' RNG positions, so that a resumed run draws the batches it would have drawn
+        # every rank's samplers' RNG positions, so that a resumed run draws on each rank the batches
+        # it would have drawn. Lightning saves the state of rank 0's DataModule: under DDP the ranks'
+        # states are gathered into it (every rank calls this as it writes a checkpoint)
         if self._train is None:
             return {}
+        state = {"ranks": _gather(self._own_state())}
+        return state if self.batching == "random" else {**state, "batching": self.batching}
+
+    def _own_state(self) -> dict:
         # Lightning's fetcher draws one batch ahead of the step being trained (it prefetches from
         # loaders without a length), so the train stream is saved as it was before that batch: the
         # resumed run draws it again, as the batch of its first step
         train = self._train.state_before_draw or self._train.state_dict()
-        state = {"train": train, "eval": [ds.state_dict() for ds in self._eval]}
-        return state if self.batching == "random" else {**state, "batching": self.batching}
+        return {"train": train, "eval": [ds.state_dict() for ds in self._eval]}
 
     def load_state_dict(self, state: dict) -> None:
         # a run resumed with another batching mode starts its new sampler fresh
-        if state and self._train is not None and state.get("batching", "random") == self.batching:
-            self._train.load_state_dict(state["train"])
-            for ds, s in zip(self._eval, state["eval"]):
-                ds.load_state_dict(s)
-            rank = self.trainer.global_rank if self.trainer is not None else 0
-            if rank > 0:
-                # a checkpoint holds rank 0's streams only; the other ranks branch off them, so
-                # that each still draws its own windows (exact resume holds for one process)
-                for ds in (self._train, *self._eval):
-                    ds.rng = np.random.default_rng([rank, *ds.rng.integers(0, 2**63, size=2).tolist()])
-                    if isinstance(ds, PaddedBatches):
-                        ds.pending = []  # rank 0's queued batches; this rank draws its own
+        if not state or self._train is None or state.get("batching", "random") != self.batching:
+            return
+        ranks = state.get("ranks") or [state]  # checkpoints from before per-rank states: rank 0's only
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        own = ranks[rank] if rank < len(ranks) else ranks[0]
+        self._train.load_state_dict(own["train"])
+        for ds, s in zip(self._eval, own["eval"]):
+            ds.load_state_dict(s)
+        if rank >= len(ranks):
+            # a rank the checkpoint has no state for (more processes than the run had): it
+            # branches a new stream off rank 0's, so that it still draws its own windows
+            for ds in (self._train, *self._eval):
+                ds.rng = np.random.default_rng([rank, *ds.rng.integers(0, 2**63, size=2).tolist()])
+                if isinstance(ds, PaddedBatches):
+                    ds.pending = []  # rank 0's queued batches; this rank draws its own
+
+
+def _gather(state: dict) -> list[dict]:
+    """Every process's state, in rank order ([state] without torch.distributed)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [state]
+    out: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, state)
+    return out

@@ -146,9 +146,16 @@ class RngState(L.Callback):
 
 
 class StopOnSignal(Checkpoint):
-    """SIGTERM (a cluster pre-empting the job, `kill`) or SIGINT (Ctrl+C): finish the optimizer
-    step in progress -- and its evaluation, when one is due -- save the full training state to
-    last.ckpt, and raise RunInterrupted.
+    """SIGTERM (a cluster pre-empting the job, `kill`), SIGINT (Ctrl+C), or SIGUSR1 / SIGUSR2
+    (SLURM's warning before a time limit or pre-emption, `--signal=USR1@120`; submitit asks for
+    USR2): finish the optimizer step in progress -- and its evaluation, when one is due -- save
+    the full training state to last.ckpt, and raise RunInterrupted (exit status 128 + signal).
+
+    SIGUSR1 / SIGUSR2 are then passed on to the handler they replaced, if any: submitit's requeues
+    the job (up to its max_num_timeout), and the requeued job runs the same command, which
+    continues with resume=true. Lightning's own SLURM auto-requeue handler is not used (build_trainer
+    turns it off): it saves mid-step to hpc_ckpt_N.ckpt, which a later fresh run in the folder
+    would silently load, and leaves the job running until SLURM kills it.
 
     Lightning's own SIGTERM handling stops after any micro-batch -- under gradient accumulation
     possibly in the middle of an optimizer step, whose partial gradients no checkpoint holds --
@@ -157,7 +164,9 @@ class StopOnSignal(Checkpoint):
     state saved after an evaluation includes that evaluation's best.ckpt bookkeeping.
     """
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    # SLURM's warning signals (POSIX only): USR1 (sbatch --signal=USR1@120), USR2 (submitit's)
+    REQUEUE = tuple(getattr(signal, n) for n in ("SIGUSR1", "SIGUSR2") if hasattr(signal, n))
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, *REQUEUE)
 
     def __init__(self, ckpt_path: str | Path):
         self.ckpt_path = Path(ckpt_path)
@@ -206,7 +215,16 @@ class StopOnSignal(Checkpoint):
             if isinstance(cb, NonFiniteGuard):
                 cb.check(trainer)
         trainer.save_checkpoint(self.ckpt_path, weights_only=False)
+        passed_on = self._previous.get(signum) if signum == self.received and signum in self.REQUEUE else None
         self._restore()
+        if callable(passed_on):
+            log.info(
+                f"{signal.Signals(signum).name}: checkpoint saved; passing the signal on (a job scheduler's requeue)"
+            )
+            try:
+                passed_on(signum, None)
+            except SystemExit:
+                pass  # submitit's requeue ends the process itself; ours reports the stop first
         raise RunInterrupted(
             f"{signal.Signals(signum).name} at optimizer step {trainer.global_step}: "
             f"the training state is saved in {self.ckpt_path}.",

@@ -25,6 +25,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -367,7 +368,7 @@ def build_trainer(run: Run, callbacks: list) -> L.Trainer:
         log_every_n_steps=int(cfg.log_interval),
         logger=logger,
         callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AtomicCheckpointIO(), *cluster_plugins()],
         enable_progress_bar=False,  # ProgressLog prints every log_interval steps instead
         enable_model_summary=False,
         deterministic=bool(cfg.trainer.deterministic),
@@ -463,6 +464,7 @@ def evaluate_only(cfg: DictConfig, run_dir: Path, device: DeviceChoice) -> dict:
         num_nodes=int(cfg.trainer.num_nodes),
         precision=device.precision,
         limit_val_batches=int(cfg.eval_iters),
+        plugins=cluster_plugins(),
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -548,6 +550,14 @@ def disk_report(run_dir: Path, export: bool) -> dict[str, int]:
     sizes = {n: (run_dir / n).stat().st_size for n in (LAST, BEST, EXPORT) if (run_dir / n).is_file()}
     log.info("checkpoints: " + ", ".join(f"{n} {b / 1e6:.1f} MB" for n, b in sizes.items()) + f" in {run_dir}")
     return sizes
+
+
+def cluster_plugins() -> list:
+    """Under SLURM: Lightning's SLURM environment without its auto-requeue, whose SIGUSR1 handler
+    saves mid-step to hpc_ckpt_N.ckpt -- a file the run folder's tools do not know and that Lightning
+    loads into any later run of the folder started without a checkpoint (overwrite=true included).
+    StopOnSignal handles SIGUSR1 / SIGUSR2 instead (docs/scaling-out.md, "Requeued jobs")."""
+    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
 
 
 def strategy(name: str):
