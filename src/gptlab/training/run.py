@@ -129,8 +129,9 @@ def train(
     0 holds its lock. callbacks run after the run's own (the bench times steps through one);
     hparam_keys: more keys for TensorBoard's HPARAMS tab (a sweep's swept keys)."""
     run_dir = Path(run_dir)
+    device = settings(cfg)  # before the lock: refused settings leave no trace, not even the folder
     with RunLock(run_dir) if rank_zero_only.rank == 0 else contextlib.nullcontext():
-        run = Run(cfg, run_dir, settings(cfg), hparam_keys=tuple(hparam_keys))
+        run = Run(cfg, run_dir, device, hparam_keys=tuple(hparam_keys))
         if cfg.eval_only:
             return evaluate_only(cfg, run_dir, run.device)
         run.start = starting(cfg, run_dir)
@@ -514,8 +515,8 @@ def find_learning_rate(cfg: DictConfig, run_dir: str | Path) -> dict:
     """`gptlab lr-find`: the range test alone, on the model and batches this config would train;
     writes lr_find.png and lr_find.json to run_dir and returns the latter's dict."""
     run_dir = Path(run_dir)
+    device = settings(cfg)
     with RunLock(run_dir) if rank_zero_only.rank == 0 else contextlib.nullcontext():
-        device = settings(cfg)
         if cfg.init_from != "scratch" or cfg.eval_only or cfg.ckpt_path:
             raise ConfigError("lr_find trains a fresh model: drop init_from=resume / ckpt_path / eval_only")
         data = build_data(cfg)
