@@ -600,6 +600,11 @@ def regularization(runs: list[Run], keys: list[str], found: dict[Path, Assessmen
             f"{label(smallest, keys)} ({found[smallest.path].overfit.gap:.3f}"
             f", best val {_fmt(smallest.value('best_val_loss'))})",
         ]
+    return [*out, "**Verdict:** " + _regularization_verdict(base, ok, keys, found)]
+
+
+def _regularization_verdict(base: Run, ok: list[Run], keys: list[str], found: dict[Path, Assessment]) -> str:
+    """Does the baseline overfit, and which regularised run closed its gap most?"""
     bo = found[base.path].overfit
     line = (
         f"the baseline {_with_regularization(base, keys)} {'overfits' if bo.flag else 'does not overfit'} "
@@ -616,7 +621,7 @@ def regularization(runs: list[Run], keys: list[str], found: dict[Path, Assessmen
             f"gap {bo.gap:.3f} -> {to.gap:.3f} ({to.gap - bo.gap:+.3f}), best val {_fmt(tb)}"
             + (f" ({tb - bb:+.4f} vs the baseline's)" if tb is not None and bb is not None else "")
         )
-    return [*out, "**Verdict:** " + line]
+    return line
 
 
 def _window_text(w: an.Window | None) -> str:
@@ -733,9 +738,16 @@ def scaling(runs: list[Run], keys: list[str], found: dict[Path, Assessment], swe
     ]
     if len(pts) < 2:
         return [*out, "**Verdict:** needs two runs with a val loss and a size to compare."]
+    pts.sort(key=lambda p: p[1])
+    question = next((r.report.get("question") for r in runs if r.report.get("question")), "val loss against model size")
+    _scaling_plot(pts, question, sweep / "scaling.png")
+    return [*out, "![val loss against parameters](scaling.png)", "**Verdict:** " + _scaling_verdict(pts)]
+
+
+def _scaling_plot(pts: list[tuple[str, float, float]], title: str, path: Path) -> None:
+    """Best val loss against parameters, both on log axes, each point labelled."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    pts.sort(key=lambda p: p[1])
     ax.plot([p[1] for p in pts], [p[2] for p in pts], "o-")
     for name, x, y in pts:
         ax.annotate(f"{name}\n{x / 1e6:.2f}M, {y:.3f}", (x, y), textcoords="offset points", xytext=(6, 6), fontsize=9)
@@ -744,7 +756,7 @@ def scaling(runs: list[Run], keys: list[str], found: dict[Path, Assessment], swe
         yscale="log",
         xlabel="parameters (log)",
         ylabel="best val loss (log)",
-        title=next((r.report.get("question") for r in runs if r.report.get("question")), "val loss against model size"),
+        title=title,
     )
     # losses span less than a decade: plain numbers on the log axis, not 1.6x10^0
     ax.yaxis.set_major_formatter("{x:.2f}")
@@ -752,8 +764,12 @@ def scaling(runs: list[Run], keys: list[str], found: dict[Path, Assessment], swe
     ax.margins(x=0.2, y=0.1)  # room for the labels of the end points
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(sweep / "scaling.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _scaling_verdict(pts: list[tuple[str, float, float]]) -> str:
+    """Does val loss fall with every increase in size, and do the returns diminish?"""
     steps = an.size_steps(pts)
     falls = all(s.fall > 0 for s in steps)
     line = (
@@ -770,7 +786,7 @@ def scaling(runs: list[Run], keys: list[str], found: dict[Path, Assessment], swe
         )
     elif len(steps) >= 2:
         line += "; no diminishing returns: every step gains at least as much per 10× parameters as the one before"
-    return [*out, "![val loss against parameters](scaling.png)", "**Verdict:** " + line]
+    return line
 
 
 SECTIONS = {
