@@ -9,6 +9,8 @@ from __future__ import annotations
 import runpy
 import sys
 
+from gptlab.cli.common import report_errors
+
 COMMANDS = {  # command: (module, what it does)
     "train": ("gptlab.train", "train a GPT, or a sweep with -m (key=value overrides, nanoGPT's --key=value too)"),
     "sample": ("gptlab.sample", 'generate text from a run: ckpt=<run folder or .ckpt> start="..."'),
@@ -43,6 +45,7 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+@report_errors  # also around the command's imports: Ctrl-C there is one line too
 def main() -> None:
     args = sys.argv[1:]
     if not args or args[0] in ("-h", "--help", "help"):

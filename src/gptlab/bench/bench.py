@@ -29,6 +29,7 @@ from omegaconf import OmegaConf
 from gptlab.cli import common as cli
 from gptlab.config import data_spec, resolve_device
 from gptlab.data.dataset import ensure_prepared, fetch_corpus, read_text
+from gptlab.errors import ConfigError
 
 
 @dataclass
@@ -518,6 +519,7 @@ def data_speed(root: str = "data") -> list[tuple[str, float]]:
 # --------------------------------------------------------------------------- entry point
 
 
+@cli.report_errors
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
@@ -584,9 +586,9 @@ def main(argv: list[str] | None = None) -> None:
     names = args.configs.split(",") if args.configs else (["baby", "gpt2"] if on_cuda else ["cpu", "baby"])
     for n in names:
         if n not in PRESETS:
-            raise SystemExit(f"error: unknown config '{n}'; choose from {', '.join(PRESETS)}")
+            raise ConfigError(f"unknown config '{n}'; choose from {', '.join(PRESETS)}")
         if not on_cuda and PRESETS[n].cpu_steps is None:
-            raise SystemExit(f"error: config '{n}' runs on a GPU only (none is visible here)")
+            raise ConfigError(f"config '{n}' runs on a GPU only (none is visible here)")
     dtype = "bfloat16" if on_cuda and torch.cuda.is_bf16_supported() else "float32"
     peak = peak_flops(on_cuda, dtype)
     load = os.getloadavg()
@@ -628,4 +630,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    cli.report_errors(main)()
+    main()

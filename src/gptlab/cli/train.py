@@ -20,6 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from gptlab.cli import common
+from gptlab.config import validate
 from gptlab.cli.sweep import clear_failure, record_failure
 from gptlab.errors import GptlabError, RunInterrupted
 from gptlab.training.run import train
@@ -80,6 +81,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         return metrics.get("best_val_loss")  # what a Hydra sweeper would minimise
     except RunInterrupted as e:
         # a signal stops a whole sweep too; the same command with resume=true continues it
+        common.ignore_further_interrupts()
         folder = Path(hc.sweep.dir).resolve() if multirun else run_dir
         print(
             f"{e.label}: {e.detail} Resume with:\n  {common.resume_command('gptlab.train', _ARGS, folder)}",
@@ -113,5 +115,7 @@ def main() -> None:
     common.check_override_keys(args)
     common.check_resume_args(args)
     _ARGS[:] = args
+    if not any(a.startswith("-") for a in args):  # one run (not -m, --cfg, --help): no run folder for a mistake
+        validate(common.compose("train", args))
     sys.argv = [sys.argv[0], *common.resolve_profile(args), *common.sweep_folder_names(args)]
     _hydra_main()

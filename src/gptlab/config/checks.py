@@ -58,9 +58,10 @@ def number(lo: float, hi: float | None = None, lo_open: bool = False, hi_open: b
     """A finite int or float between lo and hi; *_open leaves that end out."""
 
     def ok(v) -> bool:
+        if not _number(v):
+            return False
         above = v > lo if lo_open else v >= lo
-        below = hi is None or (v < hi if hi_open else v <= hi)
-        return _number(v) and above and below
+        return above and (hi is None or (v < hi if hi_open else v <= hi))
 
     if hi is None:
         default = f"{'>' if lo_open else '>='} {lo:g}"

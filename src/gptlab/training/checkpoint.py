@@ -99,11 +99,31 @@ def resolve_checkpoint(ref: str | Path) -> Path:
     return p
 
 
+def _check_format(path: Path) -> None:
+    """A checkpoint is a zip archive (torch.save) or a pickle (its legacy format); anything else --
+    a text file, a PNG -- is not one, and is not called corrupt or dangerous."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head and head != b"PK\x03\x04" and head[:1] != b"\x80":
+        raise CheckpointError(
+            f"'{path}' is not a checkpoint (checkpoints are the .ckpt files a run writes: best.ckpt, last.ckpt); "
+            "give a run folder or one of its .ckpt files"
+        )
+
+
+def _unreadable(path: Path, e: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"'{path}' is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+        "it may be truncated or corrupt. Use another checkpoint of the run (best.ckpt / last.ckpt)."
+    )
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict:
     """Load a checkpoint dict with ``weights_only=True``: only tensors and plain Python values
     are accepted, so a file crafted to run code when unpickled is refused instead of obeyed.
     mmap=True maps the tensors instead of reading them (cheap when only the metadata is needed)."""
     path = resolve_checkpoint(path)
+    _check_format(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
@@ -111,11 +131,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
             f"refused to load '{path}': it contains Python objects other than tensors and plain values, "
             f"which could run code when loaded ({str(e).splitlines()[0]}). Only load checkpoints written by gptlab."
         ) from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise CheckpointError(
-            f"'{path}' is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-            "it may be truncated or corrupt. Use another checkpoint of the run (best.ckpt / last.ckpt)."
-        ) from e
+    except RuntimeError as e:
+        if "Attempting to deserialize object on" in str(e):  # a good file, saved on a device not here
+            raise CheckpointError(
+                f"'{path}' holds tensors for a device this machine does not have ({str(e).split('. ')[0]}); "
+                "load it with device=cpu (map_location='cpu')"
+            ) from e
+        raise _unreadable(path, e) from e
+    except (EOFError, zipfile.BadZipFile, OSError, KeyError, IndexError, ValueError) as e:
+        raise _unreadable(path, e) from e
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "gptlab" not in ckpt:
         raise CheckpointError(f"'{path}' is not a gptlab checkpoint (no 'state_dict' / 'gptlab' entries)")
     return ckpt
