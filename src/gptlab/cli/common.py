@@ -375,7 +375,7 @@ def report_errors(fn):
                 return fn(*args, **kwargs)
         except KeyboardInterrupt:
             ignore_further_interrupts()
-            _exit("stopped", "interrupted (SIGINT): stopped at once, without saving anything new", EXIT_INTERRUPTED)
+            _exit("stopped", "interrupted by SIGINT (Ctrl-C)", EXIT_INTERRUPTED)
         except GptlabError as e:
             if e.exit_code >= 128:
                 ignore_further_interrupts()

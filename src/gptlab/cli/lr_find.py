@@ -27,8 +27,8 @@ def _hydra_main(cfg) -> float | None:
 
 
 @common.report_errors
-def main() -> None:
-    args = common.translate_argv(sys.argv[1:])
+def main(argv: list[str] | None = None) -> None:
+    args = common.translate_argv(sys.argv[1:] if argv is None else argv)
     common.check_override_keys(args)
     if not any(a.startswith("-") for a in args):  # one run (not -m, --cfg, --help): no run folder for a mistake
         validate(common.compose("train", args))

@@ -110,8 +110,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 @common.report_errors
-def main() -> None:
-    args = common.translate_argv(sys.argv[1:])
+def main(argv: list[str] | None = None) -> None:
+    args = common.translate_argv(sys.argv[1:] if argv is None else argv)
     common.check_override_keys(args)
     common.check_resume_args(args)
     _ARGS[:] = args
