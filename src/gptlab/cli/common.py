@@ -153,11 +153,12 @@ def _yaml_keys(path: Path) -> set[str]:
     return {k for k in node.keys() if k not in ("defaults", "hydra")}
 
 
-def known_keys(config_name: str = "train") -> dict[str, set[str]]:
+@functools.cache  # the files do not change while a process runs (a test calls this hundreds of times)
+def known_keys(config_name: str = "train") -> dict[str, frozenset[str]]:
     """Top-level keys, and the keys under data., trainer. and train.yaml's own nodes, that the
     shipped configs define (sample.yaml: its own keys, no groups)."""
     if config_name == "sample":
-        return {"": _yaml_keys(CONF_DIR / "sample.yaml")}
+        return {"": frozenset(_yaml_keys(CONF_DIR / "sample.yaml"))}
     top = _yaml_keys(CONF_DIR / "train.yaml") | set(GROUPS)
     for f in (CONF_DIR / "model").glob("*.yaml"):
         top |= _yaml_keys(f)
@@ -170,9 +171,10 @@ def known_keys(config_name: str = "train") -> dict[str, set[str]]:
     nested |= {k: set(v.keys()) for k, v in train.items() if k != "hydra" and OmegaConf.is_dict(v)}
     if config_name == "inspect":
         top |= _yaml_keys(CONF_DIR / "inspect.yaml")
-    return {"": top, **nested}
+    return {k: frozenset(v) for k, v in {"": top, **nested}.items()}
 
 
+@functools.cache
 def group_options() -> dict[str, list[str]]:
     """The names each config group offers: conf/'s files and Hydra's own (hydra/launcher: basic, ...)."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -199,8 +201,7 @@ def check_override_keys(overrides: list[str], extra: set[str] = frozenset(), con
     mean' instead of Hydra's advice to add it with '+'), and every group choice names a file that
     exists -- experiment=, variant= and the other groups are optional, so Hydra itself would run
     the defaults. `extra`: top-level keys an entry point's own config adds."""
-    keys = known_keys(config_name)
-    keys[""] |= set(extra)
+    keys = {**known_keys(config_name), "": known_keys(config_name)[""] | set(extra)}
     options = group_options() if config_name != "sample" else {}
     for o in parse_overrides(overrides):
         key = o.key_or_group
