@@ -99,7 +99,11 @@ def run(main, argv: list[str], where: Path, data_root: Path) -> None:
 
 
 COMMON = settings(
-    max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=25,
+    deadline=None,
+    derandomize=True,  # the same draws on every run: CI is reproducible
+    database=None,  # nothing written into the repository (.hypothesis/)
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 
 
