@@ -99,7 +99,7 @@ def run(main, argv: list[str], where: Path, data_root: Path) -> None:
 
 
 COMMON = settings(
-    max_examples=25,
+    max_examples=15,
     deadline=None,
     derandomize=True,  # the same draws on every run: CI is reproducible
     database=None,  # nothing written into the repository (.hypothesis/)
@@ -121,7 +121,7 @@ def test_prepare(place, data_root, drawn):
     run(prepare.main, [f"data.root={data_root}", *drawn], place, data_root)
 
 
-@settings(COMMON, max_examples=30)
+@settings(COMMON, max_examples=20)
 @given(drawn=st.lists(st.builds("{}={}".format, st.sampled_from(sorted(SAMPLE)), values), min_size=1, max_size=3))
 def test_sample(place, data_root, drawn):
     run(sample.main, [f"ckpt={place / 'run'}", *drawn], place, data_root)

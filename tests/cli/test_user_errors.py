@@ -157,7 +157,7 @@ def test_a_prompt_with_hydra_syntax_and_non_ascii_reaches_the_model(tiny_run, ca
 def test_a_text_file_is_not_a_checkpoint(tmp_path):
     f = tmp_path / "notes.ckpt"
     f.write_text("hello, these are my notes\n")
-    with pytest.raises(CheckpointError, match="is not a checkpoint") as e:
+    with pytest.raises(CheckpointError, match="is a text file, not a checkpoint") as e:
         load_checkpoint(f)
     assert "could run code" not in str(e.value) and "corrupt" not in str(e.value)
 

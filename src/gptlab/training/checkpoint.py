@@ -8,6 +8,7 @@ config files or the dataset that produced it.
 
 from __future__ import annotations
 
+import codecs
 import pickle
 import zipfile
 from pathlib import Path
@@ -100,14 +101,19 @@ def resolve_checkpoint(ref: str | Path) -> Path:
 
 
 def _check_format(path: Path) -> None:
-    """A checkpoint is a zip archive (torch.save) or a pickle (its legacy format); anything else --
-    a text file, a PNG -- is not one, and is not called corrupt or dangerous."""
+    """A text file (notes, a config, a log) given as a checkpoint is not one: say so, rather than
+    call it corrupt or dangerous. Other bytes go to torch.load, whose errors say corrupt."""
     with open(path, "rb") as f:
-        head = f.read(4)
-    if head and head != b"PK\x03\x04" and head[:1] != b"\x80":
+        head = f.read(512)
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head)  # not final: a character cut at byte 512 is fine
+        text = bool(head) and b"\0" not in head  # a zip archive or a pickle holds NUL bytes at its start
+    except UnicodeDecodeError:
+        text = False
+    if text:
         raise CheckpointError(
-            f"'{path}' is not a checkpoint (checkpoints are the .ckpt files a run writes: best.ckpt, last.ckpt); "
-            "give a run folder or one of its .ckpt files"
+            f"'{path}' is a text file, not a checkpoint (checkpoints are the .ckpt files a run writes: "
+            "best.ckpt, last.ckpt); give a run folder or one of its .ckpt files"
         )
 
 
