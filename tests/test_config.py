@@ -126,7 +126,7 @@ def test_unknown_key_suggests_the_right_one():
         cli.check_override_keys(["lerning_rate=1e-3"])
     with pytest.raises(ConfigError, match="data.tokeniser"):
         cli.check_override_keys(["data.tokeniser=gpt2"])
-    cli.check_override_keys(["learning_rate=1e-3", "data.path=x", "model=tiny", "hydra.verbose=true"])
+    cli.check_override_keys(["learning_rate=1e-3", "data.path=x", "model=tiny", "+foo=1", "hydra.verbose=true"])
 
 
 def test_nanogpt_style_arguments_translate():
