@@ -11,6 +11,7 @@ import runpy
 import sys
 
 from gptlab import __version__
+from gptlab.cli.common import report_errors
 
 COMMANDS = {  # command: (module, what it does)
     "train": ("gptlab.train", "train a GPT, or a sweep with -m (key=value overrides, nanoGPT's --key=value too)"),
@@ -44,6 +45,7 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+@report_errors  # also around the command's imports: Ctrl-C there is one line too
 def main() -> None:
     args = sys.argv[1:]
     if not args or args[0] in ("-h", "--help", "help"):

@@ -32,6 +32,7 @@ from gptlab.cli import common as cli
 from gptlab.config import data_spec, model_config, resolve_device
 from gptlab.data.dataset import ensure_prepared, fetch_corpus, load_meta, read_text
 from gptlab.data.tokenizer import CharTokenizer, TiktokenTokenizer
+from gptlab.errors import ConfigError
 from gptlab.model import GPT
 
 
@@ -525,6 +526,7 @@ def data_speed(root: str = "data") -> list[tuple[str, float]]:
 # --------------------------------------------------------------------------- entry point
 
 
+@cli.report_errors
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
@@ -650,11 +652,11 @@ def _preset_names(configs: str | None, on_cuda: bool) -> list[str]:
     names = configs.split(",") if configs else (["baby", "gpt2"] if on_cuda else ["cpu", "baby"])
     for n in names:
         if n not in PRESETS:
-            raise SystemExit(f"error: unknown config '{n}'; choose from {', '.join(PRESETS)}")
+            raise ConfigError(f"unknown config '{n}'; choose from {', '.join(PRESETS)}")
         if not on_cuda and PRESETS[n].cpu_steps is None:
-            raise SystemExit(f"error: config '{n}' runs on a GPU only (none is visible here)")
+            raise ConfigError(f"config '{n}' runs on a GPU only (none is visible here)")
     return names
 
 
 if __name__ == "__main__":
-    cli.report_errors(main)()
+    main()

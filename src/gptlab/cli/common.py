@@ -3,15 +3,25 @@ composing a config without a run folder, and turning errors into one line and an
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import errno
 import functools
 import logging
 import os
+import re
 import shlex
+import signal
 import sys
 from pathlib import Path
 
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Glob, Override, OverrideType
+from hydra.errors import HydraException
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from gptlab.errors import ConfigError, GptlabError
 
@@ -20,6 +30,22 @@ from gptlab.errors import ConfigError, GptlabError
 _PACKAGE = Path(__file__).resolve().parents[1]
 CONF_DIR = _PACKAGE / "conf" if (_PACKAGE / "conf").is_dir() else _PACKAGE.parents[1] / "conf"
 GROUPS = ("data", "model", "trainer", "experiment", "variant", "profile")
+# group -> (one of them, all of them), for "unknown experiment 'x' ... The experiments: ..."
+GROUP_NAMES = {
+    "data": ("data config", "data configs"),
+    "model": ("model", "models"),
+    "trainer": ("trainer", "trainers"),
+    "experiment": ("experiment", "experiments"),
+    "variant": ("variant", "variants"),
+    "profile": ("profile", "profiles"),
+    "hydra/launcher": ("launcher", "launchers"),
+}
+# Keys whose value is free text (a prompt, a sentence): quoted for Hydra's parser, which would
+# otherwise read [ ] { } # , and non-ASCII characters as syntax
+FREE_TEXT = ("start", "report.question")
+# Nodes under which a `+` may add keys that no config defines. None yet: a pass-through of
+# Lightning Trainer arguments (+trainer.<argument>=...) would add "trainer" here.
+OPEN_NODES: tuple[str, ...] = ()
 
 # For conf/train.yaml's run folders. ${pid:}: two runs or sweeps started in the same second on one
 # machine get different folders (cached like Hydra's ${now:}, so every job of a sweep agrees).
@@ -63,10 +89,24 @@ def translate_argv(args: list[str]) -> list[str]:
             )
         if a.startswith("--") and "=" in a and not a.startswith("--config"):
             a = a[2:]
+        key, eq, value = a.partition("=")
+        if eq and key.lstrip("+") in FREE_TEXT and not _quoted(value):
+            a = f"{key}={hydra_quote(value)}"
         out.append(a)
     # Hydra's parser takes its flags only before the overrides: `key=value -m` would be refused
     multirun = [a for a in out if a in ("-m", "--multirun")]
     return multirun + [a for a in out if a not in ("-m", "--multirun")]
+
+
+def _quoted(value: str) -> bool:
+    return len(value) >= 2 and value[0] == value[-1] and value[0] in "'\""
+
+
+def hydra_quote(text: str) -> str:
+    """text as a quoted value of Hydra's override grammar that OmegaConf reads back unchanged:
+    backslashes before a quote, ${ or the end doubled, quotes escaped, ${ kept from interpolating."""
+    text = re.sub(r"(\\+)(?='|\$\{|$)", lambda m: m.group(1) * 2, text)
+    return "'" + text.replace("'", "\\'").replace("${", "\\${") + "'"
 
 
 SWEEP_FUNCTIONS = ("range(", "choice(", "interval(", "glob(")
@@ -113,8 +153,12 @@ def _yaml_keys(path: Path) -> set[str]:
     return {k for k in node.keys() if k not in ("defaults", "hydra")}
 
 
-def known_keys() -> dict[str, set[str]]:
-    """Top-level keys, and the keys under data. and trainer., that the shipped configs define."""
+@functools.cache  # the files do not change while a process runs (a test calls this hundreds of times)
+def known_keys(config_name: str = "train") -> dict[str, frozenset[str]]:
+    """Top-level keys, and the keys under data., trainer. and train.yaml's own nodes, that the
+    shipped configs define (sample.yaml: its own keys, no groups)."""
+    if config_name == "sample":
+        return {"": frozenset(_yaml_keys(CONF_DIR / "sample.yaml"))}
     top = _yaml_keys(CONF_DIR / "train.yaml") | set(GROUPS)
     for f in (CONF_DIR / "model").glob("*.yaml"):
         top |= _yaml_keys(f)
@@ -125,23 +169,66 @@ def known_keys() -> dict[str, set[str]]:
     # the nodes of train.yaml itself (lr_find., early_stopping., augment., report.)
     train = OmegaConf.load(CONF_DIR / "train.yaml")
     nested |= {k: set(v.keys()) for k, v in train.items() if k != "hydra" and OmegaConf.is_dict(v)}
-    return {"": top, **nested}
+    if config_name == "inspect":
+        top |= _yaml_keys(CONF_DIR / "inspect.yaml")
+    return {k: frozenset(v) for k, v in {"": top, **nested}.items()}
 
 
-def check_override_keys(overrides: list[str], extra: set[str] = frozenset()) -> None:
-    """An unknown key gets a 'did you mean' instead of Hydra's advice to append it with '+'.
-    `extra`: top-level keys an entry point's own config adds to train.yaml's."""
-    keys = known_keys()
-    keys[""] |= set(extra)
-    for o in overrides:
-        if o.startswith(("-", "+", "~", "hydra.", "hydra/")) or "=" not in o:
+@functools.cache
+def group_options() -> dict[str, list[str]]:
+    """The names each config group offers: conf/'s files and Hydra's own (hydra/launcher: basic, ...)."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        return {g: loader.get_group_options(g) for g in GROUP_NAMES}
+
+
+def parse_overrides(overrides: list[str]) -> list[Override]:
+    """Hydra's own parse of the key=value arguments: a syntax error becomes one line saying how to quote."""
+    # flags (-m, --cfg job) and their values are Hydra's; its parser reads the overrides only
+    args = [o for o in overrides if o.startswith("~") or ("=" in o and not o.startswith("-"))]
+    try:
+        return OverridesParser.create().parse_overrides(args)
+    except HydraException as e:
+        where = f"cannot read '{e.override}': " if getattr(e, "override", None) else ""
+        raise ConfigError(
+            f"{where}{hydra_message(e)}. Quote a value with spaces or any of []{{}}(),#=' characters: key='a value' "
+            "(in the shell: \"key='a value'\")"
+        ) from None
+
+
+def check_override_keys(overrides: list[str], extra: set[str] = frozenset(), config_name: str = "train") -> None:
+    """Before composing: the arguments parse, every key is one the configs define (a 'did you
+    mean' instead of Hydra's advice to add it with '+'), and every group choice names a file that
+    exists -- experiment=, variant= and the other groups are optional, so Hydra itself would run
+    the defaults. `extra`: top-level keys an entry point's own config adds."""
+    keys = {**known_keys(config_name), "": known_keys(config_name)[""] | set(extra)}
+    options = group_options() if config_name != "sample" else {}
+    for o in parse_overrides(overrides):
+        key = o.key_or_group
+        if key.startswith("hydra.") or (key.startswith("hydra/") and key not in options):
+            continue  # Hydra's own settings (hydra.verbose=true, hydra.sweep.dir=...)
+        if key in options:
+            if o.type != OverrideType.DEL:
+                _check_choices(key, o, options[key])
             continue
-        key = o.split("=", 1)[0]
         head, _, rest = key.partition(".")
         if head not in keys[""]:
-            _unknown(key, keys[""])
-        if rest and head in keys and rest.split(".")[0] not in keys[head]:
+            _unknown(key, keys[""] | {f"{h}.{k}" for h in keys if h for k in keys[h]})
+        if rest and head in keys and rest.split(".")[0] not in keys[head] and head not in OPEN_NODES:
             _unknown(key, {f"{head}.{k}" for k in keys[head]})
+
+
+def _check_choices(group: str, o: Override, options: list[str]) -> None:
+    if isinstance(o.value(), Glob):
+        return  # glob(...) picks among the names that exist
+    names = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+    for name in names:
+        if name in options or name == "null" or (CONF_DIR / group / f"{name}.yaml").is_file():
+            continue
+        one, all_ = GROUP_NAMES[group]
+        close = difflib.get_close_matches(name, options, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"unknown {one} '{name}'.{hint} The {all_}: {', '.join(options)} (conf/{group}/)")
 
 
 def _unknown(key: str, known: set[str]) -> None:
@@ -214,9 +301,6 @@ def profile_summary(choices) -> str | None:
 def compose(config_name: str, overrides: list[str]):
     """Compose a config with Hydra's compose API: no run folder, no logging setup."""
     from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
 
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -224,19 +308,86 @@ def compose(config_name: str, overrides: list[str]):
                 overrides = resolve_profile(overrides)
             return hydra_compose(config_name=config_name, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(str(e).splitlines()[0]) from e
+        raise ConfigError(hydra_message(e)) from e
+
+
+def hydra_message(e: Exception) -> str:
+    """Hydra's or OmegaConf's error as one line: its first lines and its cause's, no links."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip() and "hydra.cc/docs" not in line]
+    cause = e.__cause__
+    if isinstance(cause, OmegaConfBaseException) and str(cause).strip():
+        lines = lines[:1] + [str(cause).splitlines()[0]]
+    return " ".join(lines[:2]).rstrip(".") or type(e).__name__
+
+
+# OSErrors that are the machine's or the user's, not gptlab's: a full disk, a folder without write
+# permission, a file where a folder should be (out_dir=notes.txt). Any other OSError is a bug.
+USER_ERRNOS = {
+    errno.ENOSPC: "the disk is full: free some space, or give out_dir=<a folder on another disk>",
+    errno.EDQUOT: "the disk quota is used up: free some space, or give out_dir=<a folder elsewhere>",
+    errno.EACCES: "no permission: give a folder you can write to (out_dir=..., data.root=...)",
+    errno.EPERM: "no permission: give a folder you can write to (out_dir=..., data.root=...)",
+    errno.EROFS: "the file system is read-only: give a folder you can write to (out_dir=..., data.root=...)",
+    errno.EEXIST: "a file is in the way where a folder should be: give another path",
+    errno.ENOTDIR: "a file is in the way where a folder should be: give another path",
+    errno.EISDIR: "a folder was given where a file is needed",
+    errno.ENAMETOOLONG: "the path is too long: give a shorter one",
+}
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # the shell's code for a process ended by Ctrl-C (130)
+
+
+def ignore_further_interrupts() -> None:
+    """Once a stop is under way, a second or third Ctrl-C must not break it into a traceback."""
+    with contextlib.suppress(ValueError):  # only the main thread may set handlers
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _exit(label: str, message: str, code: int):
+    print(f"{label}: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+@contextlib.contextmanager
+def _hydra_errors_raised():
+    # hydra.main prints its own errors (a trimmed traceback, exit status 1) unless HYDRA_FULL_ERROR
+    # is set; set, they reach report_errors like any other error
+    before = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = before
 
 
 def report_errors(fn):
-    """Run an entry point; a GptlabError becomes 'error: ...' on stderr and its exit code."""
+    """The one boundary for the user's mistakes, around every entry point: a GptlabError, a Hydra
+    or OmegaConf error (bad override syntax, a value that does not fit) and an OSError of the
+    machine (USER_ERRNOS) become one 'error: ...' line on stderr and the documented exit status
+    (2; a GptlabError its own); Ctrl-C becomes 'stopped: ...' and 130. Anything else is a bug
+    and keeps its traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with _hydra_errors_raised():
+                return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            ignore_further_interrupts()
+            _exit("stopped", "interrupted by SIGINT (Ctrl-C)", EXIT_INTERRUPTED)
         except GptlabError as e:
-            print(f"{e.label}: {e}", file=sys.stderr, flush=True)
-            sys.exit(e.exit_code)
+            if e.exit_code >= 128:
+                ignore_further_interrupts()
+            _exit(e.label, str(e), e.exit_code)
+        except (HydraException, OmegaConfBaseException) as e:
+            _exit("error", hydra_message(e), ConfigError.exit_code)
+        except OSError as e:
+            if e.errno not in USER_ERRNOS:
+                raise
+            where = f"'{e.filename}': " if e.filename else ""
+            _exit("error", f"{where}{e.strerror} -- {USER_ERRNOS[e.errno]}", ConfigError.exit_code)
 
     return wrapper
 

@@ -12,12 +12,9 @@ import sys
 import torch
 
 from gptlab.cli import common as cli
-from gptlab.config import data_spec
+from gptlab.config import INSPECT, check_keys, data_spec, validate
 from gptlab.data.datamodule import GPTDataModule
 from gptlab.data.dataset import ensure_prepared
-from gptlab.errors import ConfigError
-
-INSPECT_KEYS = {"split", "rows", "show_tokens"}
 
 
 def describe_batch(dm: GPTDataModule, split: str, rows: int, show: int) -> list[str]:
@@ -50,10 +47,10 @@ def describe_batch(dm: GPTDataModule, split: str, rows: int, show: int) -> list[
 @cli.report_errors
 def main(argv: list[str] | None = None) -> None:
     args = cli.translate_argv(sys.argv[1:] if argv is None else argv)
-    cli.check_override_keys(args, extra=INSPECT_KEYS)
+    cli.check_override_keys(args, config_name="inspect")
     cfg = cli.compose("inspect", args)
-    if cfg.split not in ("train", "val"):
-        raise ConfigError(f"split must be train or val, got '{cfg.split}'")
+    check_keys(cfg, INSPECT)
+    validate(cfg)
     spec = data_spec(cfg)
     ensure_prepared(spec)
     dm = GPTDataModule(spec.dir, int(cfg.block_size), int(cfg.batch_size), seed=int(cfg.seed))

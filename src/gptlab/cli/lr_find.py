@@ -10,6 +10,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 
 from gptlab.cli import common
+from gptlab.config import validate
 from gptlab.errors import GptlabError
 from gptlab.training.run import find_learning_rate
 
@@ -26,8 +27,10 @@ def _hydra_main(cfg) -> float | None:
 
 
 @common.report_errors
-def main() -> None:
-    args = common.translate_argv(sys.argv[1:])
+def main(argv: list[str] | None = None) -> None:
+    args = common.translate_argv(sys.argv[1:] if argv is None else argv)
     common.check_override_keys(args)
+    if not any(a.startswith("-") for a in args):  # one run (not -m, --cfg, --help): no run folder for a mistake
+        validate(common.compose("train", args))
     sys.argv = [sys.argv[0], *common.resolve_profile(args), *common.sweep_folder_names(args)]
     _hydra_main()

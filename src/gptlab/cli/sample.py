@@ -10,6 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from gptlab.cli import common as cli
+from gptlab.config import SAMPLE, check_keys
 from gptlab.data.tokenizer import tokenizer_from_meta, undecodable_ids
 from gptlab.errors import ConfigError
 from gptlab.training.checkpoint import load_model
@@ -74,10 +75,12 @@ def generate(
 
 @cli.report_errors
 def main(argv: list[str] | None = None) -> None:
-    args = cli.translate_argv(sys.argv[1:] if argv is None else argv)
+    args = cli.translate_argv(sys.argv[1:] if argv is None else argv)  # start=... is quoted there
+    cli.check_override_keys(args, config_name="sample")
     cfg = cli.compose("sample", args)
     if OmegaConf.is_missing(cfg, "ckpt"):
         raise ConfigError("give the run to sample from: ckpt=<run folder or .ckpt file>")
+    check_keys(cfg, SAMPLE)
     samples = generate(
         str(cfg.ckpt),
         str(cfg.start),

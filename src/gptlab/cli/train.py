@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from gptlab.cli import common
 from gptlab.cli.sweep import clear_failure, record_failure, write_stopped_summary
+from gptlab.config import validate
 from gptlab.errors import GptlabError, RunInterrupted
 from gptlab.training.run import train
 
@@ -81,6 +82,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         return metrics.get("best_val_loss")  # what a Hydra sweeper would minimise
     except RunInterrupted as e:
         # a signal stops a whole sweep too; the same command with resume=true continues it
+        common.ignore_further_interrupts()
         folder = Path(hc.sweep.dir).resolve() if multirun else run_dir
         if multirun:
             write_stopped_summary(folder)  # the sweep ends here: Hydra's on_multirun_end never runs
@@ -111,10 +113,12 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 @common.report_errors
-def main() -> None:
-    args = common.translate_argv(sys.argv[1:])
+def main(argv: list[str] | None = None) -> None:
+    args = common.translate_argv(sys.argv[1:] if argv is None else argv)
     common.check_override_keys(args)
     common.check_resume_args(args)
     _ARGS[:] = args
+    if not any(a.startswith("-") for a in args):  # one run (not -m, --cfg, --help): no run folder for a mistake
+        validate(common.compose("train", args))
     sys.argv = [sys.argv[0], *common.resolve_profile(args), *common.sweep_folder_names(args)]
     _hydra_main()

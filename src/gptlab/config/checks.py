@@ -1,11 +1,17 @@
-"""Checks on a composed config, before any work starts: types, ranges and settings that
-contradict each other. Each failure is one ConfigError naming the key, the value and the fix."""
+"""Checks on a composed config, before any work starts: every key's type and range (one table,
+SCHEMA, checked by one loop), then the settings that contradict each other. Each failure is one
+ConfigError naming the key, the value and what is allowed."""
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from gptlab.analysis import ANALYSES
 from gptlab.config.device import DTYPES
@@ -15,83 +21,216 @@ from gptlab.errors import ConfigError
 from gptlab.model import GPTConfig
 
 LR_FIND_RULES = ("steepest", "minimum")  # how the LR finder reads a rate off its curve (training.lr_find)
+REPORT_METRICS = ("final_train_loss", "final_val_loss", "gap", "best_val_loss")  # report.report's COLUMNS
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+# Lightning's strategies that make sense for one model on one or more GPUs (StrategyRegistry names)
+STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook", "ddp_find_unused_parameters_true", "fsdp")
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
-def _positive_int(cfg: DictConfig, key: str, minimum: int = 1) -> None:
-    v = cfg.get(key)
-    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        raise ConfigError(f"{key} must be an integer >= {minimum}, got {v!r}")
+@dataclass(frozen=True)
+class Rule:
+    """What one key takes: `ok(value)` decides; `says` completes "<key> must be ..."."""
+
+    ok: Callable[[Any], bool]
+    says: str
 
 
-# Keys that take only true or false: YAML's yes/no/on/off and other strings are refused, so that
-# overwrite=no never counts as true.
-BOOL_KEYS = (
-    "eval_only",
-    "always_save_checkpoint",
-    "overwrite",
-    "resume",
-    "export_weights",
-    "decay_lr",
-    "compile",
-    "pad_vocab",
-    "bias",
-    "monitor.enabled",
-    "monitor.histograms",
-    "monitor.initial_loss_check",
-    "trainer.deterministic",
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _or_null(ok: Callable[[Any], bool], null: bool) -> Callable[[Any], bool]:
+    return (lambda v: v is None or ok(v)) if null else ok
+
+
+def integer(lo: int, hi: int | None = None, null: bool = False, says: str = "") -> Rule:
+    default = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
+    ok = _or_null(lambda v: _is_int(v) and v >= lo and (hi is None or v <= hi), null)
+    return Rule(ok, says or default + (" or null" if null else ""))
+
+
+def number(lo: float, hi: float | None = None, lo_open: bool = False, hi_open: bool = False, null=False, says=""):
+    """A finite int or float between lo and hi; *_open leaves that end out."""
+
+    def ok(v) -> bool:
+        if not _number(v):
+            return False
+        above = v > lo if lo_open else v >= lo
+        return above and (hi is None or (v < hi if hi_open else v <= hi))
+
+    if hi is None:
+        default = f"{'>' if lo_open else '>='} {lo:g}"
+    else:
+        default = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    return Rule(_or_null(ok, null), says or default + (" or null" if null else ""))
+
+
+def one_of(*choices: str, null: bool = False, says: str = "") -> Rule:
+    ok = _or_null(lambda v: isinstance(v, str) and v in choices, null)
+    return Rule(ok, says or f"one of {', '.join(choices)}" + (" or null" if null else ""))
+
+
+def text(null: bool = False, says: str = "") -> Rule:
+    """A name, a path or a sentence: a string (a number typed there, data.name=2024, is a name too)."""
+    ok = _or_null(lambda v: isinstance(v, (str, int, float)) and not isinstance(v, bool) and str(v) != "", null)
+    return Rule(ok, says or ("text (a name or a path)" + (" or null" if null else "")))
+
+
+BOOL = Rule(lambda v: isinstance(v, bool), "true or false")  # yes/no/on/off refused: overwrite=no never means true
+LEARNING_RATE = Rule(
+    lambda v: v == "auto" or (_number(v) and v > 0), "> 0, or auto (a learning-rate range test picks it)"
+)
+DEVICES = Rule(
+    # a count is needed up front: the global batch (batch x accumulation x processes) is logged before training
+    lambda v: (
+        (_is_int(v) and v >= 1) or (OmegaConf.is_list(v) and len(v) > 0 and all(_is_int(i) and i >= 0 for i in v))
+    ),
+    "a number of processes (1, 2, ...) or a list of GPU ids ([0,1])",
 )
 
+# Every key of conf/train.yaml and its groups: key -> what it takes. validate() checks them in this
+# order before anything else; tests/config/test_schema.py checks that no key is left out.
+SCHEMA: dict[str, Rule] = {
+    # I/O
+    "out_dir": text(null=True),
+    "eval_interval": integer(1),
+    "log_interval": integer(1),
+    "eval_iters": integer(1),
+    "eval_only": BOOL,
+    "always_save_checkpoint": BOOL,
+    "init_from": one_of("scratch", "resume", says="scratch or resume"),
+    "ckpt_path": text(null=True),
+    "overwrite": BOOL,
+    "resume": BOOL,
+    "export_weights": BOOL,
+    # data and batch
+    "gradient_accumulation_steps": integer(1),
+    "batch_size": integer(1),
+    "eval_batch_size": integer(1, null=True, says="an integer >= 1, or null (the same as batch_size)"),
+    "block_size": integer(1),
+    # model
+    "n_layer": integer(1),
+    "n_head": integer(1),
+    "n_embd": integer(1),
+    "dropout": number(0, 1, hi_open=True),
+    "bias": BOOL,
+    # AdamW and the schedule
+    "learning_rate": LEARNING_RATE,
+    "max_iters": integer(0),
+    "weight_decay": number(0),
+    "beta1": number(0, 1, hi_open=True),
+    "beta2": number(0, 1, hi_open=True),
+    "grad_clip": number(0, says=">= 0 (0 disables clipping)"),
+    "decay_lr": BOOL,
+    "warmup_iters": integer(0),
+    "lr_decay_iters": integer(0),
+    "min_lr": number(0),
+    # system
+    "device": Rule(lambda v: isinstance(v, str) and DEVICE.fullmatch(v) is not None, "auto, cpu, cuda, cuda:N or mps"),
+    "dtype": one_of(*DTYPES),
+    "compile": BOOL,
+    "pad_vocab": BOOL,
+    "seed": integer(0, 2**32 - 1),
+    "sample_tokens": integer(0),
+    "eval_sample_tokens": integer(0),
+    "eval_sample_budget": number(
+        0,
+        1,
+        says="a share of the training time between 0 and 1 (0.01: samples take at most 1%; 1: a sample at "
+        "every evaluation)",
+    ),
+    # monitor
+    "monitor.enabled": BOOL,
+    "monitor.grad_warn": number(0, says=">= 0 (0: never warn)"),
+    "monitor.layer_interval": integer(0, says="an integer >= 0 (0: off)"),
+    "monitor.histograms": BOOL,
+    "monitor.layer_ratio": number(1, lo_open=True, says="> 1 (1000 is usual)"),
+    "monitor.initial_loss_check": BOOL,
+    "monitor.plateau_evals": integer(0, says="an integer >= 0 (0: off)"),
+    # the learning-rate range test
+    "lr_find.min_lr": number(0, lo_open=True),
+    "lr_find.max_lr": number(0, lo_open=True),
+    "lr_find.num_steps": integer(20, says="an integer >= 20 (100 is usual)"),
+    "lr_find.diverge_threshold": number(
+        1, lo_open=True, null=True, says="> 1 (4 is usual) or null to never stop early"
+    ),
+    "lr_find.rule": one_of(*LR_FIND_RULES),
+    "lr_find.min_lr_ratio": number(
+        0, 1, lo_open=True, null=True, says="in (0, 1] (0.1 is usual) or null to keep min_lr as set"
+    ),
+    # early stopping, augmentation
+    "early_stopping.patience": integer(0, null=True, says="a whole number of evaluations (null or 0: off)"),
+    "early_stopping.min_delta": number(0),
+    "augment.mask_prob": number(0, 1, hi_open=True, says="in [0, 1) (0 turns token masking off)"),
+    # experiments and their report
+    "variant": text(null=True),
+    "report.question": text(null=True),
+    "report.analysis": one_of(*ANALYSES, null=True),
+    "report.metric": one_of(*REPORT_METRICS),
+    "report.goal": one_of("lower", "higher"),
+    "report.baseline": text(null=True, says="key=value naming the baseline run, or null (the first run)"),
+    "report.cost": one_of(*REPORT_METRICS, null=True),
+    # data
+    "data.name": text(null=True),
+    "data.root": text(),
+    "data.source": text(null=True),
+    "data.path": text(null=True),
+    "data.tokenizer": text(says="char or a tiktoken encoding name (gpt2)"),
+    "data.val_fraction": number(0, 1, lo_open=True, hi_open=True, says="between 0 and 1 (0.1: the last 10%)"),
+    "data.documents": one_of(*DOCUMENT_KINDS),
+    "data.batching": one_of(*BATCHING),
+    "data.bucket_batches": integer(1, says="an integer >= 1 (1: no length bucketing)"),
+    # Lightning's Trainer
+    "trainer.accelerator": one_of(*ACCELERATORS),
+    "trainer.devices": DEVICES,
+    "trainer.strategy": one_of(*STRATEGIES),
+    "trainer.num_nodes": integer(1),
+    "trainer.deterministic": BOOL,
+}
+BOOL_KEYS = tuple(k for k, rule in SCHEMA.items() if rule is BOOL)
 
-def _validate_bools(cfg: DictConfig) -> None:
-    for key in BOOL_KEYS:
-        v = OmegaConf.select(cfg, key, default=False)
-        if not isinstance(v, bool):
-            raise ConfigError(f"{key} must be true or false, got {v!r}")
+# python -m gptlab.sample (conf/sample.yaml); ckpt is checked when it is read
+SAMPLE: dict[str, Rule] = {
+    "start": text(says="text, or FILE:path to read the prompt from a file"),
+    "num_samples": integer(1),
+    "max_new_tokens": integer(1),
+    "temperature": number(0, lo_open=True, says="> 0 (< 1 sharper, > 1 more random)"),
+    "top_k": integer(1, null=True, says="an integer >= 1, or null (all tokens)"),
+    "seed": integer(0, 2**32 - 1),
+    "device": SCHEMA["device"],
+    "dtype": one_of(*DTYPES),
+}
+# python -m gptlab.inspect (conf/inspect.yaml): train's keys and these
+INSPECT: dict[str, Rule] = {
+    "split": one_of("train", "val"),
+    "rows": integer(1),
+    "show_tokens": integer(1),
+}
+_ABSENT = object()
 
 
-def _validate_run_mode(cfg: DictConfig) -> None:
-    """overwrite starts over, resume continues, eval_only reads: at most one of them."""
-    resumes = cfg.init_from == "resume" or bool(cfg.get("resume"))
-    if cfg.overwrite and resumes:
-        raise ConfigError(
-            "overwrite=true starts the run over, init_from=resume / resume=true continue it: drop one of them"
-        )
-    if cfg.overwrite and cfg.eval_only:
-        raise ConfigError("eval_only=true never changes a run's files, so overwrite=true has nothing to do: drop it")
+def check_keys(cfg: DictConfig, table: dict[str, Rule]) -> None:
+    """Each key of the table against its rule: the first one that fails is a ConfigError."""
+    for key, rule in table.items():
+        try:
+            v = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=True)
+        except OmegaConfBaseException as e:  # ${...} that does not resolve, or ??? never given
+            raise ConfigError(f"{key}: {str(e).splitlines()[0]}") from None
+        if v is _ABSENT:
+            raise ConfigError(f"{key} is missing from the config; give {key}=<value>")
+        if not rule.ok(v):
+            raise ConfigError(f"{key} must be {rule.says}, got {v!r}")
 
 
 def validate(cfg: DictConfig) -> None:
-    """Reject contradictory or impossible settings before any work starts."""
-    _validate_bools(cfg)
-    if cfg.init_from not in ("scratch", "resume"):
-        raise ConfigError(f"init_from must be scratch or resume, got '{cfg.init_from}'")
+    """Reject wrong, contradictory or impossible settings before any work starts."""
+    check_keys(cfg, SCHEMA)
     _validate_run_mode(cfg)
-    for key in (
-        "batch_size",
-        "block_size",
-        "n_layer",
-        "n_head",
-        "n_embd",
-        "eval_interval",
-        "log_interval",
-        "eval_iters",
-        "gradient_accumulation_steps",
-    ):
-        _positive_int(cfg, key)
-    if cfg.get("eval_batch_size") is not None:
-        _positive_int(cfg, "eval_batch_size")
-    analysis = OmegaConf.select(cfg, "report.analysis", default=None)
-    if analysis is not None and analysis not in ANALYSES:
-        # caught here, before the sweep trains, rather than by the report afterwards
-        raise ConfigError(f"report.analysis must be one of {', '.join(ANALYSES)} or null, got '{analysis}'")
-    for key in ("max_iters", "warmup_iters", "lr_decay_iters", "sample_tokens", "eval_sample_tokens"):
-        _positive_int(cfg, key, minimum=0)
-    budget = cfg.get("eval_sample_budget", 0.01)
-    if not isinstance(budget, (int, float)) or isinstance(budget, bool) or not 0 <= budget <= 1:
-        raise ConfigError(
-            f"eval_sample_budget={budget} must be a share of the training time between 0 and 1 "
-            "(0.01: samples take at most 1%; 1: a sample at every evaluation)"
-        )
     if cfg.max_iters == 0 and not cfg.eval_only:
         raise ConfigError("max_iters=0 trains nothing; give max_iters>0, or eval_only=true to only evaluate")
     if cfg.n_embd % cfg.n_head != 0:
@@ -99,28 +238,15 @@ def validate(cfg: DictConfig) -> None:
             GPTConfig(n_embd=cfg.n_embd, n_head=cfg.n_head)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-    if not 0.0 <= float(cfg.dropout) < 1.0:
-        raise ConfigError(f"dropout must be in [0, 1), got {cfg.dropout}")
     if cfg.learning_rate == "auto":
         _validate_auto_lr(cfg)  # min_lr is checked against the learning rate once the search chose it
-    elif not _number(cfg.learning_rate) or not float(cfg.learning_rate) > 0:
-        raise ConfigError(
-            f"learning_rate must be > 0, or auto (a learning-rate range test picks it), got {cfg.learning_rate}"
-        )
-    elif float(cfg.min_lr) < 0 or float(cfg.min_lr) > float(cfg.learning_rate):
+    elif cfg.min_lr > cfg.learning_rate:
         raise ConfigError(f"min_lr must be between 0 and learning_rate ({cfg.learning_rate}), got {cfg.min_lr}")
-    _validate_lr_find(cfg.lr_find)
-    _validate_early_stopping(cfg.early_stopping)
-    p = cfg.augment.mask_prob
-    if not _number(p) or not 0.0 <= float(p) < 1.0:
-        raise ConfigError(f"augment.mask_prob must be in [0, 1) (0 turns token masking off), got {p}")
-    for key in ("beta1", "beta2"):
-        if not 0.0 <= float(cfg[key]) < 1.0:
-            raise ConfigError(f"{key} must be in [0, 1), got {cfg[key]}")
-    if float(cfg.weight_decay) < 0:
-        raise ConfigError(f"weight_decay must be >= 0, got {cfg.weight_decay}")
-    if float(cfg.grad_clip) < 0:
-        raise ConfigError(f"grad_clip must be >= 0 (0 disables clipping), got {cfg.grad_clip}")
+    if not cfg.lr_find.min_lr < cfg.lr_find.max_lr:
+        raise ConfigError(
+            f"lr_find needs 0 < lr_find.min_lr < lr_find.max_lr, got min_lr={cfg.lr_find.min_lr}, "
+            f"max_lr={cfg.lr_find.max_lr}"
+        )
     if cfg.warmup_iters > cfg.max_iters and not cfg.eval_only:
         raise ConfigError(
             f"warmup_iters ({cfg.warmup_iters}) > max_iters ({cfg.max_iters}): training would end before the "
@@ -131,31 +257,19 @@ def validate(cfg: DictConfig) -> None:
             f"lr_decay_iters ({cfg.lr_decay_iters}) < warmup_iters ({cfg.warmup_iters}): the decay would end "
             f"before warmup does. Usually lr_decay_iters = max_iters ({cfg.max_iters})."
         )
-    if cfg.dtype not in DTYPES:
-        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got '{cfg.dtype}'")
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(cfg.device)):
-        raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got '{cfg.device}'")
-    if cfg.data.get("path") is None and cfg.data.get("source") is None:
+    if cfg.data.path is None and cfg.data.source is None:
         raise ConfigError("this data config needs a text file: data.path=FILE (for example data=text data.path=my.txt)")
-    batching, bucket = cfg.data.get("batching", "random"), cfg.data.get("bucket_batches", 16)
-    if batching not in BATCHING:
-        raise ConfigError(f"data.batching must be one of {', '.join(BATCHING)}, got '{batching}'")
-    if cfg.data.get("documents", "blank_lines") not in DOCUMENT_KINDS:
-        raise ConfigError(f"data.documents must be one of {', '.join(DOCUMENT_KINDS)}, got '{cfg.data.documents}'")
-    if isinstance(bucket, bool) or not isinstance(bucket, int) or bucket < 1:
-        raise ConfigError(f"data.bucket_batches must be an integer >= 1 (1: no length bucketing), got {bucket!r}")
-    devices = cfg.trainer.devices
-    if not (
-        OmegaConf.is_list(devices) or (isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1)
-    ):
-        # a count is needed up front: the global batch (batch x accumulation x processes) is logged before training
+
+
+def _validate_run_mode(cfg: DictConfig) -> None:
+    """overwrite starts over, resume continues, eval_only reads: at most one of them."""
+    resumes = cfg.init_from == "resume" or cfg.resume
+    if cfg.overwrite and resumes:
         raise ConfigError(
-            f"trainer.devices must be a number of processes (1, 2, ...) or a list of GPU ids ([0,1]), got {devices!r}"
+            "overwrite=true starts the run over, init_from=resume / resume=true continue it: drop one of them"
         )
-
-
-def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if cfg.overwrite and cfg.eval_only:
+        raise ConfigError("eval_only=true never changes a run's files, so overwrite=true has nothing to do: drop it")
 
 
 def _validate_auto_lr(cfg: DictConfig) -> None:
@@ -163,39 +277,8 @@ def _validate_auto_lr(cfg: DictConfig) -> None:
         raise ConfigError(
             "learning_rate=auto searches for a rate to train with; eval_only trains nothing: drop one of them"
         )
-    if str(cfg.trainer.devices) != "1" or int(cfg.trainer.num_nodes) != 1:
+    if str(cfg.trainer.devices) != "1" or cfg.trainer.num_nodes != 1:
         raise ConfigError(
             "learning_rate=auto runs its search in one process; with several devices run python -m gptlab.lr_find "
             "first (same settings, trainer.devices=1) and give learning_rate=<its suggestion>"
         )
-    if float(cfg.min_lr) < 0:
-        raise ConfigError(f"min_lr must be >= 0, got {cfg.min_lr}")
-
-
-def _validate_lr_find(n: DictConfig) -> None:
-    if not (_number(n.min_lr) and _number(n.max_lr) and 0 < float(n.min_lr) < float(n.max_lr)):
-        raise ConfigError(
-            f"lr_find needs 0 < lr_find.min_lr < lr_find.max_lr, got min_lr={n.min_lr}, max_lr={n.max_lr}"
-        )
-    if isinstance(n.num_steps, bool) or not isinstance(n.num_steps, int) or n.num_steps < 20:
-        raise ConfigError(f"lr_find.num_steps must be an integer >= 20 (100 is usual), got {n.num_steps!r}")
-    if n.diverge_threshold is not None and not (_number(n.diverge_threshold) and float(n.diverge_threshold) > 1):
-        raise ConfigError(
-            f"lr_find.diverge_threshold must be > 1 (4 is usual) or null to never stop early, got {n.diverge_threshold}"
-        )
-    ratio = n.get("min_lr_ratio", 0.1)
-    if ratio is not None and not (_number(ratio) and 0 < float(ratio) <= 1):
-        raise ConfigError(
-            f"lr_find.min_lr_ratio must be in (0, 1] (0.1 is usual) or null to keep min_lr as set, got {ratio!r}"
-        )
-    if n.rule not in LR_FIND_RULES:
-        raise ConfigError(f"lr_find.rule must be one of {', '.join(LR_FIND_RULES)}, got '{n.rule}'")
-
-
-def _validate_early_stopping(n: DictConfig) -> None:
-    if n.patience is not None and (isinstance(n.patience, bool) or not isinstance(n.patience, int) or n.patience < 0):
-        raise ConfigError(
-            f"early_stopping.patience must be a whole number of evaluations (null or 0: off), got {n.patience!r}"
-        )
-    if not _number(n.min_delta) or float(n.min_delta) < 0:
-        raise ConfigError(f"early_stopping.min_delta must be >= 0, got {n.min_delta}")

@@ -8,6 +8,7 @@ config files or the dataset that produced it.
 
 from __future__ import annotations
 
+import codecs
 import pickle
 import zipfile
 from pathlib import Path
@@ -99,11 +100,36 @@ def resolve_checkpoint(ref: str | Path) -> Path:
     return p
 
 
+def _check_format(path: Path) -> None:
+    """A text file (notes, a config, a log) given as a checkpoint is not one: say so, rather than
+    call it corrupt or dangerous. Other bytes go to torch.load, whose errors say corrupt."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head)  # not final: a character cut at byte 512 is fine
+        text = bool(head) and b"\0" not in head  # a zip archive or a pickle holds NUL bytes at its start
+    except UnicodeDecodeError:
+        text = False
+    if text:
+        raise CheckpointError(
+            f"'{path}' is a text file, not a checkpoint (checkpoints are the .ckpt files a run writes: "
+            "best.ckpt, last.ckpt); give a run folder or one of its .ckpt files"
+        )
+
+
+def _unreadable(path: Path, e: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"'{path}' is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+        "it may be truncated or corrupt. Use another checkpoint of the run (best.ckpt / last.ckpt)."
+    )
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict:
     """Load a checkpoint dict with ``weights_only=True``: only tensors and plain Python values
     are accepted, so a file crafted to run code when unpickled is refused instead of obeyed.
     mmap=True maps the tensors instead of reading them (cheap when only the metadata is needed)."""
     path = resolve_checkpoint(path)
+    _check_format(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
@@ -111,11 +137,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
             f"refused to load '{path}': it contains Python objects other than tensors and plain values, "
             f"which could run code when loaded ({str(e).splitlines()[0]}). Only load checkpoints written by gptlab."
         ) from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise CheckpointError(
-            f"'{path}' is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-            "it may be truncated or corrupt. Use another checkpoint of the run (best.ckpt / last.ckpt)."
-        ) from e
+    except RuntimeError as e:
+        if "Attempting to deserialize object on" in str(e):  # a good file, saved on a device not here
+            raise CheckpointError(
+                f"'{path}' holds tensors for a device this machine does not have ({str(e).split('. ')[0]}); "
+                "load it with device=cpu (map_location='cpu')"
+            ) from e
+        raise _unreadable(path, e) from e
+    except (EOFError, zipfile.BadZipFile, OSError, KeyError, IndexError, ValueError) as e:
+        raise _unreadable(path, e) from e
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "gptlab" not in ckpt:
         raise CheckpointError(f"'{path}' is not a gptlab checkpoint (no 'state_dict' / 'gptlab' entries)")
     return ckpt

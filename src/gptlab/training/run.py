@@ -27,6 +27,7 @@ from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -385,12 +386,25 @@ def fit(run: Run, trainer: L.Trainer, module: GPTModule, data: Data, parts: Part
         run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, run_dir / CONFIG, resolve=True)
         (run_dir / METRICS).unlink(missing_ok=True)  # written again only when this run completes
-    t0 = time.time()
+    t0, sigint = time.time(), signal.getsignal(signal.SIGINT)
     try:
         if run.start is None:
             trainer.logger.log_hyperparams(hparams(cfg, run.hparam_keys))
             trainer.validate(module, datamodule=data.dm, verbose=False)  # the step-0 evaluation
         trainer.fit(module, datamodule=data.dm, ckpt_path=str(run.start) if run.start else None, weights_only=True)
+    except SystemExit:
+        if trainer.state.status != TrainerStatus.INTERRUPTED:
+            raise
+        # Lightning turns a KeyboardInterrupt -- a second Ctrl-C, which StopOnSignal answers by
+        # stopping at once -- into exit status 1 with SIGINT ignored from then on; here it becomes
+        # RunInterrupted (130) with the command that continues from the last checkpoint saved
+        with contextlib.suppress(ValueError):  # only the main thread sets handlers
+            signal.signal(signal.SIGINT, sigint)
+        raise RunInterrupted(
+            "SIGINT stopped training at once (a second Ctrl-C, or one before training began); nothing new was saved.",
+            signal.SIGINT,
+            str(run_dir),
+        ) from None
     except SIGTERMException:
         # Lightning's handler caught a SIGTERM outside the training steps (StopOnSignal covers
         # those); its exception would end the process with status 0, as if the run had finished

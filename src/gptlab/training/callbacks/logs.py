@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from gptlab.errors import NonFiniteLossError
-from gptlab.rundir import eval_line, write_text_atomic
+from gptlab.rundir import BEST, LAST, eval_line, write_text_atomic
 from gptlab.training.scalars import ScalarSeries
 
 log = logging.getLogger("gptlab")
@@ -227,6 +227,15 @@ class FinalEvaluation(L.Callback):
             trainer.should_stop = True
 
 
+def _kept(trainer) -> str:
+    """Which checkpoints hold the last good weights: only the ones that exist."""
+    run_dir = Path(trainer.default_root_dir)
+    kept = [name for name in (BEST, LAST) if (run_dir / name).is_file()]
+    if not kept:
+        return " (and none had been written before it)"
+    return f" ({' / '.join(kept)} {'holds' if len(kept) == 1 else 'hold'} the last good weights)"
+
+
 class NonFiniteGuard(L.Callback):
     """Stop at the first NaN/inf loss or gradient, before it can reach a checkpoint.
 
@@ -284,8 +293,7 @@ class NonFiniteGuard(L.Callback):
             fixes.append("dtype=bfloat16 or dtype=float32 instead of float16")
         raise NonFiniteLossError(
             f"the training {kind} became NaN/inf in optimizer step {step}; training stopped there and no "
-            f"checkpoint was written after it (best.ckpt / last.ckpt hold the last good weights). "
-            f"Try: {', '.join(fixes)}."
+            f"checkpoint was written after it{_kept(trainer)}. Try: {', '.join(fixes)}."
         )
 
 
