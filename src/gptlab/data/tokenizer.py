@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import tiktoken
 
 from gptlab.errors import GptlabError
 
@@ -76,8 +77,6 @@ class TiktokenTokenizer:
     """GPT-2 BPE (50,257 tokens, <|endoftext|> = 50256) or another tiktoken encoding."""
 
     def __init__(self, encoding: str = "gpt2"):
-        import tiktoken  # only here: char-level datasets never load tiktoken (~0.3 s and its BPE files)
-
         self.name = encoding
         try:
             self.enc = tiktoken.get_encoding(encoding)

@@ -54,7 +54,7 @@ def read_layer_norms(run_dir: Path) -> tuple[list[str], list[int], np.ndarray]:
 
 
 def plot(layers: list[str], steps: list[int], norms: np.ndarray, out: Path, title: str) -> None:
-    import matplotlib  # only here: matplotlib (~0.5 s to import) loads once there is something to draw
+    import matplotlib  # only here: matplotlib (~0.7 s to import) loads once there is something to draw
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # only here: after choosing the Agg backend (no display)

@@ -683,7 +683,7 @@ def lr_schedule(runs: list[Run], keys: list[str], found: dict[Path, Assessment],
 
 
 def _plt():
-    import matplotlib  # only here: matplotlib (~0.5 s to import) loads once a report draws
+    import matplotlib  # only here: matplotlib (~0.7 s to import) loads once a report draws
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # only here: after choosing the Agg backend (no display)
