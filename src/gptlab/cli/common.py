@@ -15,6 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
+from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -300,8 +301,6 @@ def profile_summary(choices) -> str | None:
 
 def compose(config_name: str, overrides: list[str]):
     """Compose a config with Hydra's compose API: no run folder, no logging setup."""
-    from hydra import compose as hydra_compose
-
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             if config_name in PROFILED:
