@@ -1,5 +1,9 @@
 """Shared fixtures. Tests read Tiny Shakespeare and GPT-2's BPE files from local copies: set
-GPTLAB_DATA_MIRROR and TIKTOKEN_CACHE_DIR (as .ci/run does), or keep the default ../shared."""
+GPTLAB_DATA_MIRROR and TIKTOKEN_CACHE_DIR (as .ci/run does), or keep the default ../shared.
+
+Tests import nothing from here or from each other (pytest runs them with --import-mode=importlib):
+what they share is a fixture. `tiny` and `compose` give the real train config shrunk to a tiny
+model, `run_cli` runs a command as a user would, `tb_events` reads a run's TensorBoard events."""
 
 from __future__ import annotations
 
@@ -9,6 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from gptlab.cli.common import compose as compose_config
+from gptlab.data.dataset import DataSpec, prepare_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 _shared = ROOT.parent / "shared"
@@ -37,8 +44,6 @@ TINY = [
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory) -> Path:
     """A data root with Tiny Shakespeare prepared char-level (once per test session)."""
-    from gptlab.data.dataset import DataSpec, prepare_dataset
-
     root = tmp_path_factory.mktemp("data")
     prepare_dataset(
         DataSpec(name="shakespeare_char", root=str(root), source="tinyshakespeare", tokenizer="char"),
@@ -47,25 +52,74 @@ def data_root(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture
-def compose(data_root):
-    """compose(*overrides) -> the real train config, shrunk to the tiny model, data in data_root."""
-    from gptlab.cli.common import compose as _compose
+@pytest.fixture(scope="session")
+def tiny(data_root) -> list[str]:
+    """The overrides of a tiny run on the session's data: give them to compose or a command line."""
+    return [*TINY, f"data.root={data_root}"]
+
+
+@pytest.fixture(scope="session")
+def compose(tiny, data_root):
+    """compose(*overrides) -> the real train config, shrunk to the tiny model, data in data_root;
+    tiny=False keeps the configs' own sizes."""
+
+    tiny_overrides = tiny
 
     def _c(*overrides: str, tiny: bool = True):
-        base = [*TINY, f"data.root={data_root}"] if tiny else [f"data.root={data_root}"]
-        return _compose("train", [*base, *overrides])
+        base = tiny_overrides if tiny else [f"data.root={data_root}"]
+        return compose_config("train", [*base, *overrides])
 
     return _c
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run `python -m ...` in a subprocess as a user would; returns the completed process."""
-    return subprocess.run(
-        [sys.executable, "-m", *args],
-        cwd=cwd or ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=os.environ.copy(),
-    )
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def run_cli():
+    """run_cli(*args, cwd=None, timeout=300): `python -m *args` in a subprocess as a user would
+    run it (in the repository unless cwd is given); returns the completed process."""
+
+    def _run(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", *args],
+            cwd=cwd or ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=os.environ.copy(),
+        )
+
+    return _run
+
+
+class TensorBoardEvents:
+    """A run folder's TensorBoard events, read back by TensorBoard's own reader, every event kept."""
+
+    def __init__(self, run_dir):
+        # only here: tensorboard's event reader, slow to import and needed by a few tests
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        self._ea = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "histograms": 0, "tensors": 0})
+        self._ea.Reload()
+
+    def tags(self, kind: str = "scalars") -> set[str]:
+        return set(self._ea.Tags()[kind])
+
+    def scalars(self, tag: str) -> dict[int, float]:
+        """{step: value} of one scalar tag."""
+        return {e.step: e.value for e in self._ea.Scalars(tag)}
+
+    def histograms(self, tag: str) -> list:
+        return self._ea.Histograms(tag)
+
+    def tensors(self, tag: str) -> list:
+        return self._ea.Tensors(tag)
+
+
+@pytest.fixture(scope="session")
+def tb_events():
+    """tb_events(run_dir) -> TensorBoardEvents: .tags(kind), .scalars(tag) as {step: value}, ..."""
+    return TensorBoardEvents

@@ -101,12 +101,10 @@ def test_data_missing_offline_and_damaged(compose, tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def char_run(tmp_path_factory, data_root):
+def char_run(tmp_path_factory, compose):
     """A 2-step run on Tiny Shakespeare (vocab 65) whose checkpoints the next tests misuse."""
-    from conftest import TINY
-
     d = tmp_path_factory.mktemp("char_run")
-    train(cli.compose("train", [*TINY, f"data.root={data_root}", "max_iters=2", "eval_interval=2"]), d)
+    train(compose("max_iters=2", "eval_interval=2"), d)
     return d
 
 

@@ -1,7 +1,6 @@
 """Checkpoint files: never executed when loaded, bounded on disk, and a weights-only export."""
 
 import json
-import logging
 import shutil
 
 import pytest
@@ -25,24 +24,10 @@ class Payload:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, data_root):
+def run(tmp_path_factory, compose):
     """A short run with an evaluation every 2 steps, last.ckpt rewritten each time, and an export."""
-    from conftest import TINY
-    from gptlab.cli.common import compose
-
     d = tmp_path_factory.mktemp("ckrun")
-    cfg = compose(
-        "train",
-        [
-            *TINY,
-            f"data.root={data_root}",
-            "max_iters=12",
-            "eval_interval=2",
-            "always_save_checkpoint=true",
-            "export_weights=true",
-        ],
-    )
-    logging.getLogger("gptlab").setLevel(logging.INFO)
+    cfg = compose("max_iters=12", "eval_interval=2", "always_save_checkpoint=true", "export_weights=true")
     return d, train(cfg, d)
 
 

@@ -13,17 +13,12 @@ import urllib.request
 
 import pytest
 
-from conftest import TINY, run_cli
 from gptlab.report.report import parse_log
 
-# 1.6M parameters (weights, gradients and AdamW's two moments: ~26 MB per job): a job that kept
-# the previous job's model alive would show in the next job's peak memory
-SWEEP = [
-    "experiment=exp3_regularization",
-    "-m",
-    "dropout=0,0.2",
-    "weight_decay=0,0.1",
-    *(o for o in TINY if not o.startswith("dropout=")),
+SWEEP = ["experiment=exp3_regularization", "-m", "dropout=0,0.2", "weight_decay=0,0.1"]
+# after the tiny settings: 1.6M parameters (weights, gradients and AdamW's two moments: ~26 MB per
+# job): a job that kept the previous job's model alive would show in the next job's peak memory
+SHRUNK = [
     "n_embd=256",
     "max_iters=20",
     "eval_interval=10",
@@ -40,9 +35,10 @@ RUNS = [
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory, data_root):
+def sweep(tmp_path_factory, tiny, run_cli):
     cwd = tmp_path_factory.mktemp("sweep_cwd")
-    p = run_cli("gptlab.train", *SWEEP, f"data.root={data_root}", cwd=cwd)
+    tiny_but_dropout = [o for o in tiny if not o.startswith("dropout=")]  # the sweep sets dropout
+    p = run_cli("gptlab.train", *SWEEP, *tiny_but_dropout, *SHRUNK, cwd=cwd)
     assert p.returncode == 0, p.stderr[-3000:]
     (folder,) = (cwd / "outputs" / "exp3_regularization").iterdir()  # outputs/<experiment>/<date>_<time>_<pid>
     return folder
@@ -152,7 +148,7 @@ def test_tensorboard_serves_the_runs_and_their_tags(sweep):
 
 
 @pytest.mark.slow
-def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path, data_root):
+def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path, tiny, run_cli):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     out = tmp_path / "sweep"
     p = run_cli(
@@ -161,10 +157,9 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path, data_root):
         "hydra/launcher=joblib",
         "hydra.launcher.n_jobs=2",
         "learning_rate=1e-3,2e-3,-1",
-        *TINY,
+        *tiny,
         "max_iters=10",
         "eval_interval=5",
-        f"data.root={data_root}",
         f"out_dir={out}",
     )
     assert p.returncode == 1, p.stderr[-3000:]  # the third run's learning rate is refused; the sweep says so
@@ -178,7 +173,7 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path, data_root):
     )
 
 
-def test_report_of_the_sweep(sweep):
+def test_report_of_the_sweep(sweep, run_cli):
     p = run_cli("gptlab.report", str(sweep))
     assert p.returncode == 0, p.stderr[-3000:]
     text = (sweep / "report.md").read_text()

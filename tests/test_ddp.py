@@ -8,16 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY
-from gptlab.cli.common import compose as compose_config
 from gptlab.errors import ConfigError
 from gptlab.training.run import train
 
 HERE = Path(__file__).parent
 # global batch per optimizer step: 8 sequences x 2 micro-batches x 2 processes = 32 (DDP) and
-# 16 x 2 x 1 = 32 (one process)
+# 16 x 2 x 1 = 32 (one process); after the tiny settings
 COMMON = [
-    *TINY,
     "max_iters=30",
     "eval_interval=10",
     "eval_iters=10",
@@ -26,17 +23,9 @@ COMMON = [
 ]
 
 
-def _scalars(run: Path, tag: str) -> list[tuple[int, float]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    ea = EventAccumulator(str(run))
-    ea.Reload()
-    return [(e.step, e.value) for e in ea.Scalars(tag)]
-
-
-def test_ddp_two_processes_match_one_process_with_the_same_global_batch(tmp_path, data_root):
+def test_ddp_two_processes_match_one_process_with_the_same_global_batch(tmp_path, tiny, compose, tb_events):
     ddp_run, single_run = tmp_path / "ddp", tmp_path / "single"
-    args = [*COMMON, "trainer=ddp", "trainer.devices=2", "batch_size=8", f"data.root={data_root}"]
+    args = [*tiny, *COMMON, "trainer=ddp", "trainer.devices=2", "batch_size=8"]
     # a script of ours as __main__: Lightning starts rank 1 by running it again with the same argv
     p = subprocess.run(
         [sys.executable, str(HERE / "ddp_driver.py"), str(ddp_run), *args],
@@ -46,7 +35,7 @@ def test_ddp_two_processes_match_one_process_with_the_same_global_batch(tmp_path
         env=os.environ.copy(),
     )
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    single = train(compose_config("train", [*COMMON, "batch_size=16", f"data.root={data_root}"]), single_run)
+    single = train(compose(*COMMON, "batch_size=16"), single_run)
 
     # the global batch counts both processes, and the line is printed by rank 0 only
     out = p.stdout + p.stderr
@@ -67,7 +56,7 @@ def test_ddp_two_processes_match_one_process_with_the_same_global_batch(tmp_path
     ddp = json.loads((ddp_run / "metrics.json").read_text())
 
     # Same learning-rate schedule per optimizer step, exactly.
-    assert _scalars(ddp_run, "train/lr") == _scalars(single_run, "train/lr")
+    assert tb_events(ddp_run).scalars("train/lr") == tb_events(single_run).scalars("train/lr")
     # The loss curves. Both start from the same weights, but the two ranks draw other windows than
     # the one process does, so the runs see different data: they agree on the untrained loss to
     # evaluation noise, stay within the spread that different batches cause (largest in the fast
@@ -90,10 +79,8 @@ def test_fsdp_and_device_counts_are_checked_up_front(compose):
 
 
 @pytest.mark.slow
-def test_ddp_inside_a_multirun(tmp_path, data_root):
+def test_ddp_inside_a_multirun(tmp_path, tiny, run_cli):
     """Each job of a sweep starts its own ranks, as a single run of that job's settings."""
-    from conftest import run_cli
-
     out = tmp_path / "sweep"
     p = run_cli(
         "gptlab.train",
@@ -102,8 +89,7 @@ def test_ddp_inside_a_multirun(tmp_path, data_root):
         "learning_rate=1e-3,1e-2",
         "max_iters=10",
         "eval_interval=10",
-        *TINY,
-        f"data.root={data_root}",
+        *tiny,
         f"out_dir={out}",
         cwd=tmp_path,
     )

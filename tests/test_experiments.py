@@ -9,10 +9,10 @@ from hydra import initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from conftest import TINY
 from gptlab.cli import common as cli
 from gptlab.config import validate
 from gptlab.data.datamodule import RandomWindows
+from gptlab.training.run import train
 
 
 def jobs(experiment: str, *cli_args: str) -> list[list[str]]:
@@ -127,17 +127,14 @@ def test_grouped_windows_are_one_large_batch(tmp_path):
         assert np.array_equal(y.numpy(), np.concatenate([p[1].numpy() for p in parts]))
 
 
-def test_exp2_curves_agree_to_float_tolerance(data_root, tmp_path):
+def test_exp2_curves_agree_to_float_tolerance(tiny, tmp_path):
     """The experiment's two runs, shrunk: the same loss at every step and every evaluation."""
-    from gptlab.training.run import train
 
     def run(variant):
-        tiny = [o for o in TINY if not o.startswith("batch_size=")]  # the variants set the batch layout
         overrides = [
             "experiment=exp2_grad_accum",
             f"variant={variant}",
-            *tiny,
-            f"data.root={data_root}",
+            *(o for o in tiny if not o.startswith("batch_size=")),  # the variants set the batch layout
             "max_iters=12",
             "eval_interval=4",
             "eval_iters=2",

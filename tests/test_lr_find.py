@@ -8,7 +8,6 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import TINY, run_cli
 from gptlab.cli import common as cli
 from gptlab.config import resolve_device, validate
 from gptlab.data.datamodule import GPTDataModule
@@ -31,10 +30,10 @@ def assert_real_png(path):
 
 
 @pytest.fixture(scope="module")
-def found(tmp_path_factory, data_root):
+def found(tmp_path_factory, tiny, run_cli):
     """python -m gptlab.lr_find on the tiny model, default search settings."""
     out = tmp_path_factory.mktemp("lr_find")
-    p = run_cli("gptlab.lr_find", *TINY, f"data.root={data_root}", f"out_dir={out}")
+    p = run_cli("gptlab.lr_find", *tiny, f"out_dir={out}")
     assert p.returncode == 0, p.stderr[-3000:]
     return out, json.loads((out / "lr_find.json").read_text()), p.stdout
 

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from gptlab.cli.docstats import document_stats
+from gptlab.cli.docstats import main as docstats_main
+from gptlab.config import validate
 from gptlab.data.datamodule import GPTDataModule
 from gptlab.data.dataset import (
     DataError,
@@ -21,7 +23,9 @@ from gptlab.data.dataset import (
     prepare_dataset,
 )
 from gptlab.data.packing import IGNORE, PackedRows, PaddedBatches, document_mask, unpack_batch
+from gptlab.errors import ConfigError
 from gptlab.model import GPT, GPTConfig
+from gptlab.training.run import train
 
 QUIET = dict(log=lambda m: None)
 
@@ -253,26 +257,17 @@ def test_padded_sampler_state_resumes_the_same_batches(data_root):
 
 
 @pytest.mark.parametrize("batching", ["packed", "padded"])
-def test_short_training_run(batching, compose, tmp_path, caplog):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    from gptlab.training.run import train
-
+def test_short_training_run(batching, compose, tmp_path, caplog, tb_events):
     cfg = compose(f"data.batching={batching}", "max_iters=20", "eval_interval=10", "learning_rate=1e-2")
     with caplog.at_level("INFO", logger="gptlab"):
         metrics = train(cfg, tmp_path)
     assert metrics["iters"] == 20 and metrics["evals"][-1]["val_loss"] < metrics["evals"][0]["val_loss"]
     assert 0.5 < metrics["padding_efficiency"] <= 1.0 and metrics["tokens_per_s"] > 0
     assert f"batching: {batching}" in caplog.text and "padding efficiency" in caplog.text
-    ea = EventAccumulator(str(tmp_path))
-    ea.Reload()
-    assert [e.step for e in ea.Scalars("perf/padding_efficiency")] == [5, 10, 15, 20]
+    assert list(tb_events(tmp_path).scalars("perf/padding_efficiency")) == [5, 10, 15, 20]
 
 
 def test_bad_batching_settings(compose):
-    from gptlab.config import validate
-    from gptlab.errors import ConfigError
-
     with pytest.raises(ConfigError, match="data.batching must be one of random, packed, padded"):
         validate(compose("data.batching=pack"))
     with pytest.raises(ConfigError, match="data.bucket_batches must be an integer >= 1"):
@@ -282,27 +277,19 @@ def test_bad_batching_settings(compose):
 
 
 def test_docstats_command(data_root, capsys):
-    from gptlab.cli.docstats import main
-
-    main([f"data.root={data_root}", "block_size=256", "batch_size=64", "profile=none"])
+    docstats_main([f"data.root={data_root}", "block_size=256", "batch_size=64", "profile=none"])
     out = capsys.readouterr().out
     assert (
         "6,283 documents (blank_lines)" in out and "padded, bucket_batches=16" in out and "padded, no bucketing" in out
     )
 
 
-def test_padded_run_resumes_exactly(compose, tmp_path):
+def test_padded_run_resumes_exactly(compose, tmp_path, tb_events):
     # the padded sampler's state includes the batches of its current pool not served yet
-    from gptlab.training.run import train
-    from test_resume import tb_scalars
-
     args = ["data.batching=padded", "data.bucket_batches=4", "eval_interval=6", "log_interval=1", "lr_decay_iters=12"]
     train(compose(*args, "max_iters=12"), tmp_path / "straight")
     train(compose(*args, "max_iters=6"), tmp_path / "resumed")
     train(compose(*args, "max_iters=12", "init_from=resume"), tmp_path / "resumed")
-    want, got = (
-        tb_scalars(tmp_path / "straight", "train/batch_loss"),
-        tb_scalars(tmp_path / "resumed", "train/batch_loss"),
-    )
+    want, got = (tb_events(tmp_path / run).scalars("train/batch_loss") for run in ("straight", "resumed"))
     assert sorted(got) == list(range(1, 13))
     assert [got[s] for s in range(7, 13)] == pytest.approx([want[s] for s in range(7, 13)], abs=1e-6)

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from gptlab.cli.common import translate_argv
 from gptlab.cli.report import main as report_main
 from gptlab.report import report
+from gptlab.rundir import EVAL_LINE
+from gptlab.training.run import train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 QUESTION = "did token masking narrow the train-val gap, and at what cost in val loss?"
@@ -31,16 +33,13 @@ TINY_EXP6 = [
 
 
 @pytest.fixture(scope="module")
-def exp6_runs(tmp_path_factory, data_root):
+def exp6_runs(tmp_path_factory, compose):
     """The exp6 experiment's three runs, shrunk and trained in process into folders named as its
     sweep names them (the report falls back on those names when .hydra/ is absent)."""
-    from gptlab.cli.common import compose
-    from gptlab.training.run import train
-
     out = tmp_path_factory.mktemp("exp6") / "sweep"
     for job, p in enumerate(["0", "0.1", "0.2"]):
-        overrides = ["experiment=exp6_augmentation", f"augment.mask_prob={p}", f"data.root={data_root}", *TINY_EXP6]
-        train(compose("train", overrides), out / f"{job}_augment.mask_prob={p}")
+        overrides = ["experiment=exp6_augmentation", f"augment.mask_prob={p}", *TINY_EXP6]
+        train(compose(*overrides, tiny=False), out / f"{job}_augment.mask_prob={p}")
     return out
 
 
@@ -68,7 +67,7 @@ def test_report_on_the_exp6_runs(exp6_runs, capsys):
 
 
 @pytest.mark.slow
-def test_exp6_sweep_and_report_from_the_command_line(tmp_path, data_root):
+def test_exp6_sweep_and_report_from_the_command_line(tmp_path, data_root, run_cli):
     """The experiment as a user runs it: hydra.sweeper.params makes three jobs; then the report."""
     out = tmp_path / "sweep"
     p = run_cli(
@@ -142,8 +141,6 @@ def test_report_of_a_folder_without_runs(tmp_path, capsys):
 
 def test_multirun_flag_may_follow_the_overrides():
     # `python -m gptlab.train experiment=exp6_augmentation -m`: Hydra's parser wants -m first
-    from gptlab.cli.common import translate_argv
-
     assert translate_argv(["experiment=exp6_augmentation", "-m", "--max_iters=5"]) == [
         "-m",
         "experiment=exp6_augmentation",
@@ -497,8 +494,6 @@ GUIDE = Path(__file__).resolve().parents[2] / "shared" / "seed" / "train_guide.z
 
 @pytest.mark.skipif(not GUIDE.is_file(), reason="the guide is not next to the repository")
 def test_the_guides_parse_log_reads_training_log(tmp_path):
-    from gptlab.rundir import EVAL_LINE
-
     blocks = re.findall(r"```python\n(.*?)```", GUIDE.read_text(encoding="utf-8"), re.S)
     code = next(b for b in blocks if "def parse_log" in b)
     func = code[code.index("def parse_log") :].split("\n\n# ")[0]  # the function only, not its usage below

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, TINY
+from gptlab.cli import common as cli
+from gptlab.data.datamodule import GPTDataModule
 from gptlab.errors import RunInterrupted
 from gptlab.rundir import LAST
 from gptlab.training.checkpoint import checkpoint_step, load_checkpoint
@@ -25,14 +26,6 @@ from gptlab.training.run import train
 EXACT = ["dropout=0.1", "gradient_accumulation_steps=2", "eval_interval=10", "warmup_iters=5", "lr_decay_iters=40"]
 
 
-def tb_scalars(run_dir, tag: str) -> dict[int, float]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    ea = EventAccumulator(str(run_dir))
-    ea.Reload()
-    return {e.step: e.value for e in ea.Scalars(tag)}
-
-
 def log_steps(run_dir) -> list[int]:
     return [
         int(m.group(1))
@@ -42,36 +35,33 @@ def log_steps(run_dir) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory, data_root):
+def straight(tmp_path_factory, compose):
     """40 steps without a stop; the training loss of every step in TensorBoard (log_interval=1)."""
-    from gptlab.cli.common import compose
-
     run = tmp_path_factory.mktemp("straight")
-    train(compose("train", [*TINY, f"data.root={data_root}", *EXACT, "max_iters=40", "log_interval=1"]), run)
+    train(compose(*EXACT, "max_iters=40", "log_interval=1"), run)
     return run
 
 
-def test_resume_matches_an_unbroken_run(straight, compose, tmp_path):
+def test_resume_matches_an_unbroken_run(straight, compose, tmp_path, tb_events):
     # 20 steps, stop, resume for 20 more: steps 21-40 see the same batches, dropout masks,
     # learning rates and optimizer state as the run that never stopped
-    train(compose(*EXACT, "max_iters=20", "log_interval=1"), tmp_path)
-    step20 = tmp_path.parent / "step20"
+    run, step20 = tmp_path / "run", tmp_path / "step20"
+    train(compose(*EXACT, "max_iters=20", "log_interval=1"), run)
     step20.mkdir()
     for name in (LAST, "best.ckpt"):
-        shutil.copy(tmp_path / name, step20 / name)
-    metrics = train(compose(*EXACT, "max_iters=40", "log_interval=1", "init_from=resume"), tmp_path)
-    want = tb_scalars(straight, "train/batch_loss")
-
-    got = tb_scalars(tmp_path, "train/batch_loss")
+        shutil.copy(run / name, step20 / name)
+    metrics = train(compose(*EXACT, "max_iters=40", "log_interval=1", "init_from=resume"), run)
+    want = tb_events(straight).scalars("train/batch_loss")
+    got = tb_events(run).scalars("train/batch_loss")
     assert sorted(got) == list(range(1, 41))  # TensorBoard steps continue, none repeated
     for step in range(21, 41):
         assert got[step] == pytest.approx(want[step], abs=1e-6), step
-    assert tb_scalars(tmp_path, "val/loss") == pytest.approx(tb_scalars(straight, "val/loss"), abs=1e-6)
+    assert tb_events(run).scalars("val/loss") == pytest.approx(tb_events(straight).scalars("val/loss"), abs=1e-6)
     # the losses against tokens seen survive the resumed writer's purge of the stretch after the checkpoint
-    assert tb_scalars(tmp_path, "by_tokens/val_loss") == pytest.approx(
-        tb_scalars(straight, "by_tokens/val_loss"), abs=1e-6
+    assert tb_events(run).scalars("by_tokens/val_loss") == pytest.approx(
+        tb_events(straight).scalars("by_tokens/val_loss"), abs=1e-6
     )
-    assert log_steps(tmp_path) == [0, 10, 20, 30, 40]  # appended, no evaluation repeated
+    assert log_steps(run) == [0, 10, 20, 30, 40]  # appended, no evaluation repeated
     assert [e["step"] for e in metrics["evals"]] == [0, 10, 20, 30, 40]  # metrics.json covers both parts
     assert metrics["iters"] == 40
 
@@ -79,18 +69,18 @@ def test_resume_matches_an_unbroken_run(straight, compose, tmp_path):
     # again (now with a progress line every 20 steps) hides the first copy of those steps in
     # TensorBoard (purge_step) and in training.log
     for name in (LAST, "best.ckpt"):
-        shutil.copy(step20 / name, tmp_path / name)
-    (tmp_path / "metrics.json").unlink()
-    train(compose(*EXACT, "max_iters=40", "log_interval=20", "resume=true"), tmp_path)
-    got = tb_scalars(tmp_path, "train/batch_loss")
+        shutil.copy(step20 / name, run / name)
+    (run / "metrics.json").unlink()
+    train(compose(*EXACT, "max_iters=40", "log_interval=20", "resume=true"), run)
+    got = tb_events(run).scalars("train/batch_loss")
     assert sorted(got) == [*range(1, 21), 40]
     assert got[40] == pytest.approx(np.mean([want[s] for s in range(21, 41)]), abs=1e-5)
-    assert tb_scalars(tmp_path, "val/loss") == pytest.approx(tb_scalars(straight, "val/loss"), abs=1e-6)
-    assert log_steps(tmp_path) == [0, 10, 20, 30, 40]
+    assert tb_events(run).scalars("val/loss") == pytest.approx(tb_events(straight).scalars("val/loss"), abs=1e-6)
+    assert log_steps(run) == [0, 10, 20, 30, 40]
 
 
 @pytest.mark.parametrize("stop", [23, 30], ids=["between-evaluations", "at-an-evaluation"])
-def test_sigint_mid_step_saves_and_resumes_exactly(straight, compose, tmp_path, monkeypatch, stop):
+def test_sigint_mid_step_saves_and_resumes_exactly(straight, compose, tmp_path, monkeypatch, tb_events, stop):
     # Ctrl+C arrives during the first micro-batch of a step: the step (and its evaluation, when
     # one is due) is finished, saved, and the run stops; the resumed run's progress lines average
     # the same steps as the unbroken run's, and its evaluations are the same
@@ -110,16 +100,16 @@ def test_sigint_mid_step_saves_and_resumes_exactly(straight, compose, tmp_path, 
 
     monkeypatch.setattr(GPTModule, "training_step", real_step)
     train(compose(*EXACT, "max_iters=40", "log_interval=5", "resume=true"), tmp_path)
-    per_step = tb_scalars(straight, "train/batch_loss")
-    got = tb_scalars(tmp_path, "train/batch_loss")
+    per_step = tb_events(straight).scalars("train/batch_loss")
+    got = tb_events(tmp_path).scalars("train/batch_loss")
     assert sorted(got) == [5, 10, 15, 20, 25, 30, 35, 40]
     for step in got:  # step 25 averages steps 21-25, some of them from before the stop
         assert got[step] == pytest.approx(np.mean([per_step[s] for s in range(step - 4, step + 1)]), abs=1e-5), step
-    assert tb_scalars(tmp_path, "val/loss") == pytest.approx(tb_scalars(straight, "val/loss"), abs=1e-6)
+    assert tb_events(tmp_path).scalars("val/loss") == pytest.approx(tb_events(straight).scalars("val/loss"), abs=1e-6)
     assert log_steps(tmp_path) == [0, 10, 20, 30, 40]
 
 
-def _start(*args, cwd=ROOT) -> subprocess.Popen:
+def _start(*args, cwd) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "gptlab.train", *args],
         cwd=cwd,
@@ -138,16 +128,10 @@ def _wait_for(path, proc, timeout=120.0) -> None:
         time.sleep(0.05)
 
 
-def test_sigkill_leaves_a_loadable_checkpoint_and_resume_completes(data_root, compose, tmp_path):
+def test_sigkill_leaves_a_loadable_checkpoint_and_resume_completes(tiny, compose, tmp_path):
     run = tmp_path / "run"
-    p = _start(
-        *TINY,
-        f"data.root={data_root}",
-        "max_iters=100000",
-        "eval_interval=5",
-        "always_save_checkpoint=true",
-        f"out_dir={run}",
-    )
+    args = [*tiny, "max_iters=100000", "eval_interval=5", "always_save_checkpoint=true", f"out_dir={run}"]
+    p = _start(*args, cwd=tmp_path)
     _wait_for(run / LAST, p)
     time.sleep(0.5)  # let it run on past the first checkpoint, writing more of them
     p.kill()  # SIGKILL: no handler runs, no cleanup
@@ -165,17 +149,9 @@ def test_sigkill_leaves_a_loadable_checkpoint_and_resume_completes(data_root, co
     assert not list(run.glob(".*.tmp"))  # the leftover of the cut write is gone
 
 
-def test_sigterm_saves_and_prints_the_command_that_resumes(data_root, tmp_path):
+def test_sigterm_saves_and_prints_the_command_that_resumes(tiny, tmp_path):
     run = tmp_path / "run"
-    args = [
-        *TINY,
-        f"data.root={data_root}",
-        "max_iters=100000",
-        "eval_interval=5",
-        "learning_rate=2e-3",
-        f"out_dir={run}",
-    ]
-    p = _start(*args)
+    p = _start(*tiny, "max_iters=100000", "eval_interval=5", "learning_rate=2e-3", f"out_dir={run}", cwd=tmp_path)
     _wait_for(run / "best.ckpt", p)
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=120)
@@ -197,14 +173,10 @@ def test_sigterm_saves_and_prints_the_command_that_resumes(data_root, tmp_path):
 
 
 def compose_cli(args: list[str]):
-    from gptlab.cli import common as cli
-
     return cli.compose("train", cli.translate_argv(args))
 
 
 def test_sampler_state_replays_the_prefetched_batch_and_ranks_stay_apart(data_root):
-    from gptlab.data.datamodule import GPTDataModule
-
     d = data_root / "shakespeare_char"
     first = GPTDataModule(d, block_size=16, batch_size=4, seed=7)
     first.setup()

@@ -12,7 +12,6 @@ import time
 import numpy as np
 import pytest
 
-from conftest import TINY, run_cli
 from gptlab.data.dataset import (
     DataError,
     DataSpec,
@@ -36,7 +35,7 @@ def snapshot(folder):
 # ---------------------------------------------------------------- prepare
 
 
-def test_prepare_never_deletes_the_users_own_folder(tmp_path):
+def test_prepare_never_deletes_the_users_own_folder(tmp_path, run_cli):
     """The adversarial case: the dataset's folder is the one holding the user's text."""
     mine = tmp_path / "mydata"
     mine.mkdir()
@@ -122,17 +121,15 @@ def test_prepare_replaces_its_own_dataset_atomically(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory, data_root):
-    from gptlab.cli.common import compose
-
+def finished(tmp_path_factory, compose):
     run = tmp_path_factory.mktemp("finished")
-    train(compose("train", [*TINY, f"data.root={data_root}", "max_iters=20", "eval_interval=10"]), run)
+    train(compose("max_iters=20", "eval_interval=10"), run)
     return run
 
 
-def test_eval_only_leaves_a_finished_runs_history_alone(finished, data_root):
+def test_eval_only_leaves_a_finished_runs_history_alone(finished, tiny, run_cli):
     before = snapshot(finished)
-    p = run_cli("gptlab.train", *TINY, f"data.root={data_root}", f"out_dir={finished}", "eval_only=true", "resume=true")
+    p = run_cli("gptlab.train", *tiny, f"out_dir={finished}", "eval_only=true", "resume=true")
     assert p.returncode == 0, p.stderr[-2000:]
     after = snapshot(finished)
     for name, data in before.items():

@@ -10,17 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY
 from gptlab.data.datamodule import GPTDataModule
 
 HERE = Path(__file__).parent
 # lr_decay_iters fixed: the same schedule whether the run is started for 6 steps or resumed
-ARGS = [*TINY, "max_iters=6", "eval_interval=3", "eval_iters=2", "lr_decay_iters=6", "gradient_accumulation_steps=2"]
+ARGS = ["max_iters=6", "eval_interval=3", "eval_iters=2", "lr_decay_iters=6", "gradient_accumulation_steps=2"]
 
 
-def _ddp(run_dir: Path, *overrides: str) -> None:
+def _ddp(run_dir: Path, tiny: list[str], *overrides: str) -> None:
     # a script of ours as __main__: Lightning starts rank 1 by running it again with the same argv
-    args = [*ARGS, "trainer=ddp", "trainer.devices=2", *overrides]
+    args = [*tiny, *ARGS, "trainer=ddp", "trainer.devices=2", *overrides]
     p = subprocess.run(
         [sys.executable, str(HERE / "ddp_resume_driver.py"), str(run_dir), *args],
         capture_output=True,
@@ -36,12 +35,12 @@ def _seen(run_dir: Path, rank: int) -> dict:
 
 
 @pytest.mark.slow
-def test_a_resumed_ddp_run_draws_every_ranks_batches_as_an_unbroken_run(tmp_path, data_root):
+def test_a_resumed_ddp_run_draws_every_ranks_batches_as_an_unbroken_run(tmp_path, tiny):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    _ddp(straight, f"data.root={data_root}", "always_save_checkpoint=true")
+    _ddp(straight, tiny, "always_save_checkpoint=true")
     resumed.mkdir()
     shutil.copy(straight / "step3.ckpt", resumed / "last.ckpt")  # as a run stopped after step 3 leaves it
-    _ddp(resumed, f"data.root={data_root}", "resume=true", f"out_dir={resumed}")
+    _ddp(resumed, tiny, "resume=true", f"out_dir={resumed}")
 
     want = [_seen(straight, r) for r in (0, 1)]
     got = [_seen(resumed, r) for r in (0, 1)]

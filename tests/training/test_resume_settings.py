@@ -8,8 +8,6 @@ import signal
 
 import pytest
 
-from conftest import TINY
-from gptlab.cli.common import compose as compose_config
 from gptlab.errors import ConfigError, RunInterrupted
 from gptlab.rundir import BEST, LAST, parse_log
 from gptlab.training.checkpoint import checkpoint_step
@@ -44,10 +42,10 @@ def stop_at(monkeypatch, step: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory, data_root):
+def finished(tmp_path_factory, compose):
     """A run of 10 steps with learning_rate=1e-3, finished."""
     run = tmp_path_factory.mktemp("finished")
-    train(compose_config("train", [*TINY, f"data.root={data_root}", *BASE, "max_iters=10", "learning_rate=1e-3"]), run)
+    train(compose(*BASE, "max_iters=10", "learning_rate=1e-3"), run)
     return run
 
 

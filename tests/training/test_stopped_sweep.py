@@ -7,13 +7,11 @@ import subprocess
 import sys
 import time
 
-from conftest import TINY
 
-
-def test_a_stopped_sweep_writes_its_summary(data_root, tmp_path):
+def test_a_stopped_sweep_writes_its_summary(tiny, tmp_path):
     sweep = tmp_path / "sweep"
     # job 0 finishes, job 1 trains until it is stopped, job 2 never starts
-    args = ["-m", "max_iters=10,100000,10", "eval_interval=5", *TINY, f"data.root={data_root}", f"out_dir={sweep}"]
+    args = ["-m", "max_iters=10,100000,10", "eval_interval=5", *tiny, f"out_dir={sweep}"]
     p = subprocess.Popen(
         [sys.executable, "-m", "gptlab.train", *args],
         cwd=tmp_path,
