@@ -24,9 +24,7 @@ def test_plain_loop_trains_exactly_like_the_gptlab_path(compose, tmp_path):
     assert rb["flops_per_token"] > 0
 
 
-def test_bench_command_alternates_sides_and_reports_ratios(tmp_path, data_root, capsys):
-    from conftest import TINY
-
+def test_bench_command_alternates_sides_and_reports_ratios(tmp_path, tiny, capsys):
     out = tmp_path / "bench.json"
     # in process; each side runs in a subprocess of its own as always
     bench.main(
@@ -42,8 +40,7 @@ def test_bench_command_alternates_sides_and_reports_ratios(tmp_path, data_root, 
             "--no-data",
             "--json",
             str(out),
-            *TINY,
-            f"data.root={data_root}",
+            *tiny,
         ]
     )
     printed = capsys.readouterr().out
@@ -60,12 +57,10 @@ def test_bench_command_alternates_sides_and_reports_ratios(tmp_path, data_root, 
     assert len(gl["chunk_ms_per_step"]) == len(pl["chunk_ms_per_step"]) == 4  # one turn per timed step
 
 
-def test_turns_interleave_the_two_processes(tmp_path, data_root):
+def test_turns_interleave_the_two_processes(tmp_path, tiny):
     """While one side runs its turn the other is blocked: their turns never overlap in time."""
-    from conftest import TINY
-
     sides = [bench.Side("gptlab"), bench.Side("plain")]
-    cfgs = [bench.compose_run(bench.PRESETS["cpu"], s, [*TINY, f"data.root={data_root}"], 2, 6, "none") for s in sides]
+    cfgs = [bench.compose_run(bench.PRESETS["cpu"], s, tiny, 2, 6, "none") for s in sides]
     res = bench.run_round(sides, cfgs, tmp_path, 2, 6, 2, "r")
     assert [len(r["chunk_ms_per_step"]) for r in res] == [3, 3]
     spans = sorted((a, b, side.name) for side, r in zip(sides, res) for a, b in r["turns"])
@@ -75,11 +70,21 @@ def test_turns_interleave_the_two_processes(tmp_path, data_root):
     assert order == ["gptlab", "plain", "plain", "gptlab", "gptlab", "plain"]  # A B, B A, A B
 
 
-def test_bench_refuses_bad_steps_and_chunks():
-    with pytest.raises(SystemExit):
-        bench.main(["--configs", "cpu", "--steps", "0,4", "--no-data"])
-    with pytest.raises(SystemExit):
-        bench.main(["--configs", "cpu", "--chunk", "-1", "--no-data"])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--steps", "0,4"], "--steps takes WARMUP,TIMED, both at least 1, not '0,4'"),
+        (["--steps", "4"], "--steps takes WARMUP,TIMED, both at least 1, not '4'"),
+        (["--chunk", "-1"], "--chunk takes a number of steps (0: no turns), not -1"),
+        (["--intervals", "sometimes"], "--intervals takes default, none or default,none, not 'sometimes'"),
+    ],
+)
+def test_bench_refuses_bad_steps_and_chunks(args, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--configs", "cpu", *args, "--no-data"])
+    assert e.value.code == 2  # argparse's usage error, before any work
+    err = capsys.readouterr().err
+    assert f"error: {message}" in err and "usage:" in err
 
 
 def test_data_preparation_speed(data_root):

@@ -70,10 +70,16 @@ def test_windows_are_shifted_by_one(data_root):
     x, y = ds.sample()
     assert x.shape == y.shape == (8, 32) and x.dtype == torch.int64
     assert torch.equal(x[:, 1:], y[:, :-1])  # Y is X moved one token to the left
-    data = np.fromfile(d / "train.bin", dtype=np.uint16)
-    # every row is a real window of the file
-    start = int(np.flatnonzero(np.lib.stride_tricks.sliding_window_view(data, 32)[:, 0] == x[0, 0].item())[0])
-    assert start >= 0
+    data = torch.from_numpy(np.fromfile(d / "train.bin", dtype=np.uint16).astype(np.int64))
+    # the offsets the sampler's generator drew for this batch, replayed from its recorded state
+    replay = np.random.default_rng()
+    replay.bit_generator.state = ds.state_before_draw
+    starts = replay.integers(0, len(data) - 32, size=8)
+    assert len(set(starts.tolist())) == 8
+    for row, start in enumerate(starts.tolist()):
+        # row r is the window of the split at the r-th offset; its target the same window one token on
+        assert torch.equal(x[row], data[start : start + 32]), row
+        assert torch.equal(y[row], data[start + 1 : start + 33]), row
 
 
 def test_sampler_is_seeded_and_ranks_differ(data_root):

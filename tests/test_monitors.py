@@ -6,15 +6,20 @@ import math
 import lightning as L
 import pytest
 import torch
+from torch.utils.tensorboard import SummaryWriter
 
 from gptlab.cli import inspect as gl_inspect
+from gptlab.config import resolve_device
 from gptlab.data.datamodule import GPTDataModule
+from gptlab.errors import ConfigError
+from gptlab.model import GPTConfig
 from gptlab.report import gradviz
 from gptlab.training.callbacks.logs import EvalSamples
 from gptlab.training.callbacks.monitors import InitialLossCheck, LayerGradients, PlateauHint, add_histogram, diagnose
 from gptlab.training.checkpoint import load_model
 from gptlab.training.module import GPTModule
 from gptlab.training.run import train
+from gptlab.training.schedule import OptimConfig
 
 
 def test_inspect_shows_y_as_x_shifted(data_root, capsys):
@@ -36,8 +41,6 @@ def test_inspect_shows_y_as_x_shifted(data_root, capsys):
 def _layer_run(data_root, tamper, steps=3):
     """Train a tiny GPT for a few steps with LayerGradients every step; `tamper(model)` first."""
     torch.manual_seed(0)
-    from gptlab.model import GPTConfig
-
     module = GPTModule(
         GPTConfig(vocab_size=65, block_size=32, n_layer=4, n_head=2, n_embd=32, bias=False), optim_config_default()
     )
@@ -60,8 +63,6 @@ def _layer_run(data_root, tamper, steps=3):
 
 
 def optim_config_default():
-    from gptlab.training.schedule import OptimConfig
-
     return OptimConfig(learning_rate=1e-3, warmup_iters=0, lr_decay_iters=10)
 
 
@@ -96,33 +97,29 @@ def test_diagnose_rules():
 
 
 @pytest.fixture(scope="module")
-def monitored_run(tmp_path_factory, data_root):
-    from conftest import TINY
-    from gptlab.cli.common import compose
+def monitored_run(tmp_path_factory, compose):
+    """40 steps with the monitors on, and each step's gradient norm before clipping, computed here
+    from the gradients themselves."""
+    run, raw_norms = tmp_path_factory.mktemp("mon"), []
+    real_clip = GPTModule.configure_gradient_clipping
 
-    run = tmp_path_factory.mktemp("mon")
-    cfg = compose(
-        "train",
-        [
-            *TINY,
-            f"data.root={data_root}",
-            "max_iters=40",
-            "eval_interval=20",
-            "monitor.layer_interval=10",
-            "log_interval=10",
-            "grad_clip=0.5",
-        ],
-    )
-    return run, train(cfg, run)
+    def spy(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        raw_norms.append(
+            sum(float(p.grad.double().pow(2).sum()) for p in self.parameters() if p.grad is not None) ** 0.5
+        )
+        return real_clip(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    cfg = compose("max_iters=40", "eval_interval=20", "monitor.layer_interval=10", "log_interval=10", "grad_clip=1.0")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(GPTModule, "configure_gradient_clipping", spy)
+        metrics = train(cfg, run)
+    return run, metrics, raw_norms
 
 
-def test_gradient_monitoring_in_tensorboard_and_metrics(monitored_run):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    run, metrics = monitored_run
-    ea = EventAccumulator(str(run), size_guidance={"histograms": 0, "scalars": 0})
-    ea.Reload()
-    scalars = set(ea.Tags()["scalars"])
+def test_gradient_monitoring_in_tensorboard_and_metrics(monitored_run, tb_events):
+    run, metrics, raw_norms = monitored_run
+    events = tb_events(run)
+    scalars = events.tags("scalars")
     assert {
         "train/grad_norm",
         "grad/clipped_frac",
@@ -132,18 +129,27 @@ def test_gradient_monitoring_in_tensorboard_and_metrics(monitored_run):
         "init/val_loss",
         "init/random_guess_loss",
     } <= scalars
-    assert [e.step for e in ea.Scalars("train/grad_norm")] == [10, 20, 30, 40]
-    assert {"grad_hist/h0.mlp", "weight_hist/ln_f"} <= set(ea.Tags()["histograms"])
-    ratios = [e.value for e in ea.Scalars("update_ratio/h1.mlp")]
+    assert list(events.scalars("train/grad_norm")) == [10, 20, 30, 40]
+    assert {"grad_hist/h0.mlp", "weight_hist/ln_f"} <= events.tags("histograms")
+    ratios = list(events.scalars("update_ratio/h1.mlp").values())
     assert all(1e-6 < r < 1 for r in ratios)
-    assert 0.0 <= metrics["grad_clipped_frac"] <= 1.0
+    # the share of the 40 steps whose norm exceeded grad_clip=1.0 (the tiny model's norms lie
+    # around 1: some steps are clipped, not all), and per logged window in TensorBoard
+    assert len(raw_norms) == 40
+    clipped = [n > 1.0 for n in raw_norms]
+    assert 0 < sum(clipped) < 40
+    assert metrics["grad_clipped_frac"] == pytest.approx(sum(clipped) / 40)
+    assert events.scalars("grad/clipped_frac") == pytest.approx(
+        {s: sum(clipped[s - 10 : s]) / 10 for s in (10, 20, 30, 40)}
+    )
+    assert events.scalars("train/grad_norm") == pytest.approx({s: raw_norms[s - 1] for s in (10, 20, 30, 40)}, rel=1e-4)
     assert abs(metrics["initial_val_loss"] - math.log(65)) < 0.5 and metrics["random_guess_loss"] == pytest.approx(
         math.log(65)
     )
 
 
 def test_gradviz_writes_heatmap_and_verdict(monitored_run, capsys):
-    run, _ = monitored_run
+    run, _, _ = monitored_run
     assert gradviz.main([str(run)]) == 0
     out = capsys.readouterr().out
     png = run / "grad_heatmap.png"
@@ -186,8 +192,6 @@ def test_plateau_hint_fires_once_with_the_checklist(caplog):
 
 
 def test_bfloat16_trains_on_cpu(compose, tmp_path):
-    from gptlab.config import resolve_device
-
     cfg = compose("dtype=bfloat16", "max_iters=6", "eval_interval=3")
     assert resolve_device(cfg).precision == "bf16-mixed"
     metrics = train(cfg, tmp_path)
@@ -197,16 +201,11 @@ def test_bfloat16_trains_on_cpu(compose, tmp_path):
 
 def test_float16_on_cpu_is_refused_not_silently_replaced(compose):
     # Lightning would fall back to bfloat16 with a warning; the run would not be what was asked
-    from gptlab.config import resolve_device
-    from gptlab.errors import ConfigError
-
     with pytest.raises(ConfigError, match="use dtype=bfloat16 or dtype=float32"):
         resolve_device(compose("dtype=float16"))
 
 
 def test_auto_dtype_is_float32_on_cpu(compose):
-    from gptlab.config import resolve_device
-
     assert resolve_device(compose()).precision == "32-true"
 
 
@@ -223,17 +222,30 @@ def test_compile_trains_and_checkpoints_load_both_ways(compose, tmp_path):
     assert m2["iters"] == 6
 
 
+def test_compiled_module_keeps_the_plain_state_dict_keys():
+    """The cheap half of the slow test above (torch.compile is lazy: nothing compiles until the
+    first forward): the compiled wrapper stays out of the module tree, so checkpoints of compiled
+    and uncompiled runs hold the same keys and load into each other."""
+    config = GPTConfig(vocab_size=65, block_size=16, n_layer=2, n_head=2, n_embd=32)
+    compiled, plain = GPTModule(config, OptimConfig(), compile=True), GPTModule(config, OptimConfig())
+    compiled.configure_model()
+    plain.configure_model()
+    wrapper = compiled.__dict__["_compiled"]
+    assert wrapper._orig_mod is compiled.model and "_compiled" not in plain.__dict__  # forward runs the wrapper
+    keys = set(compiled.state_dict())
+    assert keys == set(plain.state_dict()) and not any("_orig_mod" in k for k in keys)
+    plain.load_state_dict(compiled.state_dict())
+    compiled.load_state_dict(plain.state_dict())
+
+
 @pytest.mark.parametrize("budget, steps", [(1.0, [4, 8, 12]), (0.0, [12])])
-def test_eval_samples_keep_to_their_share_of_the_time(compose, tmp_path, budget, steps):
+def test_eval_samples_keep_to_their_share_of_the_time(compose, tmp_path, tb_events, budget, steps):
     """budget 1: a sample after every evaluation of the training; 0: only after the last. Never
     one for the step-0 evaluation, a random model's text."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     train(compose("max_iters=12", "eval_interval=4", "eval_sample_tokens=8", f"eval_sample_budget={budget}"), tmp_path)
-    ea = EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
-    ea.Reload()
-    (tag,) = [t for t in ea.Tags()["tensors"] if t.startswith("samples/eval")]
-    assert [e.step for e in ea.Tensors(tag)] == steps
+    events = tb_events(tmp_path)
+    (tag,) = [t for t in events.tags("tensors") if t.startswith("samples/eval")]
+    assert [e.step for e in events.tensors(tag)] == steps
 
 
 def test_eval_sample_budget_counts_the_time_spent_against_the_time_trained():
@@ -255,18 +267,14 @@ def test_eval_sample_budget_counts_the_time_spent_against_the_time_trained():
     assert cb._due(Trainer(), None)
 
 
-def test_histograms_counted_on_the_device_read_back_by_tensorboard(tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from torch.utils.tensorboard import SummaryWriter
-
+def test_histograms_counted_on_the_device_read_back_by_tensorboard(tmp_path, tb_events):
     w = SummaryWriter(str(tmp_path))
     v = torch.randn(10_000, generator=torch.Generator().manual_seed(0))
     add_histogram(w, "h", v, 3)
     add_histogram(w, "ones", torch.ones(100), 3)  # all equal (a fresh LayerNorm's weights)
     w.close()
-    ea = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0})
-    ea.Reload()
-    h = ea.Histograms("h")[0]
+    events = tb_events(tmp_path)
+    h = events.histograms("h")[0]
     assert h.step == 3 and h.histogram_value.num == 10_000 and sum(h.histogram_value.bucket) == 10_000
     assert h.histogram_value.min == pytest.approx(float(v.min())) and h.histogram_value.max == pytest.approx(
         float(v.max())
@@ -275,5 +283,5 @@ def test_histograms_counted_on_the_device_read_back_by_tensorboard(tmp_path):
     # the middle buckets hold the most: a normal distribution, not an empty or flat one
     counts = h.histogram_value.bucket
     assert max(counts) == max(counts[24:40]) and counts[0] < counts[32]
-    ones = ea.Histograms("ones")[0].histogram_value
+    ones = events.histograms("ones")[0].histogram_value
     assert ones.min == ones.max == 1.0 and sum(ones.bucket) == 100
