@@ -1,7 +1,9 @@
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from omegaconf import OmegaConf, open_dict
 
 from gptlab.cli import common as cli
 from gptlab.config import validate
@@ -14,14 +16,52 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize("group", ["data", "model", "trainer", "experiment"])
-def test_every_config_in_conf_composes(group, compose):
-    for option in group_options(group):
-        extra = ["data.path=README.md"] if (group, option) == ("data", "text") else []
-        cfg = compose(f"{group}={option}", *extra, tiny=False)
-        OmegaConf.resolve(cfg)
-        if group != "experiment":
-            validate(cfg)
+def overrides_that_load(option: str) -> list[str]:
+    """The command line that makes the train config load conf/<option>.yaml (option without the
+    .yaml); a file no rule knows is an error, so a new config cannot go untested."""
+    group, *sub, name = option.split("/")
+    if group in ("data", "model", "trainer", "experiment", "variant", "profile") and not sub:
+        return [f"{group}={name}", *(["data.path=README.md"] if option == "data/text" else [])]
+    if group == "recipe":  # recipe: ${profile}
+        return [f"profile={name}"]
+    if group == "data" and sub == ["exp3_regularization"]:  # exp3's data: exp3_regularization/${profile}
+        return ["experiment=exp3_regularization", f"profile={name}"]
+    if group == "scale" and len(sub) == 1:  # scale: ${profile}/${experiment}
+        return [f"experiment={name}", f"profile={sub[0]}"]
+    if group == "scale" and len(sub) == 2:  # scale/<profile>/<experiment>: ${model}
+        return [f"experiment={sub[1]}", f"profile={sub[0]}", f"model={name}"]
+    if group == "variant_scale" and len(sub) == 1:  # variant_scale: ${profile}/${variant}
+        return [f"variant={name}", f"profile={sub[0]}"]
+    raise AssertionError(f"conf/{option}.yaml: no rule says how a run loads it; add one here")
+
+
+TRAIN_OPTIONS = sorted(
+    str(p.relative_to(CONF).with_suffix(""))
+    for p in CONF.rglob("*.yaml")
+    if p.parent != CONF and p.relative_to(CONF).parts[0] != "hydra"
+)
+
+
+@pytest.mark.parametrize("option", TRAIN_OPTIONS)
+def test_every_config_in_conf_composes(option, data_root):
+    """Every file of every group, composed as a run loads it (the scales through their experiment
+    and profile): Hydra must have chosen that very file, and the result resolve and validate."""
+    overrides = [*overrides_that_load(option), f"data.root={data_root}"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = hydra_compose("train", overrides, return_hydra_config=True)
+    choices = {f"{group}/{choice}" for group, choice in cfg.hydra.runtime.choices.items() if choice is not None}
+    assert option in choices, sorted(choices)
+    with open_dict(cfg):
+        del cfg["hydra"]  # what a run's config holds: the rest
+    OmegaConf.resolve(cfg)
+    if not option.startswith(("experiment/", "scale/", "data/exp3_regularization/")):
+        validate(cfg)
+
+
+@pytest.mark.parametrize("name", ["sample", "inspect"])
+def test_the_other_commands_configs_compose(name):
+    cfg = cli.compose(name, ["ckpt=outputs/run"] if name == "sample" else [])
+    OmegaConf.resolve(cfg)
 
 
 def test_defaults_reproduce_nanogpt_shakespeare_char(compose):
@@ -89,14 +129,10 @@ def test_auto_profile_follows_the_hardware():
     assert cli.resolve_profile(["profile=none"], cuda=False) == ["profile=none"]
 
 
-def test_saved_config_is_what_cfg_job_shows(tmp_path):
+def test_saved_config_is_what_cfg_job_shows(run_cli):
     """python -m gptlab.train --cfg job prints the config a run uses; the run saves exactly it."""
-    from conftest import run_cli
-
     p = run_cli("gptlab.train", "--cfg", "job", "profile=cpu", "experiment=exp3_regularization", "max_iters=7")
     assert p.returncode == 0, p.stderr
-    from omegaconf import OmegaConf
-
     shown = OmegaConf.create(p.stdout)
     assert shown.n_layer == 4 and shown.max_iters == 7 and shown.data.name == "shakespeare_char_10pct"
     assert "cpu_scale" not in shown and "profile" not in shown

@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from conftest import TINY
+from gptlab.cli.sweep import clear_failure
+from gptlab.training.resume import FINISHED, starting_point
 from gptlab.training.run import train
 
 
@@ -31,14 +32,11 @@ def _runs(sweep) -> dict:
     return {d.name.split("_")[0]: d for d in sweep.iterdir() if d.is_dir() and not d.name.startswith(".")}
 
 
-def test_failed_runs_do_not_stop_a_sweep(data_root, compose, tmp_path):
+def test_failed_runs_do_not_stop_a_sweep(tiny, compose, tmp_path):
     # run 0 diverges to NaN, run 1 has an impossible learning rate, run 2 is fine; a second sweep
     # starts at the same moment. No out_dir: both get outputs/multirun/<date>/<time>_<pid>
-    a = _start(
-        ["-m", "learning_rate=1e30,-1,2e-3", "max_iters=20", "eval_interval=10", *TINY, f"data.root={data_root}"],
-        tmp_path,
-    )
-    b = _start(["-m", "learning_rate=-1", *TINY, f"data.root={data_root}"], tmp_path)
+    a = _start(["-m", "learning_rate=1e30,-1,2e-3", "max_iters=20", "eval_interval=10", *tiny], tmp_path)
+    b = _start(["-m", "learning_rate=-1", *tiny], tmp_path)
     _, a_err = a.communicate(timeout=300)
     _, b_err = b.communicate(timeout=300)
 
@@ -78,15 +76,14 @@ def test_failed_runs_do_not_stop_a_sweep(data_root, compose, tmp_path):
 
 
 @pytest.mark.slow
-def test_interrupted_sweep_continues_with_resume_true(data_root, tmp_path):
+def test_interrupted_sweep_continues_with_resume_true(tiny, tmp_path):
     args = [
         "-m",
         "learning_rate=2e-3,1e-3",
         "max_iters=200",
         "eval_interval=20",
         "always_save_checkpoint=true",
-        *TINY,
-        f"data.root={data_root}",
+        *tiny,
     ]
     a = _start(args, tmp_path)
     t0 = time.time()
@@ -120,12 +117,40 @@ def test_interrupted_sweep_continues_with_resume_true(data_root, tmp_path):
 
 
 def test_resume_true_runs_failed_and_diverged_runs_again(tmp_path):
-    from gptlab.cli.sweep import clear_failure
-    from gptlab.training.resume import FINISHED, starting_point
-
     for status, again in (("failed", True), ("diverged", True), ("eval_only", True), ("ok", False)):
         (tmp_path / "metrics.json").write_text(json.dumps({"status": status}))
         start = starting_point(tmp_path, "scratch", None, resume=True, overwrite=False, eval_only=False)
         assert (start != FINISHED) == again, status
         clear_failure(tmp_path)  # what a sweep job does before it starts: only a failure record goes
         assert (tmp_path / "metrics.json").exists() == (status in ("ok", "eval_only")), status
+
+
+def test_resume_true_skips_the_finished_runs_of_a_sweep(tiny, run_cli, tmp_path):
+    """The cheap side of the slow test above: a finished 2-job sweep run again with resume=true
+    retrains nothing; a job whose metrics.json is missing continues from its checkpoint."""
+    sweep = tmp_path / "sweep"
+    args = [
+        "gptlab.train",
+        "-m",
+        "learning_rate=1e-3,2e-3",
+        "max_iters=4",
+        "eval_interval=2",
+        *tiny,
+        f"out_dir={sweep}",
+    ]
+    p = run_cli(*args, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    runs = _runs(sweep)
+    assert sorted(runs) == ["0", "1"]
+    before = {job: (run / "metrics.json").stat().st_mtime_ns for job, run in runs.items()}
+    (runs["1"] / "metrics.json").unlink()  # as if job 1 was stopped after its last checkpoint
+
+    p = run_cli(*args, "resume=true", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = p.stdout + p.stderr
+    assert f"resume=true: {runs['0']} already finished" in out and "sweep finished: all 2 runs completed" in out
+    assert (runs["0"] / "metrics.json").stat().st_mtime_ns == before["0"]  # not retrained
+    again = json.loads((runs["1"] / "metrics.json").read_text())
+    assert again["status"] == "ok" and again["iters"] == 4
+    steps = [int(line.split()[1][:-1]) for line in (runs["1"] / "training.log").read_text().splitlines()]
+    assert steps == [0, 2, 4]  # continued from its step-4 checkpoint: nothing trained twice
