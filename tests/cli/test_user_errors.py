@@ -14,7 +14,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import ROOT, TINY
 from gptlab.cli import common as cli
 from gptlab.cli import prepare, sample
 from gptlab.cli import train as train_cli
@@ -44,20 +43,13 @@ PROMPT = "What [is] # this é, {a: b} ${x} it's"
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def tiny_run(tmp_path_factory, compose):
     """A two-step run on a text whose characters include the prompt's: [ ] # { } $ é '."""
     root = tmp_path_factory.mktemp("tiny")
     text = root / "text.txt"
     text.write_text(f"{PROMPT} To be, or not to be.\n" * 100, encoding="utf-8")
-    overrides = [
-        *TINY,
-        "data=text",
-        f"data.path={text}",
-        f"data.root={root / 'data'}",
-        "max_iters=2",
-        "eval_interval=2",
-    ]
-    train(cli.compose("train", overrides), root / "run")
+    overrides = ["data=text", f"data.path={text}", f"data.root={root / 'data'}", "max_iters=2", "eval_interval=2"]
+    train(compose(*overrides), root / "run")
     return root / "run"
 
 
@@ -240,12 +232,12 @@ def test_ctrl_c_at_the_boundary(capsys):
         signal.signal(signal.SIGINT, before)
 
 
-def test_two_quick_ctrl_cs_during_training_stop_with_one_line(data_root, tmp_path):
+def test_two_quick_ctrl_cs_during_training_stop_with_one_line(tiny, tmp_path):
     run = tmp_path / "run"
-    args = [*TINY, f"data.root={data_root}", "max_iters=100000", "eval_interval=50", f"out_dir={run}"]
+    args = [*tiny, "max_iters=100000", "eval_interval=50", f"out_dir={run}"]
     p = subprocess.Popen(
         [sys.executable, "-m", "gptlab.train", *args],
-        cwd=ROOT,
+        cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -489,7 +489,7 @@ def test_the_newest_sweep_of_an_experiment_folder(tmp_path, monkeypatch, capsys)
     assert "no outputs/ folder here; give the sweep's output folder" in capsys.readouterr().err
 
 
-GUIDE = Path(__file__).resolve().parents[2] / "shared" / "seed" / "train_guide.zh.md"
+GUIDE = Path(__file__).resolve().parents[3] / "shared" / "seed" / "train_guide.zh.md"
 
 
 @pytest.mark.skipif(not GUIDE.is_file(), reason="the guide is not next to the repository")
