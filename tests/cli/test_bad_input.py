@@ -43,7 +43,7 @@ def refused(cfg, run_dir, error, match):
             ["lr_decay_iters=3", "warmup_iters=5", "max_iters=10"],
             r"lr_decay_iters \(3\) < warmup_iters \(5\).*lr_decay_iters = max_iters",
         ),
-        (["eval_sample_budget=5"], r"eval_sample_budget=5 must be a share of the training time between 0 and 1"),
+        (["eval_sample_budget=5"], r"eval_sample_budget must be a share of the training time between 0 and 1.*got 5"),
     ],
 )
 def test_zero_negative_and_contradictory_sizes(compose, tmp_path, overrides, match):

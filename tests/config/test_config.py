@@ -162,7 +162,11 @@ def test_unknown_key_suggests_the_right_one():
         cli.check_override_keys(["lerning_rate=1e-3"])
     with pytest.raises(ConfigError, match="data.tokeniser"):
         cli.check_override_keys(["data.tokeniser=gpt2"])
-    cli.check_override_keys(["learning_rate=1e-3", "data.path=x", "model=tiny", "+foo=1", "hydra.verbose=true"])
+    cli.check_override_keys(
+        ["learning_rate=1e-3", "data.path=x", "model=tiny", "+lr_find.min_lr=1e-5", "hydra.verbose=true"]
+    )
+    with pytest.raises(ConfigError, match="unknown config key 'foo'"):  # '+' adds no key the config does not know
+        cli.check_override_keys(["+foo=1"])
 
 
 def test_nanogpt_style_arguments_translate():
