@@ -63,3 +63,14 @@ def test_old_checkpoint_resumes_to_the_end(old_run, compose):
     assert steps == [14] and math.isfinite(val[0])  # the folder had no training.log: the new lines only
     _, info = load_model(old_run / LAST)
     assert info["step"] == 14
+
+
+def test_old_checkpoints_keep_their_best_score(tmp_path):
+    """The best score lives under the key the old code wrote, so a resume can never replace
+    best.ckpt with a worse model."""
+    from gptlab.training.checkpoint import BestCheckpoint
+
+    ckpt = torch.load(OLD_RUN / "last.ckpt.fixture", weights_only=True, map_location="cpu")
+    key = BestCheckpoint(tmp_path).state_key
+    assert key in ckpt["callbacks"], sorted(ckpt["callbacks"])
+    assert ckpt["callbacks"][key]["best_model_score"] is not None

@@ -56,6 +56,12 @@ class BestCheckpoint(ModelCheckpoint):
             enable_version_counter=False,
         )
 
+    @property
+    def state_key(self) -> str:
+        # the key under which Lightning's own ModelCheckpoint kept this state: checkpoints written
+        # before this class existed keep their best score on resume
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         old = state_dict.get("dirpath")
         if old and self.dirpath and old != self.dirpath:
