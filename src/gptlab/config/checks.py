@@ -12,7 +12,7 @@ from gptlab.config.device import DTYPES
 from gptlab.data.dataset import DOCUMENT_KINDS
 from gptlab.data.packing import BATCHING
 from gptlab.errors import ConfigError
-from gptlab.model import GPTConfig
+from gptlab.model import SWITCHES, GPTConfig
 
 LR_FIND_RULES = ("steepest", "minimum")  # how the LR finder reads a rate off its curve (training.lr_find)
 
@@ -144,6 +144,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"data.documents must be one of {', '.join(DOCUMENT_KINDS)}, got '{cfg.data.documents}'")
     if isinstance(bucket, bool) or not isinstance(bucket, int) or bucket < 1:
         raise ConfigError(f"data.bucket_batches must be an integer >= 1 (1: no length bucketing), got {bucket!r}")
+    _validate_modern(cfg)
     devices = cfg.trainer.devices
     if not (
         OmegaConf.is_list(devices) or (isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1)
@@ -199,3 +200,54 @@ def _validate_early_stopping(n: DictConfig) -> None:
         )
     if not _number(n.min_delta) or float(n.min_delta) < 0:
         raise ConfigError(f"early_stopping.min_delta must be >= 0, got {n.min_delta}")
+
+
+# ---------------------------------------------------------------- beyond the GPT-2 recipe (docs/modern.md)
+# The architecture switches and the optimizer choice, checked in one block of their own.
+
+OPTIMIZERS = ("adamw", "muon")  # training.optimizers builds them
+MODERN_BOOL_KEYS = ("qk_norm", "tie_embeddings", "zero_init_proj")
+
+
+def _validate_modern(cfg: DictConfig) -> None:
+    for key, allowed in SWITCHES.items():
+        if cfg.get(key, allowed[0]) not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {cfg.get(key)!r}")
+    for key in MODERN_BOOL_KEYS:
+        if not isinstance(cfg.get(key, False), bool):
+            raise ConfigError(f"{key} must be true or false, got {cfg.get(key)!r}")
+    base = cfg.get("rope_base", 10000)
+    if not _number(base) or not base > 1:
+        raise ConfigError(f"rope_base must be a number > 1 (10000 is usual), got {base!r}")
+    cap = cfg.get("logit_softcap")
+    if cap is not None and not (_number(cap) and cap > 0):
+        raise ConfigError(f"logit_softcap must be a number > 0 (Gemma 2 uses 30) or null (off), got {cap!r}")
+    if cfg.get("pos_emb") == "rope" and isinstance(cfg.n_head, int) and (cfg.n_embd // cfg.n_head) % 2:
+        raise ConfigError(
+            f"pos_emb=rope rotates pairs of channels: each head's width n_embd / n_head = {cfg.n_embd // cfg.n_head} "
+            "must be even; change n_head or n_embd"
+        )
+    _validate_optimizer(cfg)
+
+
+def _validate_optimizer(cfg: DictConfig) -> None:
+    optimizer = cfg.get("optimizer", "adamw")
+    if optimizer not in OPTIMIZERS:
+        raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+    lr, momentum = cfg.get("muon_lr", 0.02), cfg.get("muon_momentum", 0.95)
+    if not (_number(lr) and lr > 0):
+        raise ConfigError(f"muon_lr must be > 0 (0.02 is usual), got {lr!r}")
+    if not (_number(momentum) and 0 <= momentum < 1):
+        raise ConfigError(f"muon_momentum must be in [0, 1) (0.95 is usual), got {momentum!r}")
+    if optimizer != "muon":
+        return
+    if str(cfg.trainer.strategy) == "fsdp":
+        # FSDP hands the optimizer flattened 1-D shards: Muon's matrices would no longer be matrices
+        raise ConfigError(
+            "optimizer=muon needs whole 2-D weights; FSDP shards them: use trainer=ddp, or optimizer=adamw"
+        )
+    if cfg.learning_rate == "auto":
+        raise ConfigError(
+            "learning_rate=auto searches one rate for one optimizer; with optimizer=muon give learning_rate "
+            "(AdamW's) and muon_lr"
+        )
