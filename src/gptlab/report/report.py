@@ -51,7 +51,7 @@ class Run:
     metrics: dict
     overrides: dict[str, str]  # key -> value as typed on the command line / in the sweep
     config: dict  # the run's resolved config.yaml, or {}
-    evals: list[dict] = field(default_factory=list)  # {"step", "train_loss", "val_loss"} per evaluation
+    evals: list[dict] = field(default_factory=list)  # {"step", "train_loss", "val_loss", "wall_time_s"} per evaluation
 
     @property
     def name(self) -> str:
