@@ -31,7 +31,7 @@ OVERFIT_VAL_RISE = 0.05  # or val loss this far above its best while the train l
 SAME_CURVES_TOL = 0.01
 
 # the experiments whose own question a report answers (report.analysis in an experiment's config)
-ANALYSES = ("hparams", "grad_accum", "regularization", "lr_schedule", "scaling")
+ANALYSES = ("hparams", "grad_accum", "regularization", "lr_schedule", "scaling", "modern")
 
 
 def finite(x) -> bool:
@@ -213,6 +213,35 @@ def size_steps(points: list[tuple[str, float, float]]) -> list[SizeStep]:
 def diminishing_from(steps: list[SizeStep]) -> SizeStep | None:
     """The first step up whose gain per 10x parameters is smaller than the step before it."""
     return next((b for a, b in zip(steps, steps[1:]) if b.per_decade < a.per_decade), None)
+
+
+@dataclass(frozen=True)
+class OverSeeds:
+    n: int  # how many seeds
+    mean: float
+    spread: float  # max - min: the seed-to-seed range (0 with one seed)
+
+
+def over_seeds(values: list[float | None]) -> OverSeeds | None:
+    """Mean and range of one setting's runs with different seeds (None without a finite value)."""
+    known = [v for v in values if finite(v)]
+    if not known:
+        return None
+    return OverSeeds(len(known), sum(known) / len(known), max(known) - min(known))
+
+
+def beyond_spread(a: OverSeeds, base: OverSeeds) -> bool | None:
+    """Whether a's mean differs from base's by more than the seed-to-seed range of either (None:
+    fewer than two seeds on a side, so there is no spread to compare with)."""
+    if a.n < 2 or base.n < 2:
+        return None
+    return abs(a.mean - base.mean) > max(a.spread, base.spread)
+
+
+def time_to_reach(points: list[tuple[float, float]], target: float) -> float | None:
+    """The wall time of the first evaluation at or below target, from (seconds, val loss) points in
+    time order; None when no evaluation got there."""
+    return next((t for t, loss in points if finite(loss) and loss <= target), None)
 
 
 def rules() -> list[str]:

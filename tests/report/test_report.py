@@ -456,7 +456,7 @@ def test_an_unknown_analysis_is_refused_before_writing(tmp_path, capsys):
         report_main([str(tmp_path)])
     assert (
         e.value.code == 2
-        and "report.analysis must be one of hparams, grad_accum, regularization, lr_schedule, scaling or null, "
+        and "report.analysis must be one of hparams, grad_accum, regularization, lr_schedule, scaling, modern or null, "
         "got 'scalling'"
         in capsys.readouterr().err
     )

@@ -18,8 +18,9 @@ from gptlab.config.device import DTYPES
 from gptlab.data.dataset import DOCUMENT_KINDS
 from gptlab.data.packing import BATCHING
 from gptlab.errors import ConfigError
-from gptlab.model import GPTConfig
+from gptlab.model import SWITCHES, GPTConfig
 
+OPTIMIZERS = ("adamw", "muon")  # training.optimizers builds them
 LR_FIND_RULES = ("steepest", "minimum")  # how the LR finder reads a rate off its curve (training.lr_find)
 REPORT_METRICS = ("final_train_loss", "final_val_loss", "gap", "best_val_loss")  # report.report's COLUMNS
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
@@ -119,6 +120,16 @@ SCHEMA: dict[str, Rule] = {
     "n_embd": integer(1),
     "dropout": number(0, 1, hi_open=True),
     "bias": BOOL,
+    # beyond the GPT-2 recipe (docs/modern.md)
+    **{key: one_of(*allowed) for key, allowed in SWITCHES.items()},
+    "rope_base": number(1, lo_open=True, says="> 1 (10000 is usual)"),
+    "qk_norm": BOOL,
+    "tie_embeddings": BOOL,
+    "zero_init_proj": BOOL,
+    "logit_softcap": number(0, lo_open=True, null=True, says="> 0 (Gemma 2 uses 30) or null (off)"),
+    "optimizer": one_of(*OPTIMIZERS),
+    "muon_lr": number(0, lo_open=True, says="> 0 (0.02 is usual)"),
+    "muon_momentum": number(0, 1, hi_open=True, says="in [0, 1) (0.95 is usual)"),
     # AdamW and the schedule
     "learning_rate": LEARNING_RATE,
     "max_iters": integer(0),
@@ -259,6 +270,7 @@ def validate(cfg: DictConfig) -> None:
         )
     if cfg.data.path is None and cfg.data.source is None:
         raise ConfigError("this data config needs a text file: data.path=FILE (for example data=text data.path=my.txt)")
+    _validate_modern(cfg)
 
 
 def _validate_run_mode(cfg: DictConfig) -> None:
@@ -281,4 +293,28 @@ def _validate_auto_lr(cfg: DictConfig) -> None:
         raise ConfigError(
             "learning_rate=auto runs its search in one process; with several devices run python -m gptlab.lr_find "
             "first (same settings, trainer.devices=1) and give learning_rate=<its suggestion>"
+        )
+
+
+# ---------------------------------------------------------------- beyond the GPT-2 recipe (docs/modern.md)
+# The keys' own ranges are SCHEMA rows; these are the checks across keys.
+
+
+def _validate_modern(cfg: DictConfig) -> None:
+    if cfg.pos_emb == "rope" and (cfg.n_embd // cfg.n_head) % 2:
+        raise ConfigError(
+            f"pos_emb=rope rotates pairs of channels: each head's width n_embd / n_head = {cfg.n_embd // cfg.n_head} "
+            "must be even; change n_head or n_embd"
+        )
+    if cfg.optimizer != "muon":
+        return
+    if str(cfg.trainer.strategy) == "fsdp":
+        # FSDP hands the optimizer flattened 1-D shards: Muon's matrices would no longer be matrices
+        raise ConfigError(
+            "optimizer=muon needs whole 2-D weights; FSDP shards them: use trainer=ddp, or optimizer=adamw"
+        )
+    if cfg.learning_rate == "auto":
+        raise ConfigError(
+            "learning_rate=auto searches one rate for one optimizer; with optimizer=muon give learning_rate "
+            "(AdamW's) and muon_lr"
         )

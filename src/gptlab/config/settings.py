@@ -44,6 +44,15 @@ def model_config(cfg: DictConfig, vocab_size: int) -> GPTConfig:
             dropout=float(cfg.dropout),
             bias=bool(cfg.bias),
             vocab_multiple=64 if cfg.get("pad_vocab") else 1,
+            # beyond the GPT-2 recipe (docs/modern.md); a config without these keys is GPT-2's
+            pos_emb=str(cfg.get("pos_emb", "learned")),
+            rope_base=float(cfg.get("rope_base", 10000.0)),
+            norm=str(cfg.get("norm", "layernorm")),
+            qk_norm=bool(cfg.get("qk_norm", False)),
+            mlp=str(cfg.get("mlp", "gelu")),
+            tie_embeddings=bool(cfg.get("tie_embeddings", True)),
+            zero_init_proj=bool(cfg.get("zero_init_proj", False)),
+            logit_softcap=None if cfg.get("logit_softcap") is None else float(cfg.logit_softcap),
         )
     except ValueError as e:
         raise ConfigError(str(e)) from None

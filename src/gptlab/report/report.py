@@ -51,7 +51,7 @@ class Run:
     metrics: dict
     overrides: dict[str, str]  # key -> value as typed on the command line / in the sweep
     config: dict  # the run's resolved config.yaml, or {}
-    evals: list[dict] = field(default_factory=list)  # {"step", "train_loss", "val_loss"} per evaluation
+    evals: list[dict] = field(default_factory=list)  # {"step", "train_loss", "val_loss", "wall_time_s"} per evaluation
 
     @property
     def name(self) -> str:
@@ -789,12 +789,151 @@ def _scaling_verdict(pts: list[tuple[str, float, float]]) -> str:
     return line
 
 
+def _by_setting(runs: list[Run], keys: list[str]) -> dict[str, list[Run]]:
+    """Finished runs grouped by what they change, the seeds of one setting together (job order)."""
+    groups: dict[str, list[Run]] = {}
+    for r in _ok(runs):
+        groups.setdefault(label(r, [k for k in keys if k != "seed"]), []).append(r)
+    return groups
+
+
+def _time_curve(r: Run) -> list[tuple[float, float]]:
+    """(wall-clock seconds, val loss) at each evaluation (runs from before the time was recorded: none)."""
+    return [
+        (float(e["wall_time_s"]), float(e["val_loss"]))
+        for e in r.evals
+        if isinstance(e.get("wall_time_s"), (int, float)) and isinstance(e.get("val_loss"), (int, float))
+    ]
+
+
+def _mean(values: list) -> float | None:
+    known = [float(v) for v in values if an.finite(v)]
+    return sum(known) / len(known) if known else None
+
+
+def _seeds_text(s: an.OverSeeds | None) -> str:
+    return "-" if s is None else f"{s.mean:.4f} (range {s.spread:.4f}, {s.n} seed{'s' * (s.n > 1)})"
+
+
+def _reach_text(times: list[float | None]) -> str:
+    reached = [t for t in times if t is not None]
+    if not reached:
+        return "not reached"
+    text = f"{sum(reached) / len(reached):.0f} s"
+    return text if len(reached) == len(times) else f"{text} ({len(reached)}/{len(times)} seeds)"
+
+
+def _modern_row(name: str, rs: list[Run], base: an.OverSeeds | None, target: float | None) -> tuple[list, dict]:
+    best = an.over_seeds([r.value("best_val_loss") for r in rs])
+    times = [an.time_to_reach(_time_curve(r), target) if target is not None else None for r in rs]
+    beyond = an.beyond_spread(best, base) if best and base else None
+    memory = _mean([r.metrics.get("peak_memory_bytes") for r in rs])
+    row = [
+        name,
+        _seeds_text(best),
+        "-" if best is None or base is None else f"{best.mean - base.mean:+.4f}",
+        {True: "yes", False: "no", None: "-"}[beyond],
+        _reach_text(times) if target is not None else "-",
+        _fmt(_mean([r.metrics.get("wall_time_s") for r in rs]), 0) + " s",
+        f"{_mean([r.metrics.get('tokens_per_s') for r in rs]) or 0:,.0f}",
+        "-" if memory is None else f"{memory / 1e6:,.0f} MB",
+    ]
+    reached = [t for t in times if t is not None]
+    return row, {"best": best, "beyond": beyond, "time": _mean(reached) if len(reached) == len(times) else None}
+
+
+def modern(runs: list[Run], keys: list[str], found: dict[Path, Assessment], sweep: Path) -> list[str]:
+    """Experiment 7: what each change beyond the GPT-2 recipe buys, per step and per second, against
+    the seed-to-seed spread; modern.png (val loss against steps and against wall-clock time)."""
+    groups = _by_setting(runs, keys)
+    if not groups:
+        return ["**Verdict:** no finished runs to compare."]
+    spec = next((r.report.get("baseline") for r in runs if r.report.get("baseline")), None)
+    base_name = next((n for n, rs in groups.items() if spec and _matches(rs[0], spec)), next(iter(groups)))
+    base_runs = groups[base_name]
+    base = an.over_seeds([r.value("best_val_loss") for r in base_runs])
+    target = _mean([r.value("final_val_loss") for r in base_runs])
+    rows, facts = [], {}
+    for name, rs in groups.items():
+        row, facts[name] = _modern_row(name, rs, base, target)
+        if name == base_name:
+            # the baseline reaches its own final val loss at its last evaluation: its whole run
+            facts[name]["time"] = _mean([_time_curve(r)[-1][0] for r in rs if _time_curve(r)])
+            row[4] = f"{_fmt(facts[name]['time'], 0)} s (its last evaluation)"
+        rows.append(row)
+    head = ["setting", "best val (mean)", "Δ vs baseline", "beyond seed spread", "time to baseline's final val"]
+    out = [
+        _md_table([*head, "wall time", "tokens/s", "peak memory"], rows),
+        f"Baseline: **{base_name}**; its final val loss (mean over seeds) is "
+        f"{_fmt(target)}. *Time to* it: wall-clock seconds from the start of the run (evaluations included) "
+        "to the first evaluation at or below it, mean over the seeds that got there. *Beyond seed spread*: the "
+        "difference in mean best val loss is larger than the range over seeds of either setting.",
+    ]
+    _plot_modern(groups, sweep / "modern.png", next((r.report.get("question") for r in runs), None))
+    out.append("![val loss against steps and against wall-clock time](modern.png)")
+    return [*out, "**Verdict:** " + _modern_verdict(base_name, facts)]
+
+
+def _modern_verdict(base_name: str, facts: dict[str, dict]) -> str:
+    others = {n: f for n, f in facts.items() if n != base_name and f["best"]}
+    if not others:
+        return f"only the baseline {base_name} finished; nothing to compare."
+    base = facts[base_name]["best"]
+    if all(f["beyond"] is None for f in others.values()):
+        line = "cannot separate the changes from seed noise: each setting needs at least two seeds"
+    else:
+        better = sorted(
+            (n for n, f in others.items() if f["beyond"] and f["best"].mean < base.mean),
+            key=lambda n: others[n]["best"].mean,
+        )
+        worse = [n for n, f in others.items() if f["beyond"] and f["best"].mean > base.mean]
+        within = [n for n, f in others.items() if f["beyond"] is False]
+        delta = lambda n: f"{n} ({others[n]['best'].mean - base.mean:+.4f})"  # noqa: E731
+        line = (
+            f"better than {base_name} beyond the seed spread: {', '.join(map(delta, better)) or 'none'}; "
+            f"worse beyond it: {', '.join(map(delta, worse)) or 'none'}; "
+            f"within the spread: {', '.join(within) or 'none'}"
+        )
+        if better:
+            line += f". Most per step: **{better[0]}**"
+    timed = {n: f["time"] for n, f in facts.items() if f["time"] is not None}
+    fastest = min((n for n in timed if n != base_name), key=lambda n: timed[n], default=None)
+    if fastest is not None and base_name in timed:
+        line += (
+            f". Most per second: **{fastest}** reached {base_name}'s final val loss in {timed[fastest]:.0f} s, "
+            f"{timed[fastest] / timed[base_name]:.0%} of {base_name}'s {timed[base_name]:.0f} s"
+        )
+    elif fastest is None:
+        line += f". No other setting reached {base_name}'s final val loss in every seed"
+    return line + "."
+
+
+def _plot_modern(groups: dict[str, list[Run]], path: Path, title: str | None) -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True)
+    for i, (name, rs) in enumerate(groups.items()):
+        for j, r in enumerate(rs):  # every seed, one colour per setting, labelled once
+            style = dict(color=f"C{i % 10}", lw=1.3, ls="-" if i < 10 else "--", label=name if j == 0 else None)
+            axes[0].plot(*zip(*r.curve("val")), **style)
+            if _time_curve(r):
+                axes[1].plot(*zip(*_time_curve(r)), **style)
+    for ax, x in zip(axes, ("step", "wall-clock seconds (evaluations included)")):
+        ax.set(xlabel=x, ylabel="val loss")
+        ax.grid(True, alpha=0.3)
+    axes[1].legend(fontsize=8)
+    fig.suptitle(title or "val loss against steps and against time")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 SECTIONS = {
     "hparams": hparams,
     "grad_accum": grad_accum,
     "regularization": regularization,
     "lr_schedule": lr_schedule,
     "scaling": scaling,
+    "modern": modern,
 }
 assert tuple(SECTIONS) == an.ANALYSES
 

@@ -20,7 +20,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from gptlab.errors import CheckpointError
-from gptlab.model import GPT, GPTConfig
+from gptlab.model import GPT, SWITCH_DEFAULTS, GPTConfig
 from gptlab.rundir import BEST, LAST, TMP_SUFFIX, write_atomic
 
 MODEL_PREFIX = "model."  # the LightningModule holds the GPT as self.model
@@ -209,11 +209,13 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
 
 def check_compatible(info: dict, model_config: dict, what: str) -> None:
     """Raise unless a checkpoint's model shape equals the one configured (resume / fine-tune)."""
-    saved = {"vocab_multiple": 1, **info.get("model_config", {})}  # checkpoints from before pad_vocab
+    # checkpoints from before pad_vocab and the architecture switches: their model is the default one
+    saved = {"vocab_multiple": 1, **SWITCH_DEFAULTS, **info.get("model_config", {})}
+    now = {**SWITCH_DEFAULTS, **model_config}
     diffs = [
-        f"{k}: checkpoint {saved.get(k)} vs {what} {model_config.get(k)}"
-        for k in ("vocab_size", "vocab_multiple", "n_layer", "n_head", "n_embd", "block_size", "bias")
-        if saved.get(k) != model_config.get(k)
+        f"{k}: checkpoint {saved.get(k)} vs {what} {now.get(k)}"
+        for k in ("vocab_size", "vocab_multiple", "n_layer", "n_head", "n_embd", "block_size", "bias", *SWITCH_DEFAULTS)
+        if saved.get(k) != now.get(k)
     ]
     if diffs:
         raise CheckpointError(

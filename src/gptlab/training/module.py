@@ -1,4 +1,4 @@
-"""The LightningModule: loss, AdamW with its parameter groups, the LR schedule, evaluation.
+"""The LightningModule: loss, the optimizer (AdamW, or Muon + AdamW), the LR schedule, evaluation.
 
 The training loop itself (accumulation, clipping, precision, devices) is Lightning's Trainer;
 this class only says what one step computes.
@@ -16,6 +16,7 @@ import torch
 from gptlab.data.augment import TokenMasking, corrupt_inputs
 from gptlab.data.packing import unpack_batch
 from gptlab.model import GPT, GPTConfig
+from gptlab.training.optimizers import build_optimizer
 from gptlab.training.scalars import ScalarSeries
 from gptlab.training.schedule import OptimConfig
 
@@ -169,16 +170,9 @@ class GPTModule(L.LightningModule):
     # ------------------------------------------------------------------ optimizer
 
     def configure_optimizers(self):
-        groups = self.model.optimizer_groups(self.optim.weight_decay)
-        on_cuda = self.device.type == "cuda"
-        # fused kernels on CUDA; elsewhere foreach (one batched kernel per group, not a loop per tensor)
-        opt = torch.optim.AdamW(
-            groups,
-            lr=self.optim.learning_rate,
-            betas=(self.optim.beta1, self.optim.beta2),
-            fused=True if on_cuda else None,
-            foreach=None if on_cuda else True,
-        )
+        # AdamW, or Muon + AdamW joined into one optimizer (optimizers.py)
+        opt = build_optimizer(self.model, self.optim, on_cuda=self.device.type == "cuda")
+        # each parameter group's own peak rate times the schedule's factor: Muon's follows the same curve
         sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(_lr_factor, optim=self.optim))
         # interval="step": the rate changes per optimizer step, not per micro-batch or epoch
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}

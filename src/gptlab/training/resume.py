@@ -19,6 +19,7 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 
 from gptlab.errors import ConfigError, RunInterrupted
+from gptlab.model import SWITCH_DEFAULTS
 from gptlab.rundir import BEST, LAST, METRICS, run_status
 from gptlab.training.callbacks.logs import NonFiniteGuard
 from gptlab.training.checkpoint import checkpoint_step
@@ -85,7 +86,9 @@ def starting_point(
 # A resumed run may change its settings. Most apply from the resume on and are recorded; these
 # cannot, because the checkpoint's optimizer and LR-scheduler state hold them and would silently
 # win (docs/reliability.md, "Resuming with changed settings").
-RESUME_REFUSES = ("learning_rate", "weight_decay", "beta1", "beta2")
+RESUME_REFUSES = ("learning_rate", "weight_decay", "beta1", "beta2", "optimizer", "muon_lr", "muon_momentum")
+# Settings added after some checkpoints were written: such a checkpoint's run had these values.
+ADDED_DEFAULTS = {"optimizer": "adamw", "muon_lr": 0.02, "muon_momentum": 0.95, **SWITCH_DEFAULTS}
 # Where the run is and how it was started: not settings of the training itself.
 RESUME_IGNORES = (
     "out_dir",
@@ -114,7 +117,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
 def resume_changes(saved: dict, now: dict) -> dict[str, tuple]:
     """The settings that differ between a checkpoint's run and the run resuming it, as
     {key: (old, new)}; raises ConfigError for those in RESUME_REFUSES."""
-    a, b = _flat(saved or {}), _flat(now)
+    a, b = ({**ADDED_DEFAULTS, **_flat(saved)} if saved else {}), _flat(now)
     skip = lambda k: any(k == i or k.startswith(i + ".") for i in RESUME_IGNORES)  # noqa: E731
     changed = {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if not skip(k) and a.get(k) != b.get(k)}
     refused = {k: v for k, v in changed.items() if k in RESUME_REFUSES}

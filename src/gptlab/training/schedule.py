@@ -45,6 +45,9 @@ class OptimConfig:
     warmup_iters: int = 100
     lr_decay_iters: int = 5000
     min_lr: float = 1e-4
+    optimizer: str = "adamw"  # adamw | muon: Muon for the hidden matrices, AdamW for the rest (training.optimizers)
+    muon_lr: float = 0.02  # Muon's peak rate; the schedule scales it as it scales learning_rate
+    muon_momentum: float = 0.95
 
     def lr_at(self, step: int) -> float:
         return get_lr(
@@ -58,7 +61,7 @@ class OptimConfig:
 
 
 def optim_config(cfg) -> OptimConfig:
-    """AdamW's settings and the schedule from a run's config (any object with these keys)."""
+    """The optimizer's settings and the schedule from a run's config (any object with these keys)."""
     return OptimConfig(
         learning_rate=float(cfg.learning_rate),
         weight_decay=float(cfg.weight_decay),
@@ -68,4 +71,7 @@ def optim_config(cfg) -> OptimConfig:
         warmup_iters=int(cfg.warmup_iters),
         lr_decay_iters=int(cfg.lr_decay_iters),
         min_lr=float(cfg.min_lr),
+        optimizer=str(cfg.get("optimizer", "adamw")),
+        muon_lr=float(cfg.get("muon_lr", 0.02)),
+        muon_momentum=float(cfg.get("muon_momentum", 0.95)),
     )

@@ -37,9 +37,15 @@ class TrainingLog(L.Callback):
         self._replay: list[dict] = []  # evaluations restored from a checkpoint, logged again on resume
         self.resumes: list[dict] = []  # settings changed at each resume, kept in checkpoints for metrics.json
         self._resumed = resumed  # (step, {key: (old, new)}) of this resume, recorded once fit has started
+        # wall-clock seconds at each evaluation since the run began (evaluations included; a resumed
+        # run counts on from its checkpoint's last evaluation): what a change buys per second
+        self._t0: float | None = None
+        self._time_before = 0.0
 
     @rank_zero_only
     def setup(self, trainer, pl_module, stage: str) -> None:
+        if self._t0 is None:
+            self._t0 = time.perf_counter()  # the step-0 evaluation's setup, or a resumed fit's
         if not self.append and not self.history:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.write_text("")
@@ -51,6 +57,7 @@ class TrainingLog(L.Callback):
         if "train" not in ev or "val" not in ev or trainer.sanity_checking:
             return
         rec = {"step": int(trainer.global_step), "train_loss": ev["train"], "val_loss": ev["val"]}
+        rec["wall_time_s"] = round(self._time_before + time.perf_counter() - (self._t0 or time.perf_counter()), 3)
         self.history.append(rec)
         line = eval_line(rec["step"], rec["train_loss"], rec["val_loss"])
         with open(self.path, "a") as f:
@@ -98,6 +105,7 @@ class TrainingLog(L.Callback):
     def load_state_dict(self, state: dict) -> None:
         self.history = list(state.get("history", []))
         self.resumes = list(state.get("resumes", []))
+        self._time_before = float(self.history[-1].get("wall_time_s", 0.0)) if self.history else 0.0
         self._replay = list(self.history)
         if self.history and rank_zero_only.rank == 0 and self.path.is_file():
             # lines after the checkpoint's last evaluation belong to a stretch the resumed run
