@@ -28,6 +28,21 @@ RUN_FILES = (BEST, LAST, EXPORT, TRAINING_LOG, METRICS, EVAL, CONFIG, LR_FIND_JS
 EVENTS_GLOB = "events.out.tfevents.*"  # TensorBoard's event files
 FAILED_LEGACY = "failed.json"  # how failed runs of older sweeps were marked, before metrics.json carried a status
 
+# Keys that say where a run is and how it was started, not what it trains: two runs that differ
+# only in these trained the same (report columns, HPARAMS, resume's comparison leave them out).
+PLACE_KEYS = (
+    "out_dir",
+    "resume",
+    "init_from",
+    "ckpt_path",
+    "overwrite",
+    "eval_only",
+    "device",
+    "profile",
+    "data.root",
+    "data.path",
+)
+
 # training.log: one line per evaluation, the format the guide's plot_loss.py parses
 EVAL_LINE = "step {step}: train loss {train:.4f}, val loss {val:.4f}"
 EVAL_RE = re.compile(r"step (\d+): train loss ([\d.]+), val loss ([\d.]+)")

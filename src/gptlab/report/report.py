@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 
 from gptlab import analysis as an
 from gptlab.errors import ConfigError
-from gptlab.rundir import CONFIG, METRICS, TRAINING_LOG, read_metrics
+from gptlab.rundir import CONFIG, METRICS, PLACE_KEYS, TRAINING_LOG, read_metrics
 from gptlab.rundir import FAILED_LEGACY as FAILED
 from gptlab.rundir import parse_log as _parse_log
 
@@ -41,7 +41,8 @@ COLUMNS = {  # metric name -> table heading
     "gap": "gap (val - train)",
     "best_val_loss": "best val",
 }
-NOT_SETTINGS = {"out_dir", "variant", "seed", "resume", "overwrite"}  # config keys that do not make two runs differ
+# config keys that do not make two runs differ: where they are (rundir.PLACE_KEYS), their name, the seed
+NOT_SETTINGS = {*PLACE_KEYS, "variant", "seed"}
 FIRST_STEPS, LAST_STEPS = 100, 200  # experiment 4's windows: the guide's "first 100" and "last 200 steps"
 
 

@@ -20,7 +20,7 @@ from lightning.pytorch.callbacks import Checkpoint
 
 from gptlab.errors import ConfigError, RunInterrupted
 from gptlab.model import SWITCH_DEFAULTS
-from gptlab.rundir import BEST, LAST, METRICS, run_status
+from gptlab.rundir import BEST, LAST, METRICS, PLACE_KEYS, run_status
 from gptlab.training.callbacks.logs import NonFiniteGuard
 from gptlab.training.checkpoint import checkpoint_step
 
@@ -89,19 +89,9 @@ def starting_point(
 RESUME_REFUSES = ("learning_rate", "weight_decay", "beta1", "beta2", "optimizer", "muon_lr", "muon_momentum")
 # Settings added after some checkpoints were written: such a checkpoint's run had these values.
 ADDED_DEFAULTS = {"optimizer": "adamw", "muon_lr": 0.02, "muon_momentum": 0.95, **SWITCH_DEFAULTS}
-# Where the run is and how it was started: not settings of the training itself.
-RESUME_IGNORES = (
-    "out_dir",
-    "resume",
-    "init_from",
-    "ckpt_path",
-    "overwrite",
-    "eval_only",
-    "data.root",
-    "data.path",
-    "report",
-    "hydra",
-)
+# Where the run is and how it was started (rundir.PLACE_KEYS), the report's question, Hydra's own
+# node, and the device (a run may continue on other hardware): not settings of the training itself.
+RESUME_IGNORES = (*PLACE_KEYS, "report", "hydra")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

@@ -46,6 +46,7 @@ from gptlab.rundir import (
     EXPORT,
     LAST,
     METRICS,
+    PLACE_KEYS,
     TRAINING_LOG,
     RunLock,
     clear_run,
@@ -605,11 +606,10 @@ HPARAMS = (
     "seed",
     "augment.mask_prob",
 )
-NOT_HPARAMS = {"out_dir", "resume", "device", "profile", "data.root", "init_from", "ckpt_path", "overwrite"}
 
 
 def hparams(cfg: DictConfig, extra: Sequence[str] = ()) -> dict:
-    keys = list(HPARAMS) + sorted(k for k in set(extra) if k not in HPARAMS and k not in NOT_HPARAMS)
+    keys = list(HPARAMS) + sorted(k for k in set(extra) if k not in HPARAMS and k not in PLACE_KEYS)
     out = {}
     for k in keys:
         v = OmegaConf.select(cfg, k, default=None)
