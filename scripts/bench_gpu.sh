@@ -5,6 +5,9 @@
 #   gpt2   GPT-2 124M, gptlab vs the plain loop: tokens/s and MFU, bf16 + compile, vocab 50,304
 #   costs  the single costs on the GPU: pinned copies, fused AdamW, TF32, flash attention, compile, pad_vocab
 #   fsdp   trainer=fsdp on one GPU, a short run: the strategy starts, trains and writes a checkpoint
+#   modern the baby GPT with every switch of docs/modern.md on (variant=modern_all) against the GPT-2
+#          recipe, 1500 steps each, and modern_all at 1000: seconds of training (evaluations
+#          included) until val loss <= 1.47 (docs/modern.md's GPU target: within 30 s). About 4 minutes.
 # STAGES picks (default "baby gpt2", about 6 minutes on an H200 with a warm machine; all four about 10).
 #
 #   bash scripts/bench_gpu.sh [RESULT_DIR]      (RESULT_DIR default: $OUT, else outputs/bench_gpu)
@@ -60,9 +63,19 @@ for stage in $STAGES; do
     fsdp)
       $PY -m gptlab.train trainer=fsdp trainer.devices=1 model=small max_iters=100 eval_interval=50 eval_iters=20 \
         data.root="$WORK/data" out_dir="$WORK/fsdp" overwrite=true sample_tokens=100 $EXTRA 2>&1 | tee -a "$LOG"
-      $PY -c "from gptlab.checkpoint import load_model; m, i = load_model('$WORK/fsdp/last.ckpt'); print('fsdp checkpoint loads: step', i['step'], m.num_params(), 'parameters')" 2>&1 | tee -a "$LOG"
+      $PY -c "from gptlab.training.checkpoint import load_model; m, i = load_model('$WORK/fsdp/last.ckpt'); print('fsdp checkpoint loads: step', i['step'], m.num_params(), 'parameters')" 2>&1 | tee -a "$LOG"
       ;;
-    *) say "unknown stage '$stage' (baby, gpt2, costs, fsdp)"; exit 2 ;;
+    modern)
+      # the same model, data and steps; evaluations every 100 steps (50 batches) find the crossing
+      for run in "gpt2_recipe 1500" "modern_all 1500" "modern_all 1000"; do
+        set -- $run
+        $PY -m gptlab.train variant=$1 compile=true max_iters=$2 eval_interval=100 eval_iters=50 sample_tokens=0 \
+          data.root="$WORK/data" out_dir="$WORK/modern_$1_$2" overwrite=true $EXTRA 2>&1 | tail -n 4 | tee -a "$LOG"
+        cp "$WORK/modern_$1_$2/metrics.json" "$RESULT/modern_$1_$2.json"
+        say "modern $1 $2 steps: $($PY scripts/time_to_loss.py "$RESULT/modern_$1_$2.json" 1.47)"
+      done
+      ;;
+    *) say "unknown stage '$stage' (baby, gpt2, costs, fsdp, modern)"; exit 2 ;;
   esac
   say "== stage $stage: $(( $(date +%s) - t0 )) s"
 done
