@@ -10,10 +10,17 @@ from gptlab.model import GPT, GPTConfig
 from gptlab.training.checkpoint import CheckpointError, check_compatible, load_model
 
 
-def test_plain_loop_trains_exactly_like_the_gptlab_path(compose, tmp_path):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_plain_loop_trains_exactly_like_the_gptlab_path(compose, tmp_path, optimizer):
     """The bench compares like with like: same init, same batches, same optimizer and schedule,
     so both sides reach the same loss at the same step (no dropout here: nothing random but data)."""
-    cfg = compose("max_iters=12", "eval_interval=6", "learning_rate=1e-2", "gradient_accumulation_steps=2")
+    cfg = compose(
+        "max_iters=12",
+        "eval_interval=6",
+        "learning_rate=1e-2",
+        "gradient_accumulation_steps=2",
+        f"optimizer={optimizer}",
+    )
     a, b = bench.StepTimer(4, 8, cuda=False), bench.StepTimer(4, 8, cuda=False)
     ra = bench._run_gptlab(cfg, tmp_path / "a", a)
     rb = bench._run_plain(cfg, tmp_path / "b", b)

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from gptlab.config import data_spec, model_config, resolve_device
 from gptlab.data.dataset import load_meta
 from gptlab.model import GPT
+from gptlab.training.optimizers import build_optimizer
 from gptlab.training.schedule import optim_config
 
 
@@ -63,13 +64,10 @@ def train_plain(cfg: DictConfig, run_dir: Path, on_step=None) -> dict:
     model = GPT(model_config(cfg, int(meta["vocab_size"]))).to(device)
     fwd = torch.compile(model) if cfg.compile else model
     optim = optim_config(cfg)
-    optimizer = torch.optim.AdamW(
-        model.optimizer_groups(optim.weight_decay),
-        lr=optim.learning_rate,
-        betas=(optim.beta1, optim.beta2),
-        fused=True if on_cuda else None,
-        foreach=None if on_cuda else True,
-    )
+    # the same optimizer as gptlab's (AdamW, or Muon + AdamW with optimizer=muon); each group's peak
+    # rate is kept, so the schedule below scales learning_rate and muon_lr alike
+    optimizer = build_optimizer(model, optim, on_cuda)
+    peaks = [group["lr"] for group in optimizer.param_groups]
     amp = torch.autocast(device.type, dtype=getattr(torch, dtype)) if dtype != "float32" else contextlib.nullcontext()
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == "float16")
 
@@ -99,8 +97,8 @@ def train_plain(cfg: DictConfig, run_dir: Path, on_step=None) -> dict:
     t_log = time.perf_counter()
     for step in range(max_iters):
         lr = optim.lr_at(step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        for group, peak in zip(optimizer.param_groups, peaks):
+            group["lr"] = peak * lr / optim.learning_rate
         for _ in range(accum):
             x, y = get_batch("train")
             with amp:
