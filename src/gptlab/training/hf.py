@@ -247,7 +247,8 @@ def _write_gpt2_tokenizer(folder: Path) -> None:
         Path(src, "merges.txt").write_text(
             "#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n", encoding="utf-8"
         )
-        tok = transformers().GPT2TokenizerFast.from_pretrained(src)
+        # decode gives tiktoken's text back: no "clean-up" of spaces before punctuation (transformers 4's default)
+        tok = transformers().GPT2TokenizerFast.from_pretrained(src, clean_up_tokenization_spaces=False)
     tok.model_max_length = json.loads((folder / "config.json").read_text())["n_positions"]
     tok.save_pretrained(str(folder))
 
