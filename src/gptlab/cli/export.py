@@ -32,6 +32,6 @@ def main(argv: list[str] | None = None) -> None:
             "a character-level run: no tokenizer files (transformers has no tokenizer for its character table; "
             "the characters are in config.json's gptlab_tokenizer)"
         )
-    elif tokenizer != "gpt2":
+    elif tokenizer not in ("gpt2", None):
         print(f"no tokenizer files: gptlab writes them for GPT-2 BPE only, this run used {tokenizer}")
     print(f"load it with: transformers.GPT2LMHeadModel.from_pretrained({str(args.dir)!r})")
