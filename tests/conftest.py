@@ -53,6 +53,18 @@ def data_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def bpe_root(tmp_path_factory) -> Path:
+    """A data root with Tiny Shakespeare prepared with GPT-2's BPE (once per test session): use it
+    with data=shakespeare data.root=<it>."""
+    root = tmp_path_factory.mktemp("bpe_data")
+    prepare_dataset(
+        DataSpec(name="shakespeare_gpt2", root=str(root), source="tinyshakespeare", tokenizer="gpt2"),
+        log=lambda m: None,
+    )
+    return root
+
+
+@pytest.fixture(scope="session")
 def tiny(data_root) -> list[str]:
     """The overrides of a tiny run on the session's data: give them to compose or a command line."""
     return [*TINY, f"data.root={data_root}"]

@@ -24,12 +24,12 @@ TINY = dict(vocab_size=65, block_size=16, n_layer=1, n_head=2, n_embd=16, dropou
 # every value of every switch that shapes the forward pass; the product is every combination of
 # them (48 tiny models). zero_init_proj changes only initial values (the tests move every weight off
 # them) and logit_softcap is a function of each logit alone: they alternate over the product instead
-# of doubling it twice.
+# of doubling it twice. mlp=gelu_tanh is gelu with another formula (test_gelu_tanh_is_gpt2s_approximation).
 VALUES = {
     "pos_emb": SWITCHES["pos_emb"],
     "norm": SWITCHES["norm"],
     "qk_norm": (False, True),
-    "mlp": SWITCHES["mlp"],
+    "mlp": tuple(m for m in SWITCHES["mlp"] if m != "gelu_tanh"),
     "tie_embeddings": (True, False),
 }
 COMBINATIONS = [
@@ -194,13 +194,23 @@ def test_the_all_modern_model_compiles():
     torch.testing.assert_close(got_loss, want_loss, rtol=1e-4, atol=1e-4)
 
 
+def test_gelu_tanh_is_gpt2s_approximation():
+    """mlp=gelu_tanh: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), GPT-2's formula; mlp=gelu the exact one."""
+    x = torch.linspace(-4, 4, 101)
+    tanh_formula = 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+    exact = 0.5 * x * (1 + torch.erf(x / math.sqrt(2)))
+    torch.testing.assert_close(GPT(GPTConfig(**TINY, mlp="gelu_tanh")).transformer.h[0].mlp.gelu(x), tanh_formula)
+    torch.testing.assert_close(GPT(GPTConfig(**TINY)).transformer.h[0].mlp.gelu(x), exact)
+    assert (tanh_formula - exact).abs().max() > 1e-4  # the two differ: a model must use its weights' own
+
+
 def test_bad_switch_values_are_refused(compose):
-    with pytest.raises(ValueError, match="mlp must be one of gelu, relu2, swiglu, got 'swish'"):
+    with pytest.raises(ValueError, match="mlp must be one of gelu, gelu_tanh, relu2, swiglu, got 'swish'"):
         GPTConfig(mlp="swish")
     with pytest.raises(ValueError, match="n_embd / n_head must be even"):
         GPTConfig(n_embd=12, n_head=4, pos_emb="rope")
     for bad, message in [
-        ("mlp=swish", "mlp must be one of gelu, relu2, swiglu, got 'swish'"),
+        ("mlp=swish", "mlp must be one of gelu, gelu_tanh, relu2, swiglu, got 'swish'"),
         ("norm=batchnorm", "norm must be one of layernorm, rmsnorm"),
         ("qk_norm=yes", "qk_norm must be true or false"),
         ("logit_softcap=0", "logit_softcap must be > 0"),

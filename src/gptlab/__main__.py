@@ -22,6 +22,7 @@ COMMANDS = {  # command: (module, what it does)
     ),
     "inspect": ("gptlab.inspect", "show a batch exactly as the model sees it"),
     "lr-find": ("gptlab.lr_find", "the learning-rate range test: lr_find.png and a suggested learning_rate"),
+    "export": ("gptlab.export", "a run's model as a Hugging Face GPT-2 folder: <run> --format hf <dir>"),
     "report": ("gptlab.report", "a sweep's report.md, loss curves and the experiment's verdict"),
     "gradviz": ("gptlab.gradviz", "per-layer gradient heatmap of a run"),
     "docstats": ("gptlab.docstats", "how a dataset's documents fill packed and padded batches"),

@@ -37,7 +37,9 @@ class GPTConfig:
     rope_base: float = 10000.0  # rope: the longest wavelength's base (Su et al. 2021)
     norm: str = "layernorm"  # layernorm | rmsnorm: scale by the root mean square only, no mean, no bias
     qk_norm: bool = False  # normalise each head's queries and keys before their dot product
-    mlp: str = "gelu"  # gelu (GPT-2) | relu2: relu(x)^2 | swiglu: silu(gate) * up, hidden width swiglu_hidden()
+    # gelu (exact, nanoGPT's) | gelu_tanh: GELU's tanh approximation, OpenAI's GPT-2 (its weights load exactly)
+    # | relu2: relu(x)^2 | swiglu: silu(gate) * up, hidden width swiglu_hidden()
+    mlp: str = "gelu"
     tie_embeddings: bool = True  # false: the output head gets its own matrix instead of the token embedding's
     zero_init_proj: bool = False  # true: every residual projection (c_proj) starts at zero, blocks start as identity
     logit_softcap: float | None = None  # cap * tanh(logits / cap): logits stay within +-cap; None: off
@@ -79,7 +81,11 @@ class GPTConfig:
 
 
 # the switches with a fixed set of values, and those values (the first is GPT-2's)
-SWITCHES = {"pos_emb": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "relu2", "swiglu")}
+SWITCHES = {
+    "pos_emb": ("learned", "rope"),
+    "norm": ("layernorm", "rmsnorm"),
+    "mlp": ("gelu", "gelu_tanh", "relu2", "swiglu"),
+}
 # every architecture switch at GPT-2's value: what a checkpoint from before the switches was trained with
 SWITCH_DEFAULTS = {
     k: GPTConfig.__dataclass_fields__[k].default
@@ -164,7 +170,7 @@ class MLP(nn.Module):
         else:
             hidden = 4 * cfg.n_embd
             self.c_fc = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias)
-        self.gelu = nn.GELU()
+        self.gelu = nn.GELU(approximate="tanh" if cfg.mlp == "gelu_tanh" else "none")
         self.c_proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 

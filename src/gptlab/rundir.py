@@ -15,7 +15,9 @@ from pathlib import Path
 from gptlab.errors import ConfigError, NonFiniteLossError
 
 BEST, LAST = "best.ckpt", "last.ckpt"
-EXPORT = "weights.pt"  # export_weights=true: weights, model shape and tokenizer only
+# export_weights=true: weights, model shape and tokenizer only, as safetensors (loading it runs no code);
+# runs of older versions wrote EXPORT_PT, a torch pickle, still read with weights_only=True
+EXPORT, EXPORT_PT = "weights.safetensors", "weights.pt"
 TRAINING_LOG = "training.log"  # one line per evaluation: "step N: train loss X, val loss Y"
 METRICS = "metrics.json"  # written last: status ok when a run completed (failed / diverged otherwise)
 EVAL = "eval.json"  # eval_only=true: its own result, beside (never in place of) a run's history
@@ -24,7 +26,19 @@ LR_FIND_JSON, LR_FIND_PNG = "lr_find.json", "lr_find.png"
 LOCK = ".lock"  # held (flock) while a run writes the folder; holds the writer's pid
 
 # What a training run writes into its folder: overwrite=true removes these and nothing else.
-RUN_FILES = (BEST, LAST, EXPORT, TRAINING_LOG, METRICS, EVAL, CONFIG, LR_FIND_JSON, LR_FIND_PNG, "hparams.yaml")
+RUN_FILES = (
+    BEST,
+    LAST,
+    EXPORT,
+    EXPORT_PT,
+    TRAINING_LOG,
+    METRICS,
+    EVAL,
+    CONFIG,
+    LR_FIND_JSON,
+    LR_FIND_PNG,
+    "hparams.yaml",
+)
 EVENTS_GLOB = "events.out.tfevents.*"  # TensorBoard's event files
 FAILED_LEGACY = "failed.json"  # how failed runs of older sweeps were marked, before metrics.json carried a status
 

@@ -1,5 +1,8 @@
+import json
+
 import numpy as np
 import pytest
+from tiktoken.load import read_file_cached
 
 from gptlab.data.tokenizer import CharTokenizer, TiktokenTokenizer, TokenizerError, tokenizer_from_meta
 
@@ -36,3 +39,14 @@ def test_threaded_bpe_equals_single_call():
     tok = TiktokenTokenizer("gpt2")
     expected = tiktoken.get_encoding("gpt2").encode_ordinary(text)
     assert np.array_equal(tok.encode(text), np.asarray(expected))
+
+
+def test_gpt2_vocab_and_merges_are_gpt2s_own_files():
+    """Rebuilt from tiktoken's ranks alone, they equal OpenAI's encoder.json and vocab.bpe (the files
+    tiktoken built its gpt2 encoding from; read here from its cache)."""
+    vocab, merges = TiktokenTokenizer("gpt2").vocab_and_merges()
+    url = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
+    assert vocab == json.loads(read_file_cached(url + "encoder.json"))
+    lines = read_file_cached(url + "vocab.bpe").decode("utf-8").split("\n")[1:]  # after "#version: 0.2"
+    assert merges == [tuple(line.split(" ")) for line in lines if line]
+    assert len(vocab) == 50257 and len(merges) == 50000

@@ -4,6 +4,8 @@ import json
 import shutil
 
 import pytest
+import safetensors
+import safetensors.torch
 import torch
 
 from gptlab.cli import sample
@@ -58,7 +60,7 @@ def test_malicious_checkpoint_is_refused_and_never_runs(run, compose, tmp_path, 
 
 def test_disk_holds_last_and_best_only_and_reports_sizes(run):
     d, metrics = run
-    assert sorted(p.name for p in d.iterdir() if p.suffix in (".ckpt", ".pt", ".tmp")) == [
+    assert sorted(p.name for p in d.iterdir() if p.suffix in (".ckpt", ".pt", ".safetensors", ".tmp")) == [
         "best.ckpt",
         "last.ckpt",
         EXPORT,
@@ -74,9 +76,14 @@ def test_weights_export_is_small_safe_and_samples(run, compose, tmp_path):
     sizes = metrics["checkpoint_bytes"]
     # AdamW keeps two moments per weight: the export is about a third of a training checkpoint
     assert sizes[EXPORT] < 0.45 * sizes["best.ckpt"]
-    exported = torch.load(d / EXPORT, weights_only=True)
-    assert set(exported) == {"state_dict", "gptlab"} and "optimizer_states" not in exported
-    assert exported["gptlab"]["tokenizer"]["tokenizer"] == "char"
+    # safetensors: tensors and a JSON header, nothing to unpickle; the model shape and tokenizer in its metadata
+    with safetensors.safe_open(str(d / EXPORT), framework="pt") as f:
+        info = json.loads(f.metadata()["gptlab"])
+        names = set(f.keys())
+    assert info["tokenizer"]["tokenizer"] == "char" and info["model_config"]["n_layer"] == 2
+    assert "lm_head.weight" not in names and "transformer.wte.weight" in names  # the tied head, stored once
+    header = (d / EXPORT).read_bytes()
+    assert json.loads(header[8 : 8 + int.from_bytes(header[:8], "little")])["__metadata__"]["format"] == "pt"
     model, _ = load_model(d / EXPORT)
     best, _ = load_model(d / "best.ckpt")  # the export holds the best weights
     x = torch.randint(0, 65, (2, 16))
@@ -85,3 +92,15 @@ def test_weights_export_is_small_safe_and_samples(run, compose, tmp_path):
     assert out[0].startswith("ROMEO:") and len(out[0]) == len("ROMEO:") + 10
     with pytest.raises(CheckpointError, match="weights only .*cannot continue"):
         train(compose("max_iters=20", "init_from=resume", f"ckpt_path={d / EXPORT}"), tmp_path)
+
+
+def test_a_weights_file_without_gptlabs_metadata_is_refused(run, tmp_path):
+    d, _ = run
+    bare = tmp_path / "model.safetensors"
+    safetensors.torch.save_file({"w": torch.zeros(2)}, str(bare))
+    with pytest.raises(CheckpointError, match="without gptlab's metadata .* init_from=hf:<its folder>"):
+        load_model(bare)
+    damaged = tmp_path / "cut.safetensors"
+    damaged.write_bytes((d / EXPORT).read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_model(damaged)

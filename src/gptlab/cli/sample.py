@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     cli.check_override_keys(args, config_name="sample")
     cfg = cli.compose("sample", args)
     if OmegaConf.is_missing(cfg, "ckpt"):
-        raise ConfigError("give the run to sample from: ckpt=<run folder or .ckpt file>")
+        raise ConfigError("give the run to sample from: ckpt=<run folder, .ckpt file or weights.safetensors>")
     check_keys(cfg, SAMPLE)
     samples = generate(
         str(cfg.ckpt),

@@ -27,6 +27,11 @@ ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 # Lightning's strategies that make sense for one model on one or more GPUs (StrategyRegistry names)
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook", "ddp_find_unused_parameters_true", "fsdp")
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+# init_from: the two run modes, OpenAI's GPT-2 sizes by nanoGPT's names, a Hugging Face folder (hf:<folder>);
+# anything else names a checkpoint file or run folder (training.pretrained reads them all)
+RUN_MODES = ("scratch", "resume")
+GPT2_WEIGHTS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+HF_PREFIX = "hf:"
 
 
 @dataclass(frozen=True)
@@ -104,7 +109,10 @@ SCHEMA: dict[str, Rule] = {
     "eval_iters": integer(1),
     "eval_only": BOOL,
     "always_save_checkpoint": BOOL,
-    "init_from": one_of("scratch", "resume", says="scratch or resume"),
+    "init_from": text(
+        says="scratch, resume, gpt2 | gpt2-medium | gpt2-large | gpt2-xl, hf:<folder>, or a checkpoint file or run "
+        "folder to take the weights from"
+    ),
     "ckpt_path": text(null=True),
     "overwrite": BOOL,
     "resume": BOOL,
@@ -273,8 +281,24 @@ def validate(cfg: DictConfig) -> None:
     _validate_modern(cfg)
 
 
+def starts_from_weights(cfg: DictConfig) -> bool:
+    """init_from names weights to start from (GPT-2, a Hugging Face folder, a checkpoint), not a run mode."""
+    return str(cfg.init_from) not in RUN_MODES
+
+
 def _validate_run_mode(cfg: DictConfig) -> None:
-    """overwrite starts over, resume continues, eval_only reads: at most one of them."""
+    """overwrite starts over, resume continues, eval_only reads: at most one of them. Weights to
+    start from begin a new run: no checkpoint to continue, no rate searched on a fresh model."""
+    if starts_from_weights(cfg) and cfg.ckpt_path:
+        raise ConfigError(
+            f"init_from={cfg.init_from} starts a new run from those weights, ckpt_path={cfg.ckpt_path} continues a "
+            "run from its checkpoint: drop one of them"
+        )
+    if starts_from_weights(cfg) and cfg.learning_rate == "auto":
+        raise ConfigError(
+            f"learning_rate=auto searches on a freshly initialised model, not on init_from={cfg.init_from}'s "
+            "weights: give learning_rate (fine-tuning usually takes a small one, such as 3e-5)"
+        )
     resumes = cfg.init_from == "resume" or cfg.resume
     if cfg.overwrite and resumes:
         raise ConfigError(

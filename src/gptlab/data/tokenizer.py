@@ -6,6 +6,7 @@ that opening a dataset can never run code, unlike nanoGPT's meta.pkl).
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -122,6 +123,51 @@ class TiktokenTokenizer:
 
     def to_meta(self) -> dict:
         return {"tokenizer": self.name, "vocab_size": self.vocab_size, "eot_token": self.eot_token}
+
+    def vocab_and_merges(self) -> tuple[dict[str, int], list[tuple[str, str]]]:
+        """The encoding as GPT-2's vocab.json and merges.txt spell it (bytes as byte_to_unicode's
+        characters): {token: id}, special tokens included, and the merges in rank order. tiktoken
+        keeps only each token's rank; the pair a token was merged from is found by running BPE on its
+        bytes with the lower ranks alone, which must end in exactly two parts."""
+        spell = byte_to_unicode()
+        specials = {self.enc.encode_single_token(s): s for s in self.enc.special_tokens_set}
+        ranks = {}
+        for i in range(self.enc.n_vocab):
+            if i not in specials:
+                with contextlib.suppress(KeyError):  # some encodings leave unused ids between ranks
+                    ranks[self.enc.decode_single_token_bytes(i)] = i
+        vocab = {"".join(spell[b] for b in token): i for token, i in ranks.items()}
+        vocab.update({s: i for i, s in specials.items()})
+        merges = []
+        for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+            if len(token) == 1:
+                continue
+            parts = _bpe_parts(token, ranks, rank)
+            if len(parts) != 2:
+                raise TokenizerError(f"token {token!r} of '{self.name}' is not the merge of two lower-ranked tokens")
+            merges.append(tuple("".join(spell[b] for b in p) for p in parts))
+        return vocab, merges
+
+
+def byte_to_unicode() -> dict[int, str]:
+    """GPT-2's printable stand-in for each byte, the characters its vocab.json and merges.txt use:
+    the printable Latin-1 bytes stand for themselves, the other 68 get code points 256, 257, ... in
+    byte order (so no token is spelt with whitespace or control characters)."""
+    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
+    others = iter(range(256, 512))
+    return {b: chr(b) if b in printable else chr(next(others)) for b in range(256)}
+
+
+def _bpe_parts(token: bytes, ranks: dict[bytes, int], below: int) -> list[bytes]:
+    """token's bytes merged as BPE merges them (lowest rank first), using ranks below `below` only."""
+    parts = [bytes([b]) for b in token]
+    while len(parts) > 2:
+        found = [(ranks.get(a + b, below), i) for i, (a, b) in enumerate(zip(parts, parts[1:]))]
+        rank, i = min(found)
+        if rank >= below:
+            break
+        parts[i : i + 2] = [parts[i] + parts[i + 1]]
+    return parts
 
 
 def _split_at_line_starts(text: str, target: int) -> list[str]:

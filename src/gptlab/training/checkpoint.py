@@ -4,16 +4,24 @@ A gptlab checkpoint is a Lightning checkpoint (weights, optimizer, loop state) w
 entry, ``"gptlab"``: the model's shape, the tokenizer, the step and the run's settings, all plain
 values. That is enough for ``sample`` and the analysis tools to rebuild the model without the
 config files or the dataset that produced it.
+
+The weights-only export (``export_weights=true``, rundir.EXPORT) is a safetensors file: the GPT's
+tensors, with that same ``"gptlab"`` entry as JSON in the file's metadata. Loading it reads tensors
+and JSON only; no pickle, so a shared file cannot run code. Exports of older versions (a torch
+pickle, rundir.EXPORT_PT) still load, with ``weights_only=True`` like every checkpoint.
 """
 
 from __future__ import annotations
 
 import codecs
+import json
 import pickle
 import zipfile
 from pathlib import Path
 from typing import Any
 
+import safetensors
+import safetensors.torch
 import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -21,9 +29,11 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from gptlab.errors import CheckpointError
 from gptlab.model import GPT, SWITCH_DEFAULTS, GPTConfig
-from gptlab.rundir import BEST, LAST, TMP_SUFFIX, write_atomic
+from gptlab.rundir import BEST, EXPORT, EXPORT_PT, LAST, TMP_SUFFIX, write_atomic
 
 MODEL_PREFIX = "model."  # the LightningModule holds the GPT as self.model
+# a tied head is the token table itself: a weights file stores it once, under the embedding's name
+HEAD, TOKEN_TABLE = "lm_head.weight", "transformer.wte.weight"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -92,18 +102,27 @@ def remove_partial_writes(folder: Path) -> list[Path]:
 
 
 def resolve_checkpoint(ref: str | Path) -> Path:
-    """A checkpoint file, or a run folder (its best.ckpt, else its last.ckpt)."""
+    """A checkpoint file, or a run folder (its best.ckpt, else its last.ckpt, else its weights export)."""
     p = Path(ref).expanduser()
     if p.is_dir():
-        for name in (BEST, LAST):
+        for name in (BEST, LAST, EXPORT, EXPORT_PT):
             if (p / name).is_file():
                 return p / name
         raise CheckpointError(
-            f"run folder '{p}' holds no {BEST} or {LAST}; did its training reach the first evaluation?"
+            f"run folder '{p}' holds no {BEST}, {LAST} or {EXPORT}; did its training reach the first evaluation?"
         )
     if not p.is_file():
-        raise CheckpointError(f"checkpoint '{p}' does not exist; give a .ckpt file or a run folder under outputs/")
+        raise CheckpointError(
+            f"checkpoint '{p}' does not exist; give a .ckpt file, a {EXPORT} file or a run folder under outputs/"
+        )
     return p
+
+
+def _is_safetensors(path: Path) -> bool:
+    """safetensors files start with their JSON header's length (8 bytes, little-endian), then the header."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 1 << 30
 
 
 def _check_format(path: Path) -> None:
@@ -135,6 +154,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     are accepted, so a file crafted to run code when unpickled is refused instead of obeyed.
     mmap=True maps the tensors instead of reading them (cheap when only the metadata is needed)."""
     path = resolve_checkpoint(path)
+    if _is_safetensors(path):
+        return load_weights(path, map_location)
     _check_format(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
@@ -175,11 +196,40 @@ def check_resumable(ckpt: dict, path: str | Path) -> None:
 def export_weights(src: str | Path, dst: str | Path) -> Path:
     """Write a checkpoint's model for sharing: the plain GPT state_dict, the model shape and the
     tokenizer (the 'gptlab' entry), and no optimizer or loop state -- about a third of the size
-    of a training checkpoint. Loads with torch.load(weights_only=True); sample accepts it."""
+    of a training checkpoint. A safetensors file (see save_weights); sample and init_from read it."""
     ckpt = load_checkpoint(src)
     info = {**ckpt["gptlab"], "exported_from": Path(src).name}
-    save_atomic({"state_dict": model_state_dict(ckpt), "gptlab": info}, Path(dst))
+    save_weights(model_state_dict(ckpt), info, Path(dst))
     return Path(dst)
+
+
+def save_weights(state_dict: dict[str, torch.Tensor], info: dict, path: Path) -> None:
+    """A GPT's weights as safetensors, atomically; info (plain values: the 'gptlab' entry) goes into
+    the file's metadata as JSON, so the one file rebuilds the model."""
+    tensors = {k: v.detach().contiguous() for k, v in state_dict.items()}
+    if info.get("model_config", {}).get("tie_embeddings", True):
+        tensors.pop(HEAD, None)  # safetensors stores no shared tensors; load_weights ties it again
+    data = safetensors.torch.save(tensors, metadata={"format": "pt", "gptlab": json.dumps(info)})
+    write_atomic(Path(path), lambda f: f.write(data))
+
+
+def load_weights(path: Path, map_location: str | torch.device = "cpu") -> dict:
+    """A weights file of save_weights as a checkpoint dict: {'state_dict': ..., 'gptlab': ...}."""
+    try:
+        with safetensors.safe_open(str(path), framework="pt", device=str(map_location)) as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
+    except Exception as e:  # safetensors raises its own SafetensorError for a damaged file
+        raise _unreadable(path, e) from e
+    if "gptlab" not in meta:
+        raise CheckpointError(
+            f"'{path}' is a safetensors file without gptlab's metadata (model shape, tokenizer); a Hugging Face "
+            "model folder loads with init_from=hf:<its folder>"
+        )
+    info = json.loads(meta["gptlab"])
+    if HEAD not in tensors and TOKEN_TABLE in tensors:
+        tensors[HEAD] = tensors[TOKEN_TABLE]  # the tied head (save_weights stored it once)
+    return {"state_dict": tensors, "gptlab": info}
 
 
 def model_state_dict(ckpt: dict) -> dict[str, torch.Tensor]:

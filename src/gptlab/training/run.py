@@ -1,6 +1,6 @@
 """One training run as a short sequence of named steps:
 
-    settings -> start (scratch, resume, finished) -> data -> learning rate -> model
+    settings (and init_from's weights) -> start (scratch, resume, finished) -> data -> learning rate -> model
              -> callbacks -> trainer -> fit -> results
 
 ``train(cfg, run_dir)`` runs them on a config Hydra composed; each step is a function of its own,
@@ -55,7 +55,7 @@ from gptlab.rundir import (
     write_failure,
     write_metrics,
 )
-from gptlab.training import lr_find, memory
+from gptlab.training import lr_find, memory, pretrained
 from gptlab.training.callbacks.logs import (
     EvalSamples,
     FinalEvaluation,
@@ -91,6 +91,7 @@ class Run:
     run_dir: Path
     device: DeviceChoice
     start: Path | str | None = None  # None: from scratch; else the checkpoint it continues
+    source: pretrained.Source | None = None  # init_from=<weights>: what a new run starts from
     hparam_keys: Sequence[str] = ()
     memory_at_start: int = 0
     tokens_per_step: int = 0
@@ -132,10 +133,12 @@ def train(
     hparam_keys: more keys for TensorBoard's HPARAMS tab (a sweep's swept keys)."""
     run_dir = Path(run_dir)
     device = settings(cfg)  # before the lock: refused settings leave no trace, not even the folder
+    source = pretrained.open_source(cfg)
+    cfg = pretrained.adopt_shape(cfg, source)  # init_from=<weights>: their shape (a copy of cfg)
     with RunLock(run_dir) if rank_zero_only.rank == 0 else contextlib.nullcontext():
-        run = Run(cfg, run_dir, device, hparam_keys=tuple(hparam_keys))
+        run = Run(cfg, run_dir, device, source=source, hparam_keys=tuple(hparam_keys))
         if cfg.eval_only:
-            return evaluate_only(cfg, run_dir, run.device)
+            return evaluate_only(cfg, run_dir, run.device, source)
         run.start = starting(cfg, run_dir)
         if run.start == FINISHED:
             return read_metrics(run_dir)
@@ -144,7 +147,8 @@ def train(
         data = build_data(cfg)
         check_checkpoint(run, data)
         choose_learning_rate(run, data)
-        module = build_module(cfg, data)
+        # a run continued from its checkpoint gets its weights there, not from init_from's source
+        module = build_module(cfg, data, source if run.start is None else None)
         run.tokens_per_step = describe(run, data, module)
         parts = build_callbacks(run, data, extra=callbacks)
         trainer = build_trainer(run, parts.callbacks)
@@ -235,18 +239,21 @@ def choose_learning_rate(run: Run, data: Data) -> None:
         lr_find.use_suggestion(run.cfg, found)
 
 
-def build_module(cfg: DictConfig, data: Data) -> GPTModule:
-    """The LightningModule around a freshly initialised GPT (seeded), with the settings stored in
-    every checkpoint so tools can rebuild it without the config."""
+def build_module(cfg: DictConfig, data: Data, source: pretrained.Source | None = None) -> GPTModule:
+    """The LightningModule around a freshly initialised GPT (seeded), or one holding init_from's
+    weights, with the settings stored in every checkpoint so tools can rebuild it without the config."""
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     tokenizer_meta = {k: v for k, v in data.dm.meta.items() if k in ("tokenizer", "vocab_size", "chars", "eot_token")}
-    return GPTModule(
+    module = GPTModule(
         data.mconf,
         optim_config(cfg),
         compile=bool(cfg.compile),
         extra={"config": plain(cfg), "tokenizer": tokenizer_meta, "data_dir": str(data.spec.dir)},
         augment=data.masking,
     )
+    if source is not None:
+        pretrained.load_into(module.model, source, data.dm.meta)
+    return module
 
 
 def describe(run: Run, data: Data, module: GPTModule) -> int:
@@ -299,7 +306,8 @@ def build_callbacks(run: Run, data: Data, extra: Sequence[L.Callback] = ()) -> P
         tokens_per_step=run.tokens_per_step,
         resumed=(run.resume_step, run.changes) if run.changes else None,
     )
-    monitors = build_monitors(cfg, data.mconf.vocab_size, resume)
+    # trained weights (a resume, init_from=<weights>) are not expected to start at the random-guess loss
+    monitors = build_monitors(cfg, data.mconf.vocab_size, resume or run.source is not None)
     grad_monitor = next((m for m in monitors if isinstance(m, GradientMonitor)), None)
     progress = ProgressLog(int(cfg.log_interval), run.tokens_per_step, grad_monitor=grad_monitor)
     callbacks = [
@@ -462,17 +470,17 @@ def results(run: Run, trainer: L.Trainer, module: GPTModule, data: Data, parts: 
 # ---------------------------------------------------------------------------- the other uses of the steps
 
 
-def evaluate_only(cfg: DictConfig, run_dir: Path, device: DeviceChoice) -> dict:
-    """eval_only=true: one evaluation of a checkpoint (or of a fresh model), written to eval.json.
-    A run's training.log, metrics.json, config.yaml, checkpoints and TensorBoard events are
-    never touched: evaluating a finished run leaves its history as it was."""
-    ckpt = _eval_checkpoint(cfg, run_dir)
+def evaluate_only(cfg: DictConfig, run_dir: Path, device: DeviceChoice, source=None) -> dict:
+    """eval_only=true: one evaluation of a checkpoint, of init_from's weights, or of a fresh model,
+    written to eval.json. A run's training.log, metrics.json, config.yaml, checkpoints and
+    TensorBoard events are never touched: evaluating a finished run leaves its history as it was."""
+    ckpt = None if source is not None else _eval_checkpoint(cfg, run_dir)
     data = build_data(cfg)
     step = 0
     if ckpt is not None:
         check_compatible(load_checkpoint(ckpt, mmap=True)["gptlab"], data.mconf.to_dict(), "config")
         step = checkpoint_step(ckpt)
-    module = build_module(cfg, data)
+    module = build_module(cfg, data, source)
     trainer = L.Trainer(
         accelerator=device.accelerator,
         devices=device.devices,
@@ -489,6 +497,7 @@ def evaluate_only(cfg: DictConfig, run_dir: Path, device: DeviceChoice) -> dict:
         use_distributed_sampler=False,
     )
     what = str(ckpt) if ckpt else "a freshly initialised model (no checkpoint in the run folder)"
+    what = f"init_from={cfg.init_from}" if source is not None else what
     log.info(f"eval_only: evaluating {what} on {cfg.eval_iters} batches per split")
     trainer.validate(
         module, datamodule=data.dm, ckpt_path=str(ckpt) if ckpt else None, weights_only=True, verbose=False
@@ -496,7 +505,7 @@ def evaluate_only(cfg: DictConfig, run_dir: Path, device: DeviceChoice) -> dict:
     ev = module.last_eval
     result = {
         "status": "eval_only",
-        "checkpoint": str(ckpt) if ckpt else None,
+        "checkpoint": str(ckpt) if ckpt else (str(source.path) if source is not None else None),
         "step": step,
         "train_loss": ev.get("train"),
         "val_loss": ev.get("val"),
