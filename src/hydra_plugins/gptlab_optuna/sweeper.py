@@ -54,14 +54,12 @@ SPACE = "search_space"  # the study's user attribute: the space it was created w
 
 
 def distribution(o: Override):
-    """Optuna's distribution for one swept override: interval (float, or int when both ends are
-    whole numbers; tag(log, ...) for a log scale), range (a step) or choice / a,b,c (categories)."""
+    """Optuna's distribution for one swept override: interval (floats; tag(log, ...) for a log
+    scale), range (whole numbers, or floats, with a step) or choice / a,b,c (categories)."""
     opt = st.need()
     v, key = o.value(), o.get_key_element()
     if isinstance(v, IntervalSweep):
-        log_scale = "log" in (v.tags or set())
-        if isinstance(v.start, int) and isinstance(v.end, int):
-            return opt.distributions.IntDistribution(v.start, v.end, log=log_scale)
+        log_scale = "log" in (v.tags or set())  # Hydra's interval is always a float one: range() for whole numbers
         return opt.distributions.FloatDistribution(float(v.start), float(v.end), log=log_scale)
     if isinstance(v, RangeSweep) and v.step and v.stop > v.start:
         last = v.start + v.step * math.ceil((v.stop - v.start) / v.step - 1)  # range's end is left out
@@ -139,21 +137,22 @@ class GptlabOptunaSweeper(Sweeper):
         and the command line's fixed overrides (a fixed key leaves the search space)."""
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         params = [f"{k}={v}" for k, v in self.conf.params.items()]
-        space, fixed = {}, []
+        space, fixed = {}, {}  # the last value given for a key wins, as in Hydra
         for o in parser.parse_overrides(params + list(arguments)):
             key = o.get_key_element()
             if o.is_sweep_override():
                 space[key] = o
+                fixed.pop(key, None)
             else:
                 space.pop(key, None)
-                fixed.append(o.input_line)
+                fixed[key] = o.input_line
         if not space:
             raise ConfigError(
                 "the search has no parameters: give hydra.sweeper.params (hparams_search=shakespeare_optuna "
                 "has an example) or swept values such as 'learning_rate=tag(log, interval(1e-4, 1e-2))'"
             )
         check_override_keys([f"{k}=0" for k in space])  # a misspelt key: 'did you mean', before any run
-        return {k: distribution(o) for k, o in space.items()}, fixed
+        return {k: distribution(o) for k, o in space.items()}, list(fixed.values())
 
     def open(self, sweep_dir: Path, space: dict, pruner):
         """The study: new, or the stored one with resume=true (which must search the same space)."""
