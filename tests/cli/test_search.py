@@ -62,6 +62,13 @@ def test_a_run_reports_to_its_trial_and_stops_when_pruned(compose, tmp_path):
     assert frozen.intermediate_values[5] == pytest.approx(metrics["evals"][1]["val_loss"], abs=1e-6)
 
 
+def test_without_optuna_a_search_says_how_to_install_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(st, "optuna", None)  # as when `import optuna` failed
+    with pytest.raises(ConfigError, match=r"hparams_search needs optuna: pip install 'gptlab\[optuna\]'"):
+        st.open_study(tmp_path, "minimize", 1, 1)
+    assert not (tmp_path / "optuna.db").exists()
+
+
 def test_an_existing_study_is_not_overwritten_without_resume(tiny, run_cli, tmp_path):
     study = st.open_study(tmp_path, "minimize", 1, 1)
     study.tell(study.ask(), 3.0)
