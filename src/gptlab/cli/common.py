@@ -24,13 +24,14 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+import hydra_plugins.gptlab_optuna.config  # noqa: F401 -- stores hydra/sweeper=gptlab_optuna (docs/search.md)
 from gptlab.errors import ConfigError, GptlabError
 
 # conf/ ships inside the wheel as gptlab/conf; in a source checkout (and an editable install) it is
 # the repository's own conf/ at the top, where people read and edit it
 _PACKAGE = Path(__file__).resolve().parents[1]
 CONF_DIR = _PACKAGE / "conf" if (_PACKAGE / "conf").is_dir() else _PACKAGE.parents[1] / "conf"
-GROUPS = ("data", "model", "trainer", "experiment", "variant", "profile")
+GROUPS = ("data", "model", "trainer", "experiment", "variant", "profile", "hparams_search")
 # group -> (one of them, all of them), for "unknown experiment 'x' ... The experiments: ..."
 GROUP_NAMES = {
     "data": ("data config", "data configs"),
@@ -39,6 +40,7 @@ GROUP_NAMES = {
     "experiment": ("experiment", "experiments"),
     "variant": ("variant", "variants"),
     "profile": ("profile", "profiles"),
+    "hparams_search": ("hyperparameter search", "hyperparameter searches"),
     "hydra/launcher": ("launcher", "launchers"),
 }
 # Keys whose value is free text (a prompt, a sentence): quoted for Hydra's parser, which would

@@ -16,14 +16,18 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.plugins import Plugins
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from gptlab import study
 from gptlab.cli import common
 from gptlab.cli.sweep import clear_failure, record_failure, write_stopped_summary
 from gptlab.config import validate
 from gptlab.errors import GptlabError, RunInterrupted
+from gptlab.training.callbacks.pruning import TrialPruning
 from gptlab.training.run import train
+from hydra_plugins.gptlab_optuna.sweeper import PRUNED_AT, GptlabOptunaSweeper
 
 log = logging.getLogger("gptlab")
 
@@ -67,6 +71,19 @@ def _announce(hc, multirun: bool) -> None:
         )
 
 
+def _search_callbacks(hc, multirun: bool) -> list:
+    """A trial of hparams_search with a pruner: its run reports to its trial, the sweeper's job
+    number being the trial number."""
+    sw = hc.sweeper
+    if not multirun or sw.get("_target_") != SWEEPER or sw.get("pruner", "none") == "none":
+        return []
+    pruner = study.make_pruner(sw.pruner, int(sw.pruner_startup_trials), int(sw.pruner_warmup_steps))
+    return [TrialPruning(study.trial(hc.sweep.dir, int(hc.job.num), pruner), PRUNED_AT)]
+
+
+SWEEPER = f"{GptlabOptunaSweeper.__module__}.{GptlabOptunaSweeper.__name__}"
+
+
 @hydra.main(version_base="1.3", config_path=str(common.CONF_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
@@ -78,7 +95,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     try:
         clear_failure(run_dir)
         with _ranks_for_this_job(hc, run_dir):
-            metrics = train(cfg, run_dir, hparam_keys=hparam_keys)
+            metrics = train(cfg, run_dir, callbacks=_search_callbacks(hc, multirun), hparam_keys=hparam_keys)
         return metrics.get("best_val_loss")  # what a Hydra sweeper would minimise
     except RunInterrupted as e:
         # a signal stops a whole sweep too; the same command with resume=true continues it
@@ -121,4 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     if not any(a.startswith("-") for a in args):  # one run (not -m, --cfg, --help): no run folder for a mistake
         validate(common.compose("train", args))
     sys.argv = [sys.argv[0], *common.resolve_profile(args), *common.sweep_folder_names(args)]
+    # Hydra finds sweepers by walking the hydra_plugins package, which an editable install
+    # (pip install -e .) hides from that walk: registered here, hparams_search works either way
+    Plugins.instance().register(GptlabOptunaSweeper)
     _hydra_main()

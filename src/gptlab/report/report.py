@@ -10,7 +10,9 @@ Reads what each run folder of the sweep wrote -- metrics.json, training.log,
   train dotted: the guide's "tool 2"), plus scaling.png for the scaling experiment;
 - the guide's analysis template for each run: early loss drop, convergence verdict, final and
   best val loss, train-val gap and overfitting flag, time, speed, memory, the generated sample;
-- the rules behind every verdict (gptlab.analysis holds the computations and thresholds).
+- the rules behind every verdict (gptlab.analysis holds the computations and thresholds);
+- for a hparams_search sweep, its Optuna study: the best trial, every trial, optuna_history.png
+  and optuna_importances.png (report/search.py).
 
 Given an experiment folder that holds several timestamped sweeps, or nothing (outputs/), it
 reports the newest sweep below it and says which; runs of two sweeps are never mixed.
@@ -28,6 +30,7 @@ from omegaconf import OmegaConf
 
 from gptlab import analysis as an
 from gptlab.errors import ConfigError
+from gptlab.report import search
 from gptlab.rundir import CONFIG, METRICS, PLACE_KEYS, TRAINING_LOG, read_metrics
 from gptlab.rundir import FAILED_LEGACY as FAILED
 from gptlab.rundir import parse_log as _parse_log
@@ -1033,6 +1036,7 @@ def report(folder: str | Path | None) -> str:
         )
     parts.append(f"## {question or 'Verdict'}")
     parts += answer
+    parts += search.section(sweep_dir)  # a hparams_search sweep: its Optuna study
     parts += [
         "## Loss curves",
         "![train and val loss](loss_curves.png)",

@@ -1,0 +1,1 @@
+"""gptlab's Optuna sweeper for Hydra (hydra/sweeper=gptlab_optuna); see sweeper.py."""
