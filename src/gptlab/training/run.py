@@ -56,6 +56,7 @@ from gptlab.rundir import (
     write_metrics,
 )
 from gptlab.training import lr_find, memory
+from gptlab.training import passthrough as trainer_args
 from gptlab.training.callbacks.logs import (
     EvalSamples,
     FinalEvaluation,
@@ -129,8 +130,14 @@ def train(
     """Train (or, with eval_only, evaluate) as cfg says, writing into run_dir; returns the
     metrics.json dict (eval.json's for eval_only). No other run may use run_dir meanwhile: rank
     0 holds its lock. callbacks run after the run's own (the bench times steps through one);
-    hparam_keys: more keys for TensorBoard's HPARAMS tab (a sweep's swept keys)."""
+    hparam_keys: more keys for TensorBoard's HPARAMS tab (a sweep's swept keys). The config's own
+    `callbacks` node is built by the entry points (gptlab.train, the command line), which know Hydra."""
     run_dir = Path(run_dir)
+    if not callbacks and any(v is not None for v in (cfg.get("callbacks") or {}).values()):
+        raise ConfigError(
+            "the config names callbacks (callbacks.*), which this function does not build: call gptlab.train(cfg, "
+            "run_dir), which does, or pass them built: callbacks=[...]"
+        )
     device = settings(cfg)  # before the lock: refused settings leave no trace, not even the folder
     with RunLock(run_dir) if rank_zero_only.rank == 0 else contextlib.nullcontext():
         run = Run(cfg, run_dir, device, hparam_keys=tuple(hparam_keys))
@@ -160,6 +167,7 @@ def settings(cfg: DictConfig) -> DeviceChoice:
     if rank_zero_only.rank != 0:
         log.setLevel(logging.WARNING)  # under DDP only rank 0 writes the console log
     validate(cfg)
+    trainer_args.check(cfg)  # +trainer.<argument>=... : a Lightning Trainer argument, and a value it takes
     device = resolve_device(cfg)
     if device.accelerator == "gpu":
         torch.set_float32_matmul_precision("high")  # float32 matmuls on TF32 tensor cores (Ampere and newer)
@@ -311,6 +319,7 @@ def build_callbacks(run: Run, data: Data, extra: Sequence[L.Callback] = ()) -> P
         FinalEvaluation(int(cfg.max_iters), int(cfg.eval_interval)),
         RngState(),
         StopOnSignal(run_dir / LAST),
+        *trainer_args.callbacks(cfg),  # trainer.max_time's timer
         *extra,
     ]
     if int(cfg.eval_sample_tokens) > 0 and str(cfg.trainer.strategy) != "fsdp":
@@ -377,6 +386,7 @@ def build_trainer(run: Run, callbacks: list) -> L.Trainer:
         deterministic=bool(cfg.trainer.deterministic),
         default_root_dir=str(run_dir),
         use_distributed_sampler=False,  # each rank draws its own random windows (GPTDataModule)
+        **trainer_args.passthrough(cfg),  # +trainer.<argument>=... (training/passthrough.py)
     )
 
 
@@ -675,4 +685,6 @@ def stop_reason(cfg: DictConfig, trainer, early_stop: EarlyStopping | None) -> t
         return "early_stopping", f"early stopping: {early_stop.stopping_reason_message}"
     if trainer.global_step >= int(cfg.max_iters):
         return "max_iters", f"max_iters={cfg.max_iters} reached"
+    if trainer_args.time_limit_reached(trainer):
+        return "max_time", f"trainer.max_time={cfg.trainer.max_time} reached (training time, evaluations included)"
     return "stopped", f"stopped at step {trainer.global_step} before max_iters={cfg.max_iters}"
