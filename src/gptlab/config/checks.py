@@ -99,7 +99,7 @@ CALLBACKS = Rule(
         and all(c is None or (OmegaConf.is_dict(c) and isinstance(c.get("_target_"), str)) for c in v.values())
     ),
     "named nodes, each with _target_ set to a Lightning Callback's import path "
-    "(+callbacks.swa._target_=lightning.pytorch.callbacks.StochasticWeightAveraging)",
+    "(+callbacks.swa._target_=lightning.pytorch.callbacks.WeightAveraging)",
 )
 
 # Every key of conf/train.yaml and its groups: key -> what it takes. validate() checks them in this
@@ -154,6 +154,7 @@ SCHEMA: dict[str, Rule] = {
     "dtype": one_of(*DTYPES),
     "compile": BOOL,
     "pad_vocab": BOOL,
+    "peak_tflops": number(0, lo_open=True, null=True, says="> 0 (TFLOP/s of one device: H100 bf16 989) or null"),
     "seed": integer(0, 2**32 - 1),
     "sample_tokens": integer(0),
     "eval_sample_tokens": integer(0),

@@ -55,7 +55,7 @@ from gptlab.rundir import (
     write_failure,
     write_metrics,
 )
-from gptlab.training import lr_find, memory
+from gptlab.training import flops, lr_find, memory
 from gptlab.training import passthrough as trainer_args
 from gptlab.training.callbacks.logs import (
     EvalSamples,
@@ -309,7 +309,12 @@ def build_callbacks(run: Run, data: Data, extra: Sequence[L.Callback] = ()) -> P
     )
     monitors = build_monitors(cfg, data.mconf.vocab_size, resume)
     grad_monitor = next((m for m in monitors if isinstance(m, GradientMonitor)), None)
-    progress = ProgressLog(int(cfg.log_interval), run.tokens_per_step, grad_monitor=grad_monitor)
+    peak, source = flops.training_peak(
+        run.device.accelerator, run.device.dtype, cfg.get("peak_tflops"), _first(run.device)
+    )
+    if peak is not None or run.on_gpu:
+        log.info(f"MFU against {source}" if peak is not None else source)
+    progress = ProgressLog(int(cfg.log_interval), run.tokens_per_step, grad_monitor=grad_monitor, peak_flops=peak)
     callbacks = [
         training_log,
         *monitors,  # before ProgressLog: it prints the gradient norm GradientMonitor reads
@@ -578,6 +583,10 @@ def disk_report(run_dir: Path, export: bool) -> dict[str, int]:
     return sizes
 
 
+def _first(device: DeviceChoice) -> int:
+    return device.devices[0] if isinstance(device.devices, list) else 0  # cuda:N's N
+
+
 def cluster_plugins() -> list:
     """Under SLURM: Lightning's SLURM environment without its auto-requeue, whose SIGUSR1 handler
     saves mid-step to hpc_ckpt_N.ckpt -- a file the run folder's tools do not know and that Lightning
@@ -652,6 +661,7 @@ def measurements(run: Run, trainer, module: GPTModule, parts: Parts, wall: float
         "tokens_per_step": tokens_per_step,  # slots: packed/padded batches hold fewer real tokens
         "tokens_seen": steps * tokens_per_step,
         "tokens_per_s": parts.progress.tokens_per_second,
+        "mfu": parts.progress.mfu,  # null without a peak (CPUs; GPUs not in training/flops.py's table)
         "padding_efficiency": parts.progress.padding_efficiency,
         "wall_time_s": round(wall, 2),
         "peak_memory_bytes": peak,  # this run's peak: GPU allocator (cuda) or resident set size (rss)
