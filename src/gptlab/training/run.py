@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from gptlab.config import data_spec, model_config, plain, resolve_device, token_masking, validate
 from gptlab.config.device import DeviceChoice
 from gptlab.data.datamodule import GPTDataModule
-from gptlab.data.dataset import DataSpec, ensure_prepared
+from gptlab.data.dataset import DataSpec, ensure_prepared, val_bytes_per_token
 from gptlab.data.tokenizer import undecodable_ids
 from gptlab.errors import ConfigError, RunInterrupted
 from gptlab.model import Block, GPTConfig
@@ -306,6 +306,7 @@ def build_callbacks(run: Run, data: Data, extra: Sequence[L.Callback] = ()) -> P
         append=resume,
         tokens_per_step=run.tokens_per_step,
         resumed=(run.resume_step, run.changes) if run.changes else None,
+        bits=val_bits(data),
     )
     monitors = build_monitors(cfg, data.mconf.vocab_size, resume)
     grad_monitor = next((m for m in monitors if isinstance(m, GradientMonitor)), None)
@@ -583,6 +584,13 @@ def disk_report(run_dir: Path, export: bool) -> dict[str, int]:
     return sizes
 
 
+def val_bits(data: Data) -> tuple[str, float]:
+    """Bits per character for char tokens; per byte of the val text for BPE (its bytes per token)."""
+    if data.dm.meta.get("tokenizer") == "char":
+        return "bpc", 1.0
+    return "bpb", val_bytes_per_token(data.spec.dir, data.dm.meta)
+
+
 def _first(device: DeviceChoice) -> int:
     return device.devices[0] if isinstance(device.devices, list) else 0  # cuda:N's N
 
@@ -670,6 +678,7 @@ def measurements(run: Run, trainer, module: GPTModule, parts: Parts, wall: float
         "params": module.model.num_params(),
         "vocab_size": module.model.config.vocab_size,
     }
+    m.update(parts.training_log.val_units(m["final_val_loss"], m["best_val_loss"]))  # ppl, bpc / bpb
     if parts.training_log.resumes:
         m["resumes"] = parts.training_log.resumes  # settings changed at a resume: [{step, changed: {key: [old, new]}}]
     for cb in parts.monitors:

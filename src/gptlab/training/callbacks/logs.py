@@ -13,6 +13,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
+from gptlab.analysis import bits, loss_units, perplexity
 from gptlab.errors import NonFiniteLossError
 from gptlab.rundir import BEST, LAST, eval_line, write_text_atomic
 from gptlab.training.scalars import ScalarSeries
@@ -28,9 +29,16 @@ class TrainingLog(L.Callback):
     history kept for metrics.json."""
 
     def __init__(
-        self, path: str | Path, append: bool = False, tokens_per_step: int = 0, resumed: tuple[int, dict] | None = None
+        self,
+        path: str | Path,
+        append: bool = False,
+        tokens_per_step: int = 0,
+        resumed: tuple[int, dict] | None = None,
+        bits: tuple[str, float] = ("bpc", 1.0),
     ):
         self.path = Path(path)
+        # ("bpc", 1) for char tokens; ("bpb", the val split's bytes per token) for BPE: val/bpc or val/bpb
+        self.bits_unit, self.bytes_per_token = bits
         self.append = append
         self.tokens_per_step = tokens_per_step  # for the losses against tokens seen (TensorBoard by_tokens/)
         self.history: list[dict] = []
@@ -63,6 +71,10 @@ class TrainingLog(L.Callback):
         with open(self.path, "a") as f:
             f.write(line + "\n")
         log.info(line)
+        if trainer.logger is not None:
+            ppl, b = perplexity(rec["val_loss"]), bits(rec["val_loss"], self.bytes_per_token)
+            units = {"val/ppl": ppl, f"val/{self.bits_unit}": b}
+            trainer.logger.log_metrics({k: v for k, v in units.items() if v is not None}, step=rec["step"])
         if trainer.logger is not None and self.tokens_per_step:
             self._log_by_tokens(trainer, rec)
 
@@ -116,6 +128,13 @@ class TrainingLog(L.Callback):
             keep = [ln for ln in lines if not ((m := re.match(r"step (\d+):", ln)) and int(m.group(1)) > last)]
             if len(keep) != len(lines):
                 write_text_atomic(self.path, "".join(keep))
+
+    def val_units(self, final: float | None, best: float | None) -> dict:
+        """metrics.json's perplexity and bits per character / byte of the final and best val loss."""
+        units = loss_units(final, best, self.bits_unit, self.bytes_per_token)
+        if self.bits_unit == "bpb":
+            units["val_bytes_per_token"] = self.bytes_per_token
+        return units
 
     def best(self) -> dict | None:
         finite = [r for r in self.history if math.isfinite(r["val_loss"])]
