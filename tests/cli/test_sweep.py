@@ -11,7 +11,6 @@ import sys
 import time
 
 import pytest
-
 from omegaconf import OmegaConf
 
 from gptlab.cli.sweep import clear_failure, job_count, job_line
