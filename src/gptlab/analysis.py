@@ -38,6 +38,32 @@ def finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
+# --- the loss in other units: perplexity, and bits per character (char tokens) or per byte (BPE)
+
+
+def perplexity(loss: float | None) -> float | None:
+    """exp(loss): the number of equally likely tokens the model is as unsure as (inf past exp's range)."""
+    if not finite(loss):
+        return None
+    return math.exp(loss) if loss < 700 else math.inf
+
+
+def bits(loss: float | None, bytes_per_token: float = 1.0) -> float | None:
+    """The loss (nats per token) as bits per character (char tokens: bytes_per_token 1) or per byte
+    of text (BPE: the val split's UTF-8 bytes per token), comparable across tokenizers."""
+    return loss / math.log(2) / bytes_per_token if finite(loss) else None
+
+
+def loss_units(final: float | None, best: float | None, unit: str, bytes_per_token: float = 1.0) -> dict:
+    """metrics.json's perplexities and bits (unit bpc or bpb) of the final and the best val loss."""
+    return {
+        "final_val_ppl": perplexity(final),
+        "best_val_ppl": perplexity(best),
+        f"final_val_{unit}": bits(final, bytes_per_token),
+        f"best_val_{unit}": bits(best, bytes_per_token),
+    }
+
+
 @dataclass(frozen=True)
 class Verdict:
     name: str  # converged | still improving | oscillating | diverged | unknown

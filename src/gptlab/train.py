@@ -1,11 +1,20 @@
 """`python -m gptlab.train`: the same as `gptlab train` (gptlab.cli.train). Also the Python API:
-`from gptlab import train` then `train(cfg, run_dir)` (gptlab.training.run.train)."""
+`from gptlab import train` then `train(cfg, run_dir)`: gptlab.training.run.train with the config's
+`callbacks` entries built first (Hydra's instantiate, which only cli/ may call)."""
 
 import sys
 import types
+from collections.abc import Sequence
+from pathlib import Path
 
-from gptlab.cli.train import main
-from gptlab.training.run import train
+from gptlab.cli.train import instantiate_callbacks, main
+from gptlab.training import run
+
+
+def train(cfg, run_dir: str | Path, callbacks: Sequence = (), hparam_keys: Sequence[str] = ()) -> dict:
+    """One run of cfg in run_dir (gptlab.training.run.train); returns metrics.json's dict. The
+    config's callbacks run before the ones given here."""
+    return run.train(cfg, run_dir, callbacks=[*instantiate_callbacks(cfg), *callbacks], hparam_keys=hparam_keys)
 
 
 class _CallableModule(types.ModuleType):

@@ -11,8 +11,9 @@ import sys
 import time
 
 import pytest
+from omegaconf import OmegaConf
 
-from gptlab.cli.sweep import clear_failure
+from gptlab.cli.sweep import clear_failure, job_count, job_line
 from gptlab.training.resume import FINISHED, starting_point
 from gptlab.training.run import train
 
@@ -37,7 +38,7 @@ def test_failed_runs_do_not_stop_a_sweep(tiny, compose, tmp_path):
     # starts at the same moment. No out_dir: both get outputs/multirun/<date>/<time>_<pid>
     a = _start(["-m", "learning_rate=1e30,-1,2e-3", "max_iters=20", "eval_interval=10", *tiny], tmp_path)
     b = _start(["-m", "learning_rate=-1", *tiny], tmp_path)
-    _, a_err = a.communicate(timeout=300)
+    a_out, a_err = a.communicate(timeout=300)
     _, b_err = b.communicate(timeout=300)
 
     sweeps = sorted(tmp_path.glob("outputs/multirun/*/*"))
@@ -45,6 +46,11 @@ def test_failed_runs_do_not_stop_a_sweep(tiny, compose, tmp_path):
     assert b.returncode == 1 and "learning_rate must be > 0" in b_err
 
     assert a.returncode == 1, a_err[-3000:]
+    # each job announces itself out of the sweep's 3; from the second on, with the time left
+    jobs = [line.split("] ", 1)[1] for line in a_out.splitlines() if re.match(r"\[[\d:]+\] job \d", line)]
+    assert [j.split(":")[0] for j in jobs] == ["job 1/3", "job 2/3", "job 3/3"], a_out[-3000:]
+    assert jobs[0] == "job 1/3: 0_learning_rate=1e+30"
+    assert re.fullmatch(r"job 3/3: 2_learning_rate=0.002 \| 2 finished, \d+s each: ETA \d+s", jobs[2]), jobs
     sweep = next(s for s in sweeps if (s / "0_learning_rate=1e+30").is_dir())
     runs = _runs(sweep)
     summary = a_err[a_err.index("sweep finished with 2 of 3 runs failed") :]
@@ -154,3 +160,27 @@ def test_resume_true_skips_the_finished_runs_of_a_sweep(tiny, run_cli, tmp_path)
     assert again["status"] == "ok" and again["iters"] == 4
     steps = [int(line.split()[1][:-1]) for line in (runs["1"] / "training.log").read_text().splitlines()]
     assert steps == [0, 2, 4]  # continued from its step-4 checkpoint: nothing trained twice
+
+
+def _sweep_config(
+    params: dict, task: list[str], sweeper: str = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+):
+    hydra = {"sweeper": {"_target_": sweeper, "params": params}, "overrides": {"task": task}}
+    return OmegaConf.create({"hydra": hydra})
+
+
+def test_job_count_is_the_basic_sweepers_own_expansion():
+    # an experiment's declared grid times the command line's sweeps; a swept key given again wins
+    assert job_count(_sweep_config({"dropout": "0,0.2", "weight_decay": "0,0.1"}, ["seed=1,2,3"])) == 12
+    assert job_count(_sweep_config({"dropout": "0,0.2"}, ["dropout=0.1", "max_iters=5"])) == 1
+    assert job_count(_sweep_config({}, ["learning_rate=range(1,4)", "n_layer=choice(2,4)"])) == 6
+    optuna = _sweep_config({}, [], sweeper="hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper")
+    assert job_count(optuna) is None
+    optuna.hydra.sweeper.n_trials = 20
+    assert job_count(optuna) == 20
+
+
+def test_job_line_gives_the_time_left_from_finished_jobs():
+    assert job_line(0, 4, "0_a=1", []) == "job 1/4: 0_a=1"
+    assert job_line(2, 4, "2_a=3", [60.0, 70.0]) == "job 3/4: 2_a=3 | 2 finished, 1m05s each: ETA 2m10s"
+    assert job_line(5, None, "5_x", [10.0]) == "job 6: 5_x"  # a sweeper that does not say how many

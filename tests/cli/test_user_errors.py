@@ -76,7 +76,7 @@ def tiny_run(tmp_path_factory, compose):
         (["+misspelt_key=1"], "unknown config key 'misspelt_key'"),
         (["+lerning_rate=1"], "unknown config key 'lerning_rate'. Did you mean 'learning_rate'?"),
         (["++lerning_rate=1"], "unknown config key 'lerning_rate'. Did you mean 'learning_rate'?"),
-        (["+trainer.max_epochs=1"], "unknown config key 'trainer.max_epochs'"),
+        (["+trainers.max_epochs=1"], "unknown config key 'trainers.max_epochs'"),
         (["~lerning_rate"], "unknown config key 'lerning_rate'"),
         (["a=[b"], "cannot read 'a=[b': "),
     ],
@@ -91,6 +91,8 @@ def test_names_that_exist_pass():
         ["data=exp3_regularization/cpu", "experiment=null", "~variant", "hydra/launcher=joblib", "--cfg", "job"]
     )
     cli.check_override_keys(["-m", "variant=glob(large*)", "experiment=exp1_hparams", "+lr_find.min_lr=1e-5"])
+    # open nodes: Lightning Trainer arguments (checked against its signature when training starts), callbacks
+    cli.check_override_keys(["+trainer.max_time=00:01:00:00", "+callbacks.swa._target_=a.B", "+callbacks.swa.x=1"])
 
 
 def test_a_misspelt_experiment_never_runs_the_default_job(tmp_path, capsys):

@@ -14,7 +14,7 @@ from gptlab.errors import ConfigError
 
 def leaves(node, prefix=""):
     for k, v in node.items():
-        if OmegaConf.is_dict(v):
+        if OmegaConf.is_dict(v) and len(v):  # an empty node (callbacks: {}) is a key of its own
             yield from leaves(v, f"{prefix}{k}.")
         else:
             yield prefix + k

@@ -53,7 +53,9 @@ def check_report(sweep):
         cells = row.split(" | ")
         assert float(cells[4]) == pytest.approx(m["final_val_loss"] - m["final_train_loss"], abs=1e-4)
         assert float(cells[5]) == pytest.approx(m["best_val_loss"], abs=1e-4)
-        assert cells[8] == "max_iters"
+        assert float(cells[6]) == pytest.approx(m["best_val_ppl"], abs=0.01)  # best val ppl
+        assert float(cells[7]) == pytest.approx(m["best_val_bpc"], abs=1e-4)  # best val bpc (char-level)
+        assert cells[10] == "max_iters"
     verdict = next(ln for ln in text.splitlines() if ln.startswith("**Verdict:**"))
     assert QUESTION in verdict and "Cost in best_val_loss" in verdict  # the question from the experiment's config
     assert (sweep / "comparison.png").read_bytes()[:8] == PNG_MAGIC
@@ -440,7 +442,7 @@ def test_failed_runs_are_listed_with_their_error(tmp_path):
     old.mkdir()
     (old / "failed.json").write_text(json.dumps({"error": "learning_rate must be > 0", "type": "ConfigError"}))
     text = report.report(tmp_path)
-    assert "| 2_learning_rate=-1 | -1 | - | - | - | - | - | - | - | failed | - |" in text
+    assert "| 2_learning_rate=-1 | -1 | - | - | - | - | - | - | - | - | - | failed | - |" in text
     assert (
         "- `1_learning_rate=1` (learning_rate=1): diverged: "
         "NonFiniteLossError: the training loss became NaN/inf at step 30" in text
@@ -513,3 +515,24 @@ def test_the_guides_parse_log_reads_training_log(tmp_path):
     steps, train, val = namespace["parse_log"](str(log))
     assert steps == [0, 250, 500] and train == [4.1741, 2.0123, 1.5] and val == [4.1702, 2.1, 1.6835]
     assert (steps, train, val) == tuple(map(list, report.parse_log(log)))
+
+
+def test_the_table_gives_perplexity_and_bits_beside_the_loss(tmp_path):
+    flat = lambda s: 1.5  # noqa: E731
+    bpb = {"best_val_ppl": 5.0, "final_val_ppl": 5.0, "best_val_bpb": 0.75, "final_val_bpb": 0.75}
+    write_run(tmp_path / "bpe", "0_dropout=0", flat, settings={"dropout": 0}, metrics=bpb)
+    write_run(tmp_path / "bpe", "1_dropout=0.2", flat, settings={"dropout": 0.2}, metrics=bpb)
+    text = report.report(tmp_path / "bpe")
+    table = section(text, "## Runs")
+    assert "| best val | best val ppl | best val bpb | best at step |" in table
+    assert "| 1.6000 | 5.00 | 0.7500 | 0 |" in table  # val = train + gap 0.1
+    assert "- final val perplexity 5.00, 0.7500 bpb; best val perplexity 5.00, 0.7500 bpb" in text
+    # runs from before the figures were recorded: perplexity from the loss, bits only for char-level
+    old = write_run(tmp_path / "old", "0_dropout=0", flat, settings={"dropout": 0})
+    cfg = json.loads((old / "config.yaml").read_text())
+    (old / "config.yaml").write_text(json.dumps({**cfg, "data": {"tokenizer": "char"}}))
+    write_run(tmp_path / "old", "1_dropout=0.2", flat, settings={"dropout": 0.2})  # BPE, say: no bytes per token
+    table = section(report.report(tmp_path / "old"), "## Runs")
+    ppl = f"{math.exp(1.6):.2f}"
+    assert f"| 1.6000 | {ppl} | {1.6 / math.log(2):.4f} | " in table and "| best val bpc |" in table
+    assert f"| 1.6000 | {ppl} | - | " in table

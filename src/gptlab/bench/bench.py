@@ -34,6 +34,7 @@ from gptlab.data.dataset import ensure_prepared, fetch_corpus, load_meta, read_t
 from gptlab.data.tokenizer import CharTokenizer, TiktokenTokenizer
 from gptlab.errors import ConfigError
 from gptlab.model import GPT
+from gptlab.training.flops import measured_matmul_peak, peak_flops
 
 
 @dataclass
@@ -75,48 +76,6 @@ PRESETS = {
         (10, 40),
     ),
 }
-
-# Dense peak FLOP/s from the vendors' data sheets (SXM parts): bf16/fp16 tensor cores, TF32, fp32.
-GPU_PEAKS = {
-    "H200": {"bfloat16": 989e12, "float16": 989e12, "tf32": 494e12},
-    "H100": {"bfloat16": 989e12, "float16": 989e12, "tf32": 494e12},
-    "A100": {"bfloat16": 312e12, "float16": 312e12, "tf32": 156e12},
-}
-
-
-def peak_flops(on_cuda: bool, dtype: str) -> tuple[float, str]:
-    """The FLOP/s that MFU is measured against, and where the number comes from."""
-    if on_cuda:
-        name = torch.cuda.get_device_name()
-        key = "tf32" if dtype == "float32" else dtype
-        for chip, peaks in GPU_PEAKS.items():
-            if chip in name:
-                return peaks[key], f"{name}, {key} dense peak from the data sheet"
-        return _measured_matmul_peak(
-            "cuda", torch.bfloat16 if dtype != "float32" else torch.float32, 8192
-        ), f"{name}: measured {dtype} matmul peak (chip not in the table)"
-    threads = torch.get_num_threads()
-    peak = _measured_matmul_peak("cpu", torch.float32, 1024)
-    return (
-        peak,
-        f"CPU, {threads} threads: best float32 1024x1024 matmul rate measured now (no data-sheet peak for CPUs)",
-    )
-
-
-def _measured_matmul_peak(device: str, dtype: torch.dtype, n: int, reps: int = 30) -> float:
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    best = float("inf")
-    for _ in range(reps + 2):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        a @ b
-        if device == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
-
 
 # --------------------------------------------------------------------------- one side, one process
 
@@ -420,7 +379,7 @@ def bench_preset(
             )
     if peak[1].startswith("CPU"):
         # a matmul rate measured once can catch a busy moment on a shared machine: keep the best seen
-        again = _measured_matmul_peak("cpu", torch.float32, 1024)
+        again = measured_matmul_peak("cpu", torch.float32, 1024)
         if again > peak[0]:
             peak = (again, peak[1])
             print(f"   MFU against {again / 1e12:.3f} TFLOP/s: a higher matmul rate measured after these runs")

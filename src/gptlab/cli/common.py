@@ -46,9 +46,9 @@ GROUP_NAMES = {
 # Keys whose value is free text (a prompt, a sentence): quoted for Hydra's parser, which would
 # otherwise read [ ] { } # , and non-ASCII characters as syntax
 FREE_TEXT = ("start", "report.question")
-# Nodes under which a `+` may add keys that no config defines. None yet: a pass-through of
-# Lightning Trainer arguments (+trainer.<argument>=...) would add "trainer" here.
-OPEN_NODES: tuple[str, ...] = ()
+# Nodes under which a `+` may add keys that no config defines: trainer (Lightning Trainer arguments,
+# checked against its signature by training/passthrough.py) and callbacks (named _target_ nodes)
+OPEN_NODES: tuple[str, ...] = ("trainer", "callbacks")
 
 # For conf/train.yaml's run folders. ${pid:}: two runs or sweeps started in the same second on one
 # machine get different folders (cached like Hydra's ${now:}, so every job of a sweep agrees).

@@ -17,13 +17,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from gptlab.rundir import EVAL, METRICS, read_metrics, run_status, write_failure, write_text_atomic
+from gptlab.training.callbacks.logs import duration
 
 log = logging.getLogger("gptlab")
 
@@ -79,23 +84,65 @@ def job_dirs(sweep_dir: Path, since: float = 0.0) -> list[Path]:
     return sorted(dirs, key=number)
 
 
+def job_count(config: DictConfig) -> int | None:
+    """How many jobs a multirun launches: Hydra's basic sweeper's own expansion of the experiment's
+    sweeper.params and the command line's sweeps; a sweeper's n_trials (Optuna); else None."""
+    sweeper = config.hydra.sweeper
+    if not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
+        n = sweeper.get("n_trials")
+        return int(n) if isinstance(n, int) else None
+    loader = GlobalHydra.instance().config_loader() if GlobalHydra.instance().is_initialized() else None
+    args = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()] + list(config.hydra.overrides.task)
+    try:
+        overrides = OverridesParser.create(config_loader=loader).parse_overrides(args)
+        return sum(len(batch) for batch in BasicSweeper.split_arguments(overrides, None))
+    except HydraException:
+        return None  # the sweeper itself says what is wrong
+
+
 class SweepReport(Callback):
-    """At the end of a multirun: one line per failed run (its folder and why), sweep.json, and
-    exit status 1 when any run failed (0 when all finished).
+    """Each job starts with `job i/N` and, once a job has finished, the time left at the mean
+    duration of the finished ones. At the end of a multirun: one line per failed run (its folder
+    and why), sweep.json, and exit status 1 when any run failed (0 when all finished).
 
     The outcome of each job is read from its folder, not collected in on_job_end: launchers that
-    run jobs in other processes (joblib) or on other machines (SLURM) call on_job_end there."""
+    run jobs in other processes (joblib) or on other machines (SLURM) call on_job_end there. For
+    the same reason the time left is given only under the basic launcher, which runs the jobs one
+    after another in this process."""
 
     def __init__(self) -> None:
         self.crashed: dict[str, str] = {}  # run dir -> an exception the job did not catch (this process's jobs)
         self.started = 0.0
+        self.total: int | None = None  # jobs in the sweep
+        self.sequential = False  # the basic launcher: jobs one after another, in this process
+        self.durations: list[float] = []  # seconds of each finished job
+        self._job_t0 = 0.0
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.crashed = {}
         self.started = time.time()
+        self.total = job_count(config)
+        self.sequential = str(config.hydra.launcher.get("_target_", "")).endswith("BasicLauncher")
+        self.durations = []
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.hydra.mode != RunMode.MULTIRUN or rank_zero_only.rank != 0:
+            return
+        self._job_t0 = time.time()
+        log.info(
+            job_line(
+                int(config.hydra.job.num),
+                self.total,
+                Path(config.hydra.runtime.output_dir).name,
+                self.durations if self.sequential else [],
+            )
+        )
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        if config.hydra.mode == RunMode.MULTIRUN and job_return.status == JobStatus.FAILED:
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return
+        self.durations.append(time.time() - self._job_t0)
+        if job_return.status == JobStatus.FAILED:
             e = job_return._return_value
             self.crashed[str(Path(config.hydra.runtime.output_dir).resolve())] = f"{type(e).__name__}: {e}"
 
@@ -117,6 +164,16 @@ class SweepReport(Callback):
         print("\n".join(lines), file=sys.stderr, flush=True)
         # Hydra hands nothing back from a multirun to its caller, so the exit status is set here
         sys.exit(1)
+
+
+def job_line(num: int, total: int | None, name: str, durations: list[float]) -> str:
+    """`job 3/8: 2_dropout=0.2 | 2 finished, 1m05s each: ETA 6m30s` (num counts from 0)."""
+    line = f"job {num + 1}/{total}: {name}" if total else f"job {num + 1}: {name}"
+    if not durations or not total:
+        return line
+    mean = sum(durations) / len(durations)
+    left = max(total - num, 1)  # this job and the ones after it
+    return line + f" | {len(durations)} finished, {duration(mean)} each: ETA {duration(mean * left)}"
 
 
 def write_summary(

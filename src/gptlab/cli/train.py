@@ -14,17 +14,21 @@ import sys
 from pathlib import Path
 
 import hydra
+import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.plugins import Plugins
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from gptlab import study
 from gptlab.cli import common
 from gptlab.cli.sweep import clear_failure, record_failure, write_stopped_summary
 from gptlab.config import validate
-from gptlab.errors import GptlabError, RunInterrupted
+from gptlab.errors import ConfigError, GptlabError, RunInterrupted
+from gptlab.training import passthrough
 from gptlab.training.callbacks.pruning import TrialPruning
 from gptlab.training.run import train
 from hydra_plugins.gptlab_optuna.sweeper import PRUNED_AT, GptlabOptunaSweeper
@@ -33,6 +37,39 @@ log = logging.getLogger("gptlab")
 
 _ARGS: list[str] = []  # the command line as given (set by main), for the resume command
 DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+def instantiate_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """The `callbacks` node's entries, built by Hydra's instantiate: each a Lightning Callback,
+    given to the run after its own. Here, not in the library, because only cli/ knows Hydra."""
+    built = []
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if node is None:
+            continue  # callbacks.<name>=null switches off one that a config file adds
+        if not OmegaConf.is_dict(node) or not isinstance(node.get("_target_"), str):
+            raise ConfigError(
+                f"callbacks.{name} has no _target_: give +callbacks.{name}._target_=<module.Class> "
+                "of a Lightning Callback"
+            )
+        try:
+            cb = instantiate(node)
+        except InstantiationException as e:
+            root = e
+            while root.__cause__ is not None:  # Hydra wraps the ImportError or TypeError: name the first one
+                root = root.__cause__
+            what = "cannot import" if str(e).startswith("Error locating target") else "cannot build"
+            raise ConfigError(
+                f"callbacks.{name}: {what} {node._target_} ({type(root).__name__}: {str(root).splitlines()[0]}). "
+                "Give _target_=<module.Class> of a Lightning Callback that Python can import, and only arguments "
+                "its __init__ takes"
+            ) from None
+        if not isinstance(cb, L.Callback):
+            raise ConfigError(
+                f"callbacks.{name}: {node._target_} is not a Lightning Callback (lightning.pytorch.Callback)"
+            )
+        passthrough.check_callback(name, cb)
+        built.append(cb)
+    return built
 
 
 @contextlib.contextmanager
@@ -95,7 +132,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     try:
         clear_failure(run_dir)
         with _ranks_for_this_job(hc, run_dir):
-            metrics = train(cfg, run_dir, callbacks=_search_callbacks(hc, multirun), hparam_keys=hparam_keys)
+            callbacks = [*instantiate_callbacks(cfg), *_search_callbacks(hc, multirun)]
+            metrics = train(cfg, run_dir, callbacks=callbacks, hparam_keys=hparam_keys)
         return metrics.get("best_val_loss")  # what a Hydra sweeper would minimise
     except RunInterrupted as e:
         # a signal stops a whole sweep too; the same command with resume=true continues it
@@ -133,12 +171,20 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 def main(argv: list[str] | None = None) -> None:
     args = common.translate_argv(sys.argv[1:] if argv is None else argv)
     common.check_override_keys(args)
+    passthrough.check_names(o.key_or_group.split(".", 1)[1] for o in common.parse_overrides(args) if _trainer_key(o))
     common.check_resume_args(args)
     _ARGS[:] = args
     if not any(a.startswith("-") for a in args):  # one run (not -m, --cfg, --help): no run folder for a mistake
-        validate(common.compose("train", args))
+        cfg = common.compose("train", args)
+        validate(cfg)
+        passthrough.check(cfg)
+        instantiate_callbacks(cfg)
     sys.argv = [sys.argv[0], *common.resolve_profile(args), *common.sweep_folder_names(args)]
     # Hydra finds sweepers by walking the hydra_plugins package, which an editable install
     # (pip install -e .) hides from that walk: registered here, hparams_search works either way
     Plugins.instance().register(GptlabOptunaSweeper)
     _hydra_main()
+
+
+def _trainer_key(o) -> bool:
+    return o.key_or_group.startswith("trainer.") and o.key_or_group.count(".") == 1

@@ -98,6 +98,14 @@ DEVICES = Rule(
     ),
     "a number of processes (1, 2, ...) or a list of GPU ids ([0,1])",
 )
+CALLBACKS = Rule(
+    lambda v: (
+        OmegaConf.is_dict(v)
+        and all(c is None or (OmegaConf.is_dict(c) and isinstance(c.get("_target_"), str)) for c in v.values())
+    ),
+    "named nodes, each with _target_ set to a Lightning Callback's import path "
+    "(+callbacks.swa._target_=lightning.pytorch.callbacks.WeightAveraging)",
+)
 
 # Every key of conf/train.yaml and its groups: key -> what it takes. validate() checks them in this
 # order before anything else; tests/config/test_schema.py checks that no key is left out.
@@ -154,6 +162,7 @@ SCHEMA: dict[str, Rule] = {
     "dtype": one_of(*DTYPES),
     "compile": BOOL,
     "pad_vocab": BOOL,
+    "peak_tflops": number(0, lo_open=True, null=True, says="> 0 (TFLOP/s of one device: H100 bf16 989) or null"),
     "seed": integer(0, 2**32 - 1),
     "sample_tokens": integer(0),
     "eval_sample_tokens": integer(0),
@@ -204,6 +213,8 @@ SCHEMA: dict[str, Rule] = {
     "data.documents": one_of(*DOCUMENT_KINDS),
     "data.batching": one_of(*BATCHING),
     "data.bucket_batches": integer(1, says="an integer >= 1 (1: no length bucketing)"),
+    # callbacks of the user's (built by the entry points: cli/train.py)
+    "callbacks": CALLBACKS,
     # Lightning's Trainer
     "trainer.accelerator": one_of(*ACCELERATORS),
     "trainer.devices": DEVICES,

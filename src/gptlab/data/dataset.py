@@ -19,13 +19,14 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from gptlab.data.tokenizer import TokenizerError, build_tokenizer
+from gptlab.data.tokenizer import TokenizerError, build_tokenizer, tokenizer_from_meta
 from gptlab.errors import GptlabError
 
 # Named corpora: where each comes from and what it must hash to.
@@ -40,6 +41,10 @@ MIRROR_ENV = "GPTLAB_DATA_MIRROR"  # a directory laid out as <mirror>/<corpus>/i
 # file of a folder, or after each end-of-text token (token files, or <|endoftext|> in a text).
 DOCUMENT_KINDS = ("blank_lines", "files", "eot")
 EOT_MARKER = "<|endoftext|>"
+# Tokenizing a large text prints a progress line at most every PROGRESS_EVERY_S seconds (none for a
+# text done sooner), after each piece of about PIECE_CHARS characters
+PROGRESS_EVERY_S = 2.0
+PIECE_CHARS = 1 << 22
 
 
 class DataError(GptlabError):
@@ -183,10 +188,10 @@ def prepare_dataset(spec: DataSpec, log=print) -> Path:
         raise DataError(f"data.documents must be one of {', '.join(DOCUMENT_KINDS)}, got '{spec.documents}'")
     src = source_path(spec)
     if spec.documents == "eot":
-        tok, train_ids, val_ids, starts = _prepare_eot(src, spec)
+        tok, train_ids, val_ids, starts = _prepare_eot(src, spec, log)
         n = len(train_ids) + len(val_ids)
     else:
-        tok, train_ids, val_ids, starts, n = _prepare_text(src, spec)
+        tok, train_ids, val_ids, starts, n = _prepare_text(src, spec, log)
     if len(train_ids) < 2 or len(val_ids) < 2:
         raise DataError(f"'{src}' is too short to split into train and val ({n} characters); give a longer text")
     dtype = token_dtype(tok.vocab_size)
@@ -209,7 +214,48 @@ def prepare_dataset(spec: DataSpec, log=print) -> Path:
     return out
 
 
-def _prepare_text(src: Path, spec: DataSpec):
+class Progress:
+    """Progress lines while a text is tokenized: MB done of the total, and the rate so far."""
+
+    def __init__(self, total_bytes: int, log, every: float | None = None):
+        self.total, self.log = total_bytes, log
+        self.every = PROGRESS_EVERY_S if every is None else every
+        self.done = 0
+        self.t0 = self.last = time.perf_counter()
+
+    def advance(self, nbytes: int) -> None:
+        self.done += nbytes
+        now = time.perf_counter()
+        if now - self.last >= self.every:
+            self.last = now
+            rate = self.done / 1e6 / max(now - self.t0, 1e-9)
+            self.log(
+                f"tokenizing: {self.done / 1e6:,.1f} of {self.total / 1e6:,.1f} MB "
+                f"({self.done / max(self.total, 1):.0%}), {rate:.1f} MB/s"
+            )
+
+
+def encode(tok, text: str, progress: Progress | None = None) -> np.ndarray:
+    """tok.encode(text) piece by piece (the same ids: tok.pieces cuts where encoding is unchanged),
+    reporting to progress after each piece."""
+    parts = []
+    for piece in tok.pieces(text, PIECE_CHARS):
+        parts.append(np.asarray(tok.encode(piece), dtype=np.int64))
+        if progress is not None:
+            progress.advance(len(piece.encode("utf-8")))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def text_bytes(tok, ids: np.ndarray) -> int:
+    """The UTF-8 bytes of text that ids stand for; end-of-text tokens, which mark where documents
+    end rather than stand for text, count none."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if tok.eot_token is not None:
+        ids = ids[ids != tok.eot_token]
+    return int(tok.byte_lengths(ids).sum())
+
+
+def _prepare_text(src: Path, spec: DataSpec, log=print):
     """Documents separated by blank lines or given as files: (tokenizer, train ids, val ids,
     (train starts, val starts), characters); the val split is the text's last val_fraction."""
     texts = read_texts(src)
@@ -224,8 +270,9 @@ def _prepare_text(src: Path, spec: DataSpec):
     except TokenizerError as e:
         raise DataError(str(e)) from e
     split = int(len(text) * (1.0 - spec.val_fraction))
-    train_ids = tok.encode(text[:split])
-    val_ids = tok.encode(text[split:])
+    progress = Progress(len(text.encode("utf-8")), log)
+    train_ids = encode(tok, text[:split], progress)
+    val_ids = encode(tok, text[split:], progress)
     if spec.documents == "files":  # each file's joining blank line ends the document before it
         char_starts = np.cumsum([0] + [len(t) + 2 for t in texts[:-1]])
     else:
@@ -251,6 +298,7 @@ def _write_dataset(folder: Path, spec: DataSpec, src: Path, tok, dtype, ids: tup
         "dtype": dtype.name,
         "train_tokens": int(len(train_ids)),
         "val_tokens": int(len(val_ids)),
+        "val_bytes": text_bytes(tok, val_ids),  # UTF-8 bytes of the val text: bits per byte (val_bytes_per_token)
         "source": str(src),
         "source_id": source_id(spec),
         "source_sha256": _sha256(src) if src.is_file() else None,
@@ -361,7 +409,7 @@ def _token_starts(tok, text: str, ids: np.ndarray, char_starts: np.ndarray) -> n
     return starts[starts < len(ids)]
 
 
-def _prepare_eot(src: Path, spec: DataSpec):
+def _prepare_eot(src: Path, spec: DataSpec, log=print):
     """Documents separated by the end-of-text token: token files as nanoGPT writes them (uint16
     ids, EOT after each document), or a text with <|endoftext|> between documents."""
     if spec.tokenizer == "char":
@@ -382,15 +430,17 @@ def _prepare_eot(src: Path, spec: DataSpec):
                 f"'{src}' holds no end-of-text token ({eot}); data.documents=eot needs it after each document"
             )
     else:
-        pieces = read_text(src).split(EOT_MARKER)
+        text = read_text(src)
+        pieces = text.split(EOT_MARKER)
         if len(pieces) == 1:
             raise DataError(
                 f"'{src}' has no {EOT_MARKER} between documents; data.documents=eot needs it "
                 "(or use data.documents=blank_lines, or files for a folder)"
             )
+        progress = Progress(len(text.encode("utf-8")), log)
         parts = []
         for i, piece in enumerate(pieces):
-            parts.append(tok.encode(piece))
+            parts.append(encode(tok, piece, progress))
             if i < len(pieces) - 1:
                 parts.append(np.array([eot], dtype=np.int64))
         ids = np.concatenate(parts)
@@ -427,6 +477,16 @@ def load_meta(data_dir: Path) -> dict:
             "python -m gptlab.prepare data=..."
         )
     return meta
+
+
+def val_bytes_per_token(data_dir: Path, meta: dict) -> float:
+    """UTF-8 bytes of the val text per val token (for bits per byte): meta.json's val_bytes, or, for a
+    dataset prepared before that was recorded, counted from val.bin and the tokenizer."""
+    n = int(meta["val_tokens"])
+    nbytes = meta.get("val_bytes")
+    if nbytes is None:
+        nbytes = text_bytes(tokenizer_from_meta(meta), open_tokens(Path(data_dir), "val", meta))
+    return nbytes / max(n, 1)
 
 
 def is_prepared(spec: DataSpec, documents: bool = False) -> bool:

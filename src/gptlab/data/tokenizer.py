@@ -64,6 +64,10 @@ class CharTokenizer:
     def decode(self, ids) -> str:
         return "".join(self._itos[np.asarray(ids, dtype=np.int64)])
 
+    def pieces(self, text: str, size: int) -> list[str]:
+        """text cut into pieces of about size characters that encode to the ids of the whole."""
+        return [text[i : i + size] for i in range(0, len(text), size)] or [text]
+
     def byte_lengths(self, ids: np.ndarray) -> np.ndarray:
         """UTF-8 bytes each token stands for (to map text offsets to token offsets)."""
         if not hasattr(self, "_nbytes"):
@@ -109,6 +113,10 @@ class TiktokenTokenizer:
 
     def decode(self, ids) -> str:
         return self.enc.decode([int(i) for i in ids])
+
+    def pieces(self, text: str, size: int) -> list[str]:
+        """text cut into pieces of about size characters that encode to the ids of the whole."""
+        return _split_at_line_starts(text, size)
 
     def byte_lengths(self, ids: np.ndarray) -> np.ndarray:
         """UTF-8 bytes each token stands for (to map text offsets to token offsets)."""

@@ -81,6 +81,22 @@ class Run:
         v = self.metrics.get(metric)
         return float(v) if isinstance(v, (int, float)) else None
 
+    def val_ppl(self, which: str = "best") -> float | None:
+        """Perplexity of the final or best val loss (computed for runs from before it was recorded)."""
+        v = self.metrics.get(f"{which}_val_ppl")
+        return float(v) if isinstance(v, (int, float)) else an.perplexity(self.value(f"{which}_val_loss"))
+
+    def val_bits(self, which: str = "best") -> tuple[float | None, str | None]:
+        """(bits, "bpc" or "bpb") of the final or best val loss; older char-level runs computed,
+        older BPE runs (None, None): their bytes per token was not recorded."""
+        for unit in ("bpc", "bpb"):
+            v = self.metrics.get(f"{which}_val_{unit}")
+            if isinstance(v, (int, float)):
+                return float(v), unit
+        if self.setting("data.tokenizer") == "char":
+            return an.bits(self.value(f"{which}_val_loss")), "bpc"
+        return None, None
+
     def setting(self, key: str):
         """A config value by dotted key (None when absent)."""
         node = self.config
@@ -283,13 +299,22 @@ def _md_table(head: list[str], rows: list[list[str]]) -> str:
     )
 
 
+def _bits_cell(r: Run, mixed: bool) -> str:
+    v, unit = r.val_bits()
+    return "-" if v is None else f"{v:.4f}" + (f" {unit}" if mixed else "")
+
+
 def table(runs: list[Run], keys: list[str]) -> str:
     what = settings(runs) if any(r.variant for r in runs) else {}
+    units = {r.val_bits()[1] for r in runs} - {None}
+    bits_head = f"best val {next(iter(units))}" if len(units) == 1 else "best val bits"
     head = [
         "run",
         *keys,
         *(["settings"] if what else []),
         *COLUMNS.values(),
+        "best val ppl",
+        bits_head,
         "best at step",
         "steps",
         "stopped",
@@ -305,6 +330,8 @@ def table(runs: list[Run], keys: list[str]) -> str:
                 *(r.overrides.get(k, "-") for k in keys),
                 *([what.get(r.path, "-")] if what else []),
                 *(_fmt(r.value(c)) for c in COLUMNS),
+                _fmt(r.val_ppl(), 2),
+                _bits_cell(r, len(units) > 1),
                 str(m.get("best_step", "-")),
                 str(m.get("iters", "-")),
                 m.get("stop_reason", "-"),
@@ -417,6 +444,11 @@ def _sample_block(text: str, lines: int = 4, width: int = 100) -> list[str]:
     return ["", "  ```text", *(f"  {ln}".replace("```", "'''") for ln in shown), "  ```"]
 
 
+def _units_text(r: Run, which: str) -> str:
+    v, unit = r.val_bits(which)
+    return f"perplexity {_fmt(r.val_ppl(which), 2)}" + (f", {v:.4f} {unit}" if v is not None else "")
+
+
 def run_block(r: Run, a: Assessment, keys: list[str]) -> str:
     m = r.metrics
     lines = [f"### {label(r, keys)} (`{r.name}`)", ""]
@@ -431,6 +463,7 @@ def run_block(r: Run, a: Assessment, keys: list[str]) -> str:
         + {True: "**overfitting**", False: "no overfitting", None: "-"}[a.overfit.flag]
         + f" ({a.overfit.why})"
     )
+    lines.append(f"- final val {_units_text(r, 'final')}; best val {_units_text(r, 'best')}")
     lines.append(f"- wall time {_time(m)}, {_speed(m)}, peak memory {_memory(m)}")
     if m.get("sample"):
         lines.append("- sample:" + "\n".join(_sample_block(m["sample"])))

@@ -88,7 +88,14 @@ def starting_point(
 # win (docs/reliability.md, "Resuming with changed settings").
 RESUME_REFUSES = ("learning_rate", "weight_decay", "beta1", "beta2", "optimizer", "muon_lr", "muon_momentum")
 # Settings added after some checkpoints were written: such a checkpoint's run had these values.
-ADDED_DEFAULTS = {"optimizer": "adamw", "muon_lr": 0.02, "muon_momentum": 0.95, **SWITCH_DEFAULTS}
+ADDED_DEFAULTS = {
+    "optimizer": "adamw",
+    "muon_lr": 0.02,
+    "muon_momentum": 0.95,
+    **SWITCH_DEFAULTS,
+    "peak_tflops": None,
+    "callbacks": {},
+}
 # Where the run is and how it was started (rundir.PLACE_KEYS), the report's question, Hydra's own
 # node, and the device (a run may continue on other hardware): not settings of the training itself.
 RESUME_IGNORES = (*PLACE_KEYS, "report", "hydra")

@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from gptlab.config import data_spec, model_config, plain, resolve_device, token_masking, validate
 from gptlab.config.device import DeviceChoice
 from gptlab.data.datamodule import GPTDataModule
-from gptlab.data.dataset import DataSpec, ensure_prepared
+from gptlab.data.dataset import DataSpec, ensure_prepared, val_bytes_per_token
 from gptlab.data.tokenizer import undecodable_ids
 from gptlab.errors import ConfigError, RunInterrupted
 from gptlab.model import Block, GPTConfig
@@ -55,7 +55,8 @@ from gptlab.rundir import (
     write_failure,
     write_metrics,
 )
-from gptlab.training import lr_find, memory, pretrained
+from gptlab.training import flops, lr_find, memory, pretrained
+from gptlab.training import passthrough as trainer_args
 from gptlab.training.callbacks.logs import (
     EvalSamples,
     FinalEvaluation,
@@ -130,8 +131,14 @@ def train(
     """Train (or, with eval_only, evaluate) as cfg says, writing into run_dir; returns the
     metrics.json dict (eval.json's for eval_only). No other run may use run_dir meanwhile: rank
     0 holds its lock. callbacks run after the run's own (the bench times steps through one);
-    hparam_keys: more keys for TensorBoard's HPARAMS tab (a sweep's swept keys)."""
+    hparam_keys: more keys for TensorBoard's HPARAMS tab (a sweep's swept keys). The config's own
+    `callbacks` node is built by the entry points (gptlab.train, the command line), which know Hydra."""
     run_dir = Path(run_dir)
+    if not callbacks and any(v is not None for v in (cfg.get("callbacks") or {}).values()):
+        raise ConfigError(
+            "the config names callbacks (callbacks.*), which this function does not build: call gptlab.train(cfg, "
+            "run_dir), which does, or pass them built: callbacks=[...]"
+        )
     device = settings(cfg)  # before the lock: refused settings leave no trace, not even the folder
     source = pretrained.open_source(cfg)
     cfg = pretrained.adopt_shape(cfg, source)  # init_from=<weights>: their shape (a copy of cfg)
@@ -164,6 +171,7 @@ def settings(cfg: DictConfig) -> DeviceChoice:
     if rank_zero_only.rank != 0:
         log.setLevel(logging.WARNING)  # under DDP only rank 0 writes the console log
     validate(cfg)
+    trainer_args.check(cfg)  # +trainer.<argument>=... : a Lightning Trainer argument, and a value it takes
     device = resolve_device(cfg)
     if device.accelerator == "gpu":
         torch.set_float32_matmul_precision("high")  # float32 matmuls on TF32 tensor cores (Ampere and newer)
@@ -305,11 +313,17 @@ def build_callbacks(run: Run, data: Data, extra: Sequence[L.Callback] = ()) -> P
         append=resume,
         tokens_per_step=run.tokens_per_step,
         resumed=(run.resume_step, run.changes) if run.changes else None,
+        bits=val_bits(data),
     )
     # trained weights (a resume, init_from=<weights>) are not expected to start at the random-guess loss
     monitors = build_monitors(cfg, data.mconf.vocab_size, resume or run.source is not None)
     grad_monitor = next((m for m in monitors if isinstance(m, GradientMonitor)), None)
-    progress = ProgressLog(int(cfg.log_interval), run.tokens_per_step, grad_monitor=grad_monitor)
+    peak, peak_source = flops.training_peak(
+        run.device.accelerator, run.device.dtype, cfg.get("peak_tflops"), _first(run.device)
+    )
+    if peak is not None or run.on_gpu:
+        log.info(f"MFU against {peak_source}" if peak is not None else peak_source)
+    progress = ProgressLog(int(cfg.log_interval), run.tokens_per_step, grad_monitor=grad_monitor, peak_flops=peak)
     callbacks = [
         training_log,
         *monitors,  # before ProgressLog: it prints the gradient norm GradientMonitor reads
@@ -319,6 +333,7 @@ def build_callbacks(run: Run, data: Data, extra: Sequence[L.Callback] = ()) -> P
         FinalEvaluation(int(cfg.max_iters), int(cfg.eval_interval)),
         RngState(),
         StopOnSignal(run_dir / LAST),
+        *trainer_args.callbacks(cfg),  # trainer.max_time's timer
         *extra,
     ]
     if int(cfg.eval_sample_tokens) > 0 and str(cfg.trainer.strategy) != "fsdp":
@@ -385,6 +400,7 @@ def build_trainer(run: Run, callbacks: list) -> L.Trainer:
         deterministic=bool(cfg.trainer.deterministic),
         default_root_dir=str(run_dir),
         use_distributed_sampler=False,  # each rank draws its own random windows (GPTDataModule)
+        **trainer_args.passthrough(cfg),  # +trainer.<argument>=... (training/passthrough.py)
     )
 
 
@@ -577,6 +593,17 @@ def disk_report(run_dir: Path, export: bool) -> dict[str, int]:
     return sizes
 
 
+def val_bits(data: Data) -> tuple[str, float]:
+    """Bits per character for char tokens; per byte of the val text for BPE (its bytes per token)."""
+    if data.dm.meta.get("tokenizer") == "char":
+        return "bpc", 1.0
+    return "bpb", val_bytes_per_token(data.spec.dir, data.dm.meta)
+
+
+def _first(device: DeviceChoice) -> int:
+    return device.devices[0] if isinstance(device.devices, list) else 0  # cuda:N's N
+
+
 def cluster_plugins() -> list:
     """Under SLURM: Lightning's SLURM environment without its auto-requeue, whose SIGUSR1 handler
     saves mid-step to hpc_ckpt_N.ckpt -- a file the run folder's tools do not know and that Lightning
@@ -651,6 +678,7 @@ def measurements(run: Run, trainer, module: GPTModule, parts: Parts, wall: float
         "tokens_per_step": tokens_per_step,  # slots: packed/padded batches hold fewer real tokens
         "tokens_seen": steps * tokens_per_step,
         "tokens_per_s": parts.progress.tokens_per_second,
+        "mfu": parts.progress.mfu,  # null without a peak (CPUs; GPUs not in training/flops.py's table)
         "padding_efficiency": parts.progress.padding_efficiency,
         "wall_time_s": round(wall, 2),
         "peak_memory_bytes": peak,  # this run's peak: GPU allocator (cuda) or resident set size (rss)
@@ -659,6 +687,7 @@ def measurements(run: Run, trainer, module: GPTModule, parts: Parts, wall: float
         "params": module.model.num_params(),
         "vocab_size": module.model.config.vocab_size,
     }
+    m.update(parts.training_log.val_units(m["final_val_loss"], m["best_val_loss"]))  # ppl, bpc / bpb
     if parts.training_log.resumes:
         m["resumes"] = parts.training_log.resumes  # settings changed at a resume: [{step, changed: {key: [old, new]}}]
     for cb in parts.monitors:
@@ -684,4 +713,6 @@ def stop_reason(cfg: DictConfig, trainer, early_stop: EarlyStopping | None) -> t
         return "early_stopping", f"early stopping: {early_stop.stopping_reason_message}"
     if trainer.global_step >= int(cfg.max_iters):
         return "max_iters", f"max_iters={cfg.max_iters} reached"
+    if trainer_args.time_limit_reached(trainer):
+        return "max_time", f"trainer.max_time={cfg.trainer.max_time} reached (training time, evaluations included)"
     return "stopped", f"stopped at step {trainer.global_step} before max_iters={cfg.max_iters}"

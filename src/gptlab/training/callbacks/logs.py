@@ -13,6 +13,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
+from gptlab.analysis import bits, loss_units, perplexity
 from gptlab.errors import NonFiniteLossError
 from gptlab.rundir import BEST, LAST, eval_line, write_text_atomic
 from gptlab.training.scalars import ScalarSeries
@@ -28,9 +29,16 @@ class TrainingLog(L.Callback):
     history kept for metrics.json."""
 
     def __init__(
-        self, path: str | Path, append: bool = False, tokens_per_step: int = 0, resumed: tuple[int, dict] | None = None
+        self,
+        path: str | Path,
+        append: bool = False,
+        tokens_per_step: int = 0,
+        resumed: tuple[int, dict] | None = None,
+        bits: tuple[str, float] = ("bpc", 1.0),
     ):
         self.path = Path(path)
+        # ("bpc", 1) for char tokens; ("bpb", the val split's bytes per token) for BPE: val/bpc or val/bpb
+        self.bits_unit, self.bytes_per_token = bits
         self.append = append
         self.tokens_per_step = tokens_per_step  # for the losses against tokens seen (TensorBoard by_tokens/)
         self.history: list[dict] = []
@@ -63,6 +71,10 @@ class TrainingLog(L.Callback):
         with open(self.path, "a") as f:
             f.write(line + "\n")
         log.info(line)
+        if trainer.logger is not None:
+            ppl, b = perplexity(rec["val_loss"]), bits(rec["val_loss"], self.bytes_per_token)
+            units = {"val/ppl": ppl, f"val/{self.bits_unit}": b}
+            trainer.logger.log_metrics({k: v for k, v in units.items() if v is not None}, step=rec["step"])
         if trainer.logger is not None and self.tokens_per_step:
             self._log_by_tokens(trainer, rec)
 
@@ -117,23 +129,37 @@ class TrainingLog(L.Callback):
             if len(keep) != len(lines):
                 write_text_atomic(self.path, "".join(keep))
 
+    def val_units(self, final: float | None, best: float | None) -> dict:
+        """metrics.json's perplexity and bits per character / byte of the final and best val loss."""
+        units = loss_units(final, best, self.bits_unit, self.bytes_per_token)
+        if self.bits_unit == "bpb":
+            units["val_bytes_per_token"] = self.bytes_per_token
+        return units
+
     def best(self) -> dict | None:
         finite = [r for r in self.history if math.isfinite(r["val_loss"])]
         return min(finite, key=lambda r: r["val_loss"]) if finite else None
 
 
 class ProgressLog(L.Callback):
-    """Every log_interval optimizer steps: loss, ms per step, tokens/s and learning rate, to the
-    console and the logger. The loss is read from the device only here, so training does not
-    wait on a host sync every step; time spent evaluating is not counted as step time.
+    """Every log_interval optimizer steps: step/max_iters, loss, ms per step, tokens/s, MFU, learning
+    rate and the time left, to the console and the logger. The loss is read from the device only
+    here, so training does not wait on a host sync every step; time spent evaluating is not
+    counted as step time (but is in the time left).
 
     Packed and padded batches (dicts) say how many of their slots hold real tokens: tokens/s then
-    counts those only, and the line adds the padding efficiency (real tokens / slots)."""
+    counts those only, and the line adds the padding efficiency (real tokens / slots).
 
-    def __init__(self, log_interval: int, tokens_per_step: int, grad_monitor=None):
+    MFU (training.flops): tokens/s x the model's FLOPs per token over peak_flops (one device's)
+    x the processes; without a peak (CPUs, GPUs not in the table) the line has none."""
+
+    def __init__(self, log_interval: int, tokens_per_step: int, grad_monitor=None, peak_flops: float | None = None):
         self.log_interval = max(1, int(log_interval))
         self.tokens_per_step = tokens_per_step
         self.grad_monitor = grad_monitor  # a GradientMonitor whose latest figures join the line
+        self.peak_flops = peak_flops  # one device's dense peak FLOP/s, or None: no MFU
+        self._flops = 0.0  # the model's training FLOPs per token x processes / peak_flops: tok/s -> MFU
+        self._fit_t0, self._fit_step0 = 0.0, 0  # for the time left: evaluations included
         self._t0 = None
         self._steps_at_t0 = 0
         self._eval_time = 0.0
@@ -149,6 +175,9 @@ class ProgressLog(L.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         self._t0 = time.perf_counter()
         self._steps_at_t0 = trainer.global_step
+        self._fit_t0, self._fit_step0 = self._t0, trainer.global_step
+        if self.peak_flops:
+            self._flops = pl_module.model.flops_per_token() / (self.peak_flops * trainer.world_size)
 
     def on_validation_start(self, trainer, pl_module) -> None:
         if trainer.training or trainer.state.fn == "fit":
@@ -193,16 +222,26 @@ class ProgressLog(L.Callback):
         metrics = {"train/batch_loss": loss, "train/lr": lr, "perf/tokens_per_sec": tok_s, "perf/ms_per_step": ms}
         if efficiency is not None:
             metrics["perf/padding_efficiency"] = efficiency
+        if self._flops:
+            metrics["perf/mfu"] = tok_s * self._flops
         if trainer.logger is not None:
             trainer.logger.log_metrics(metrics, step=step)
         if trainer.is_global_zero:
-            line = f"iter {step}: loss {loss:.4f}, {ms:.1f} ms/step, {tok_s:,.0f} tok/s, lr {lr:.2e}"
-            if efficiency is not None:
-                line += f", padding efficiency {efficiency:.1%}"
-            g = self.grad_monitor.latest if self.grad_monitor is not None else None
-            if g is not None:
-                line += f", grad norm {g['last']:.2f}" + (f" (clipped {g['clipped_frac']:.0%})" if g["clipped"] else "")
-            log.info(line)
+            log.info(self._line(trainer, step, loss, ms, tok_s, lr, efficiency, now))
+
+    def _line(self, trainer, step, loss, ms, tok_s, lr, efficiency, now) -> str:
+        line = f"iter {step}/{trainer.max_steps}: loss {loss:.4f}, {ms:.1f} ms/step, {tok_s:,.0f} tok/s"
+        if self._flops:
+            line += f", MFU {tok_s * self._flops:.1%}"
+        line += f", lr {lr:.2e}"
+        if efficiency is not None:
+            line += f", padding efficiency {efficiency:.1%}"
+        g = self.grad_monitor.latest if self.grad_monitor is not None else None
+        if g is not None:
+            line += f", grad norm {g['last']:.2f}" + (f" (clipped {g['clipped_frac']:.0%})" if g["clipped"] else "")
+        # the time left at this run's pace so far, evaluations included
+        per_step = (now - self._fit_t0) / max(step - self._fit_step0, 1)
+        return line + f", ETA {duration(per_step * max(trainer.max_steps - step, 0))}"
 
     def state_dict(self) -> dict:
         return {"curve": self.curve}  # a resumed run's train_curve starts where the stopped one ended
@@ -217,9 +256,25 @@ class ProgressLog(L.Callback):
         return self.trained_tokens / self.train_time
 
     @property
+    def mfu(self) -> float | None:
+        """MFU over the logged training steps (this process's view); None without a peak."""
+        tok_s = self.tokens_per_second
+        return tok_s * self._flops if tok_s is not None and self._flops else None
+
+    @property
     def padding_efficiency(self) -> float | None:
         """Real tokens / slots over the logged training batches; None for random windows."""
         return self.real_tokens / self.slots if self.slots else None
+
+
+def duration(seconds: float) -> str:
+    """45s, 3m12s, 2h05m: a time to read at a glance."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 class FinalEvaluation(L.Callback):
