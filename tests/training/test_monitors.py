@@ -15,8 +15,9 @@ from gptlab.errors import ConfigError
 from gptlab.model import GPTConfig
 from gptlab.report import gradviz
 from gptlab.training.callbacks.logs import EvalSamples
-from gptlab.training.callbacks.monitors import InitialLossCheck, LayerGradients, PlateauHint, add_histogram, diagnose
+from gptlab.training.callbacks.monitors import InitialLossCheck, LayerGradients, PlateauHint, diagnose
 from gptlab.training.checkpoint import load_model
+from gptlab.training.loggers import add_histogram
 from gptlab.training.module import GPTModule
 from gptlab.training.run import train
 from gptlab.training.schedule import OptimConfig

@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from gptlab.errors import NonFiniteLossError
 from gptlab.rundir import BEST, LAST, eval_line, write_text_atomic
+from gptlab.training.loggers import log_metrics, log_text
 from gptlab.training.scalars import ScalarSeries
 
 log = logging.getLogger("gptlab")
@@ -63,7 +64,7 @@ class TrainingLog(L.Callback):
         with open(self.path, "a") as f:
             f.write(line + "\n")
         log.info(line)
-        if trainer.logger is not None and self.tokens_per_step:
+        if self.tokens_per_step:
             self._log_by_tokens(trainer, rec)
 
     def state_dict(self) -> dict:
@@ -87,19 +88,22 @@ class TrainingLog(L.Callback):
                     )
         if rank_zero_only.rank != 0:
             return
-        if self._replay and trainer.logger is not None and self.tokens_per_step:
+        if self._replay and self.tokens_per_step:
             # a resumed run's TensorBoard writer purges every event at or after its first step, in all
-            # tags -- by_tokens/ steps (tokens) are far larger than optimizer steps, so the whole curve
-            # would go; write the evaluations before the checkpoint again
+            # tags (the CSV logger drops those rows alike) -- by_tokens/ steps (tokens) are far larger
+            # than optimizer steps, so the whole curve would go; write the evaluations before the
+            # checkpoint again, to those loggers only
             for rec in self._replay:
-                self._log_by_tokens(trainer, rec)
+                self._log_by_tokens(trainer, rec, replay=True)
             self._replay = []
 
-    def _log_by_tokens(self, trainer, rec: dict) -> None:
+    def _log_by_tokens(self, trainer, rec: dict, replay: bool = False) -> None:
         # the same losses with tokens seen as the x axis: runs with different batch sizes compare fairly
-        trainer.logger.log_metrics(
+        log_metrics(
+            trainer,
             {"by_tokens/train_loss": rec["train_loss"], "by_tokens/val_loss": rec["val_loss"]},
             step=rec["step"] * self.tokens_per_step,
+            replay=replay,
         )
 
     def load_state_dict(self, state: dict) -> None:
@@ -193,8 +197,7 @@ class ProgressLog(L.Callback):
         metrics = {"train/batch_loss": loss, "train/lr": lr, "perf/tokens_per_sec": tok_s, "perf/ms_per_step": ms}
         if efficiency is not None:
             metrics["perf/padding_efficiency"] = efficiency
-        if trainer.logger is not None:
-            trainer.logger.log_metrics(metrics, step=step)
+        log_metrics(trainer, metrics, step=step)
         if trainer.is_global_zero:
             line = f"iter {step}: loss {loss:.4f}, {ms:.1f} ms/step, {tok_s:,.0f} tok/s, lr {lr:.2e}"
             if efficiency is not None:
@@ -330,8 +333,9 @@ def generate_sample(model, tokenizer, n_tokens: int, seed: int, suppress: list[i
 
 
 class EvalSamples(L.Callback):
-    """After evaluations during training: a short generated text in TensorBoard's TEXT tab
-    (samples/eval), so the dashboard shows what the model writes as its loss falls.
+    """After evaluations during training: a short generated text under samples/eval (TensorBoard's
+    TEXT tab, a W&B table, MLflow text artifacts), so the dashboard shows what the model writes as
+    its loss falls.
 
     Generating goes one token at a time (~5 ms a token for the CPU recipe's model on 2 cores), so
     the samples are kept to `budget` of the training time: an evaluation skips its sample when
@@ -380,7 +384,7 @@ class EvalSamples(L.Callback):
 
     @rank_zero_only
     def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking or trainer.logger is None or "val" not in pl_module.last_eval:
+        if trainer.sanity_checking or not trainer.loggers or "val" not in pl_module.last_eval:
             return
         if not self._due(trainer, pl_module):
             return
@@ -388,10 +392,5 @@ class EvalSamples(L.Callback):
         text = generate_sample(pl_module.model, self.tokenizer, self.n_tokens, self.seed, self.suppress)
         self._cost = time.perf_counter() - t
         self._spent += self._cost
-        # TensorBoard renders markdown: four spaces make a code block that keeps the line breaks
-        body = "\n".join("    " + line for line in text.splitlines())
-        trainer.logger.experiment.add_text(
-            "samples/eval",
-            f"step {trainer.global_step}, val loss {pl_module.last_eval['val']:.4f}:\n\n{body}",
-            trainer.global_step,
-        )
+        caption = f"step {trainer.global_step}, val loss {pl_module.last_eval['val']:.4f}"
+        log_text(trainer, "samples/eval", caption, text, trainer.global_step)
