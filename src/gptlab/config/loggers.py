@@ -43,7 +43,9 @@ class LoggerSpec:
 def logger_specs(cfg: DictConfig) -> list[LoggerSpec]:
     """The loggers cfg asks for, in order, each checked: its class imports, is a Lightning logger,
     its package is installed and it takes every argument given. wandb_log=true adds W&B's."""
-    nodes = cfg.get("logger") or {}
+    nodes = cfg.get("logger")
+    if nodes is None:  # logger=[]: no logger chosen
+        nodes = OmegaConf.create({})
     if not OmegaConf.is_dict(nodes):
         raise ConfigError(
             "logger must be chosen from conf/logger/ (logger=tensorboard, logger=[tensorboard,csv], logger=[]), "

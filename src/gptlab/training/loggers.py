@@ -30,7 +30,8 @@ log = logging.getLogger("gptlab")
 
 RUNS_KEY = "logger_runs"  # in checkpoints: {"wandb": run id, "mlflow": run id}, continued on resume
 MLFLOW_DB, MLFLOW_ARTIFACTS = "mlflow.db", "mlartifacts"  # the run folder's own MLflow store
-CSV_METRICS = "metrics.csv"  # Lightning's CSVLogger's file, in <run>/csv/
+CSV_METRICS = "metrics.csv"  # Lightning's CSVLogger's file, in its log_dir (<run>/csv/)
+BY_TOKENS = "by_tokens/"  # the losses against tokens seen (TrainingLog)
 # Loggers whose files drop, at a resume, what a killed run logged after the checkpoint (TensorBoard's
 # purge_step, the CSV rows kept below): what came before is written to them again (TrainingLog)
 PURGING = (TensorBoardLogger, CSVLogger)
@@ -101,7 +102,12 @@ def _keep_csv_rows(lg: CSVLogger, resume_step: int) -> None:
     with open(path, newline="") as f:
         rows = [r for r in csv.DictReader(f) if r.get("step") and int(r["step"]) <= resume_step]
     for r in rows:
-        lg.log_metrics({k: float(v) for k, v in r.items() if k != "step" and v not in ("", None)}, step=int(r["step"]))
+        # by_tokens/ rows are counted in tokens, not steps: TrainingLog writes them all again
+        kept = {
+            k: float(v) for k, v in r.items() if k != "step" and v not in ("", None) and not k.startswith(BY_TOKENS)
+        }
+        if kept:
+            lg.log_metrics(kept, step=int(r["step"]))
 
 
 def _quiet() -> None:
@@ -128,7 +134,7 @@ def _say_what_is_skipped(cfg: DictConfig, specs: Sequence[LoggerSpec], loggers: 
         log.info(
             "loggers: "
             + "; ".join(f"{name} takes no {' or '.join(what)}" for name, what in skipped.items())
-            + " (TensorBoard and W&B take both; they are skipped there)"
+            + "; skipped there (TensorBoard and W&B take both)"
         )
 
 
@@ -141,6 +147,19 @@ def log_metrics(trainer: L.Trainer, metrics: dict, step: int, replay: bool = Fal
     for lg in trainer.loggers:
         if not replay or isinstance(lg, PURGING):
             lg.log_metrics(metrics, step=step)
+
+
+def log_by_tokens(trainer: L.Trainer, metrics: dict, step: int, tokens: int, replay: bool = False) -> None:
+    """Scalars against tokens seen (by_tokens/...): their step is the token count, except in W&B,
+    whose runs share one step axis (trainer/global_step): there they go at the optimizer step,
+    with tokens_seen beside them to plot against."""
+    for lg in trainer.loggers:
+        if replay and not isinstance(lg, PURGING):
+            continue
+        if isinstance(lg, WandbLogger):
+            lg.log_metrics({**metrics, "tokens_seen": tokens}, step=step)
+        else:
+            lg.log_metrics(metrics, step=tokens)
 
 
 def takes_histograms(trainer: L.Trainer) -> bool:

@@ -15,7 +15,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from gptlab.errors import NonFiniteLossError
 from gptlab.rundir import BEST, LAST, eval_line, write_text_atomic
-from gptlab.training.loggers import log_metrics, log_text
+from gptlab.training.loggers import log_by_tokens, log_metrics, log_text
 from gptlab.training.scalars import ScalarSeries
 
 log = logging.getLogger("gptlab")
@@ -99,10 +99,11 @@ class TrainingLog(L.Callback):
 
     def _log_by_tokens(self, trainer, rec: dict, replay: bool = False) -> None:
         # the same losses with tokens seen as the x axis: runs with different batch sizes compare fairly
-        log_metrics(
+        log_by_tokens(
             trainer,
             {"by_tokens/train_loss": rec["train_loss"], "by_tokens/val_loss": rec["val_loss"]},
-            step=rec["step"] * self.tokens_per_step,
+            step=rec["step"],
+            tokens=rec["step"] * self.tokens_per_step,
             replay=replay,
         )
 
