@@ -170,7 +170,7 @@ class _FakeModule:
 
 class _FakeTrainer:
     def __init__(self):
-        self.global_step, self.sanity_checking, self.is_global_zero, self.logger = 0, False, True, None
+        self.global_step, self.sanity_checking, self.is_global_zero, self.loggers = 0, False, True, []
 
 
 def test_initial_loss_check_warns_when_far_from_uniform(caplog):
