@@ -46,8 +46,16 @@ def build_loggers(
     resume_step: the step of the checkpoint a resumed run continues; runs: the W&B / MLflow run ids
     that checkpoint recorded (the same runs continue)."""
     specs = logger_specs(cfg)
+    if any(issubclass(s.cls, MLFlowLogger) for s in specs):
+        # MLflow sets its own log level when imported: without this, a new store's set-up prints its
+        # INFO lines (creating tables, migrations) on the console. A level the user set is kept.
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     loggers = []
     for spec in specs:
+        if issubclass(spec.cls, MLFlowLogger) and rank_zero_only.rank != 0:
+            # only rank 0 logs; MLflow's client opens (and, the first time, creates) its store when
+            # built, which ranks started together (torchrun, SLURM) would race for
+            continue
         kwargs = _arguments(spec, Path(run_dir), resume_step, runs or {})
         with warnings.catch_warnings():
             # a resumed run's csv/ folder is not empty: its rows are kept (below), not lost
@@ -111,7 +119,8 @@ def _keep_csv_rows(lg: CSVLogger, resume_step: int) -> None:
 
 
 def _quiet() -> None:
-    # MLflow's database set-up and Lightning's "Experiment ... not found. Creating it." on every new store
+    # MLflow imported earlier in this process (a sweep's previous job), and Lightning's
+    # "Experiment ... not found. Creating it." on every new store
     for name, level in (("mlflow", logging.WARNING), ("alembic", logging.WARNING)):
         logging.getLogger(name).setLevel(level)
     logging.getLogger("lightning.pytorch.loggers.mlflow").setLevel(logging.ERROR)
@@ -119,6 +128,8 @@ def _quiet() -> None:
 
 def _say_what_is_skipped(cfg: DictConfig, specs: Sequence[LoggerSpec], loggers: Sequence[Logger]) -> None:
     """One line naming the extras some logger cannot take (histograms, text samples)."""
+    if rank_zero_only.rank != 0:
+        return
     mon = cfg.monitor
     wants = {
         "histograms": bool(mon.enabled and int(mon.layer_interval) > 0 and mon.histograms),
@@ -130,7 +141,7 @@ def _say_what_is_skipped(cfg: DictConfig, specs: Sequence[LoggerSpec], loggers: 
         for spec, lg in zip(specs, loggers)
     }
     skipped = {name: what for name, what in skipped.items() if what}
-    if skipped and rank_zero_only.rank == 0:
+    if skipped:
         log.info(
             "loggers: "
             + "; ".join(f"{name} takes no {' or '.join(what)}" for name, what in skipped.items())
