@@ -3,13 +3,17 @@ GPTLAB_DATA_MIRROR and TIKTOKEN_CACHE_DIR (as .ci/run does), or keep the default
 
 Tests import nothing from here or from each other (pytest runs them with --import-mode=importlib):
 what they share is a fixture. `tiny` and `compose` give the real train config shrunk to a tiny
-model, `run_cli` runs a command as a user would, `tb_events` reads a run's TensorBoard events."""
+model, `run_cli` runs a command as a user would, `tb_events` reads a run's TensorBoard events,
+`wandb_runs` the offline W&B runs a folder holds."""
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -135,3 +139,73 @@ class TensorBoardEvents:
 def tb_events():
     """tb_events(run_dir) -> TensorBoardEvents: .tags(kind), .scalars(tag) as {step: value}, ..."""
     return TensorBoardEvents
+
+
+class WandbOfflineRun:
+    """One offline W&B run folder (<dir>/wandb/offline-run-*), read back from its run-<id>.wandb
+    file: W&B's transaction log (LevelDB's log format after a 7-byte ':W&B' header, 32 KiB blocks,
+    each record a wandb_internal_pb2.Record). wandb itself no longer ships a Python reader."""
+
+    BLOCK = 32768
+
+    def __init__(self, folder):
+        from wandb.proto import wandb_internal_pb2  # only here: optional (gptlab[wandb])
+
+        self.folder = Path(folder)
+        (self.file,) = self.folder.glob("run-*.wandb")
+        # wandb.finish() returns before W&B's service process has written the whole file: wait for
+        # the run's exit record
+        deadline = time.monotonic() + 60
+        while True:
+            self.records = list(self._records(self.file.read_bytes(), wandb_internal_pb2.Record))
+            if any(r.WhichOneof("record_type") == "exit" for r in self.records) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        (run,) = [r.run for r in self.records if r.WhichOneof("record_type") == "run"]
+        self.run_id, self.project, self.name = run.run_id, run.project, run.display_name
+
+    def _records(self, data: bytes, record_type):
+        assert data[:4] == b":W&B", f"{self.file} is not a W&B run file"
+        pos, chunk = 7, b""
+        while pos + 7 <= len(data):
+            left = self.BLOCK - pos % self.BLOCK
+            if left < 7:  # a block's tail too short for a header is padding
+                pos += left
+                continue
+            _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+            if length == 0 and kind == 0:
+                pos += left
+                continue
+            chunk += data[pos + 7 : pos + 7 + length]
+            pos += 7 + length
+            if kind in (1, 4):  # a whole record, or the last piece of one
+                record = record_type()
+                record.ParseFromString(chunk)
+                chunk = b""
+                yield record
+
+    def history(self) -> list[dict]:
+        """Each wandb.log call as {key: value} (values decoded from JSON; nested keys joined by '/')."""
+        rows = []
+        for r in self.records:
+            if r.WhichOneof("record_type") == "history":
+                rows.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.history.item})
+        return rows
+
+    def scalars(self, key: str) -> dict[int, float]:
+        """{trainer/global_step: value} of one logged key."""
+        return {int(h["trainer/global_step"]): h[key] for h in self.history() if key in h}
+
+    def config(self) -> dict:
+        out = {}
+        for r in self.records:
+            if r.WhichOneof("record_type") == "config":
+                out.update({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.config.update})
+        return out
+
+
+@pytest.fixture(scope="session")
+def wandb_runs():
+    """wandb_runs(save_dir) -> [WandbOfflineRun] of <save_dir>/wandb/offline-run-*, oldest first:
+    .run_id, .project, .name, .history(), .scalars(key) as {step: value}, .config()."""
+    return lambda save_dir: [WandbOfflineRun(f) for f in sorted(Path(save_dir).glob("wandb/offline-run-*"))]

@@ -25,6 +25,8 @@ CONFIG = "config.yaml"  # the settings that ran, resolved
 LR_FIND_JSON, LR_FIND_PNG = "lr_find.json", "lr_find.png"
 LOCK = ".lock"  # held (flock) while a run writes the folder; holds the writer's pid
 
+CSV_METRICS = "csv/metrics.csv"  # logger=csv: Lightning's CSVLogger's rows (conf/logger/csv.yaml)
+
 # What a training run writes into its folder: overwrite=true removes these and nothing else.
 RUN_FILES = (
     BEST,
@@ -38,6 +40,8 @@ RUN_FILES = (
     LR_FIND_JSON,
     LR_FIND_PNG,
     "hparams.yaml",
+    CSV_METRICS,
+    "csv/hparams.yaml",
 )
 EVENTS_GLOB = "events.out.tfevents.*"  # TensorBoard's event files
 FAILED_LEGACY = "failed.json"  # how failed runs of older sweeps were marked, before metrics.json carried a status
@@ -55,7 +59,17 @@ PLACE_KEYS = (
     "profile",
     "data.root",
     "data.path",
+    "logger",  # where a run is logged, the logger group's nodes with it (logger.wandb.project, ...)
+    "wandb_log",
+    "wandb_project",
+    "wandb_run_name",
 )
+
+
+def is_place_key(key: str) -> bool:
+    """key, or the node it is in (logger.csv.name), is one of PLACE_KEYS."""
+    return any(key == k or key.startswith(k + ".") for k in PLACE_KEYS)
+
 
 # training.log: one line per evaluation, the format the guide's plot_loss.py parses
 EVAL_LINE = "step {step}: train loss {train:.4f}, val loss {val:.4f}"

@@ -73,6 +73,11 @@ def tiny_run(tmp_path_factory, compose):
         (["trainer=dpp"], "unknown trainer 'dpp'. Did you mean 'ddp'?"),
         (["profile=gpus"], "unknown profile 'gpus'. Did you mean 'gpu'?"),
         (["hydra/launcher=slrum"], "unknown launcher 'slrum'. Did you mean 'slurm'?"),
+        (["logger=[tensorboard,csvv]"], "unknown logger 'csvv'. Did you mean 'csv'? The loggers: csv, mlflow,"),
+        (
+            ["logger.tensorbord.name=x"],
+            "unknown config key 'logger.tensorbord.name'. Did you mean 'logger.tensorboard'?",
+        ),
         (["+misspelt_key=1"], "unknown config key 'misspelt_key'"),
         (["+lerning_rate=1"], "unknown config key 'lerning_rate'. Did you mean 'learning_rate'?"),
         (["++lerning_rate=1"], "unknown config key 'lerning_rate'. Did you mean 'learning_rate'?"),
@@ -93,6 +98,9 @@ def test_names_that_exist_pass():
     cli.check_override_keys(["-m", "variant=glob(large*)", "experiment=exp1_hparams", "+lr_find.min_lr=1e-5"])
     # open nodes: Lightning Trainer arguments (checked against its signature when training starts), callbacks
     cli.check_override_keys(["+trainer.max_time=00:01:00:00", "+callbacks.swa._target_=a.B", "+callbacks.swa.x=1"])
+    cli.check_override_keys(
+        ["logger=[tensorboard,csv]", "logger=[]", "+logger.wandb.tags=[a,b]", "-m", "logger=csv,wandb"]
+    )
 
 
 def test_a_misspelt_experiment_never_runs_the_default_job(tmp_path, capsys):

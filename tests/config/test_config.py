@@ -20,7 +20,8 @@ def overrides_that_load(option: str) -> list[str]:
     """The command line that makes the train config load conf/<option>.yaml (option without the
     .yaml); a file no rule knows is an error, so a new config cannot go untested."""
     group, *sub, name = option.split("/")
-    if group in ("data", "model", "trainer", "experiment", "variant", "profile", "hparams_search") and not sub:
+    groups = ("data", "model", "trainer", "experiment", "variant", "profile", "hparams_search", "logger")
+    if group in groups and not sub:
         return [f"{group}={name}", *(["data.path=README.md"] if option == "data/text" else [])]
     if group == "recipe":  # recipe: ${profile}
         return [f"profile={name}"]

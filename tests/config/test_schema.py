@@ -32,6 +32,10 @@ def test_every_key_of_every_config_has_a_rule(compose):
     for group in ("model", "experiment", "variant"):
         for n in names(group):
             seen |= set(leaves(compose(f"{group}={n}")))
+    # the logger group's nodes are a class's arguments, checked against its signature (config/loggers.py)
+    loggers = {k for k in leaves(compose(f"logger=[{','.join(names('logger'))}]")) if k.startswith("logger.")}
+    assert {k.split(".")[1] for k in loggers} == set(names("logger"))
+    seen -= loggers
     assert sorted(seen - set(SCHEMA)) == []
     assert sorted(set(SCHEMA) - seen) == []  # no rule for a key that no longer exists
     assert set(SAMPLE) | {"ckpt"} == set(OmegaConf.load(CONF_DIR / "sample.yaml"))

@@ -15,8 +15,9 @@ from gptlab.errors import ConfigError
 from gptlab.model import GPTConfig
 from gptlab.report import gradviz
 from gptlab.training.callbacks.logs import EvalSamples
-from gptlab.training.callbacks.monitors import InitialLossCheck, LayerGradients, PlateauHint, add_histogram, diagnose
+from gptlab.training.callbacks.monitors import InitialLossCheck, LayerGradients, PlateauHint, diagnose
 from gptlab.training.checkpoint import load_model
+from gptlab.training.loggers import add_histogram
 from gptlab.training.module import GPTModule
 from gptlab.training.run import train
 from gptlab.training.schedule import OptimConfig
@@ -169,7 +170,7 @@ class _FakeModule:
 
 class _FakeTrainer:
     def __init__(self):
-        self.global_step, self.sanity_checking, self.is_global_zero, self.logger = 0, False, True, None
+        self.global_step, self.sanity_checking, self.is_global_zero, self.loggers = 0, False, True, []
 
 
 def test_initial_loss_check_warns_when_far_from_uniform(caplog):

@@ -31,7 +31,7 @@ from gptlab.errors import ConfigError, GptlabError
 # the repository's own conf/ at the top, where people read and edit it
 _PACKAGE = Path(__file__).resolve().parents[1]
 CONF_DIR = _PACKAGE / "conf" if (_PACKAGE / "conf").is_dir() else _PACKAGE.parents[1] / "conf"
-GROUPS = ("data", "model", "trainer", "experiment", "variant", "profile", "hparams_search")
+GROUPS = ("data", "model", "trainer", "experiment", "variant", "profile", "hparams_search", "logger")
 # group -> (one of them, all of them), for "unknown experiment 'x' ... The experiments: ..."
 GROUP_NAMES = {
     "data": ("data config", "data configs"),
@@ -41,6 +41,7 @@ GROUP_NAMES = {
     "variant": ("variant", "variants"),
     "profile": ("profile", "profiles"),
     "hparams_search": ("hyperparameter search", "hyperparameter searches"),
+    "logger": ("logger", "loggers"),
     "hydra/launcher": ("launcher", "launchers"),
 }
 # Keys whose value is free text (a prompt, a sentence): quoted for Hydra's parser, which would
@@ -168,6 +169,9 @@ def known_keys(config_name: str = "train") -> dict[str, frozenset[str]]:
     nested = {
         "data": set().union(*(_yaml_keys(f) for f in (CONF_DIR / "data").glob("*.yaml"))),
         "trainer": _yaml_keys(CONF_DIR / "trainer" / "default.yaml"),
+        # logger.<name>.<argument>: each logger file holds one node named after it; its arguments
+        # are checked against the logger's class once composed (config/loggers.py)
+        "logger": set().union(*(_yaml_keys(f) for f in (CONF_DIR / "logger").glob("*.yaml"))),
     }
     # the nodes of train.yaml itself (lr_find., early_stopping., augment., report.)
     train = OmegaConf.load(CONF_DIR / "train.yaml")
@@ -224,7 +228,12 @@ def check_override_keys(overrides: list[str], extra: set[str] = frozenset(), con
 def _check_choices(group: str, o: Override, options: list[str]) -> None:
     if isinstance(o.value(), Glob):
         return  # glob(...) picks among the names that exist
-    names = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+    if o.is_sweep_override():
+        names = list(o.sweep_string_iterator())
+    elif isinstance(o.value(), list):  # several configs of one group: logger=[tensorboard,csv]
+        names = [str(v) for v in o.value()]
+    else:
+        names = [o.get_value_element_as_str()]
     for name in names:
         if name in options or name == "null" or (CONF_DIR / group / f"{name}.yaml").is_file():
             continue

@@ -15,6 +15,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from gptlab.analysis import ANALYSES
 from gptlab.config.device import DTYPES
+from gptlab.config.loggers import logger_specs
 from gptlab.data.dataset import DOCUMENT_KINDS
 from gptlab.data.packing import BATCHING
 from gptlab.errors import ConfigError
@@ -125,6 +126,10 @@ SCHEMA: dict[str, Rule] = {
     "overwrite": BOOL,
     "resume": BOOL,
     "export_weights": BOOL,
+    # loggers: the logger group's nodes are checked against their classes (config/loggers.py)
+    "wandb_log": BOOL,
+    "wandb_project": text(says="text (a W&B project name)"),
+    "wandb_run_name": text(null=True, says="text (a W&B run name) or null (the run folder's name)"),
     # data and batch
     "gradient_accumulation_steps": integer(1),
     "batch_size": integer(1),
@@ -290,6 +295,7 @@ def validate(cfg: DictConfig) -> None:
     if cfg.data.path is None and cfg.data.source is None:
         raise ConfigError("this data config needs a text file: data.path=FILE (for example data=text data.path=my.txt)")
     _validate_modern(cfg)
+    logger_specs(cfg)  # each logger's class, package and arguments
 
 
 def starts_from_weights(cfg: DictConfig) -> bool:

@@ -1,15 +1,16 @@
 """Per-layer gradient heatmap and verdict for a finished (or running) run:
 `python -m gptlab.gradviz <run dir> [--out FILE] [--ratio 1000]`.
 
-Reads the run's TensorBoard events (the `grad_layer/*` scalars that LayerGradients writes every
-monitor.layer_interval steps) and writes a PNG: one row per layer group in forward order, one
-column per recorded step, colour = log10 of the gradient norm. Then prints which layers, if any,
-had vanishing or exploding gradients and when.
+Reads the run's TensorBoard events, or the CSV logger's csv/metrics.csv (the `grad_layer/*`
+scalars that LayerGradients writes every monitor.layer_interval steps) and writes a PNG: one row
+per layer group in forward order, one column per recorded step, colour = log10 of the gradient
+norm. Then prints which layers, if any, had vanishing or exploding gradients and when.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import math
 import re
 import sys
@@ -19,6 +20,7 @@ import numpy as np
 
 from gptlab.analysis import diagnose
 from gptlab.errors import GptlabError
+from gptlab.rundir import CSV_METRICS, EVENTS_GLOB
 
 TAG = "grad_layer/"
 
@@ -32,25 +34,45 @@ def layer_order(name: str) -> tuple:
 
 
 def read_layer_norms(run_dir: Path) -> tuple[list[str], list[int], np.ndarray]:
-    """(layers, steps, norms[layer, step]) from the run's event files; NaN where missing."""
-    # only here: tensorboard's event reader is heavy and only this reads event files back
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
+    """(layers, steps, norms[layer, step]) from the run's TensorBoard event files, or from the CSV
+    logger's csv/metrics.csv (logger=csv); NaN where missing."""
     if not run_dir.is_dir():
         raise GptlabError(f"'{run_dir}' is not a run folder")
-    ea = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    ea.Reload()
-    tags = [t for t in ea.Tags().get("scalars", []) if t.startswith(TAG)]
-    if not tags:
+    if any(run_dir.glob(EVENTS_GLOB)) or not (run_dir / CSV_METRICS).is_file():
+        series = _from_events(run_dir)
+    else:
+        series = _from_csv(run_dir / CSV_METRICS)
+    if not series:
         raise GptlabError(
-            f"no per-layer gradient norms in '{run_dir}': they are written every monitor.layer_interval steps "
-            "(default 250); train longer than one interval, or set a smaller monitor.layer_interval"
+            f"no per-layer gradient norms in '{run_dir}': they are written every monitor.layer_interval "
+            "steps (default 250) to TensorBoard or the CSV logger; train longer than one interval, or set a smaller "
+            "monitor.layer_interval, with logger=tensorboard or logger=csv among the loggers"
         )
-    series = {t[len(TAG) :]: {e.step: e.value for e in ea.Scalars(t)} for t in tags}
     layers = sorted(series, key=layer_order)
     steps = sorted({s for v in series.values() for s in v})
     norms = np.array([[series[name].get(s, math.nan) for s in steps] for name in layers])
     return layers, steps, norms
+
+
+def _from_events(run_dir: Path) -> dict[str, dict[int, float]]:
+    # only here: tensorboard's event reader is heavy and only this reads event files back
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    ea.Reload()
+    tags = [t for t in ea.Tags().get("scalars", []) if t.startswith(TAG)]
+    return {t[len(TAG) :]: {e.step: e.value for e in ea.Scalars(t)} for t in tags}
+
+
+def _from_csv(path: Path) -> dict[str, dict[int, float]]:
+    # Lightning's CSVLogger: a step column and one column per metric, empty where a row lacks it
+    series: dict[str, dict[int, float]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            for k, v in row.items():
+                if k and k.startswith(TAG) and v:
+                    series.setdefault(k[len(TAG) :], {})[int(row["step"])] = float(v)
+    return series
 
 
 def plot(layers: list[str], steps: list[int], norms: np.ndarray, out: Path, title: str) -> None:

@@ -31,7 +31,7 @@ from omegaconf import OmegaConf
 from gptlab import analysis as an
 from gptlab.errors import ConfigError
 from gptlab.report import search
-from gptlab.rundir import CONFIG, METRICS, PLACE_KEYS, TRAINING_LOG, read_metrics
+from gptlab.rundir import CONFIG, METRICS, PLACE_KEYS, TRAINING_LOG, is_place_key, read_metrics
 from gptlab.rundir import FAILED_LEGACY as FAILED
 from gptlab.rundir import parse_log as _parse_log
 
@@ -264,7 +264,10 @@ def settings(runs: list[Run]) -> dict[Path, str]:
     differ = [
         k
         for k in keys
-        if k not in NOT_SETTINGS and not k.startswith("cpu_scale.") and len({repr(f.get(k)) for f in flat.values()}) > 1
+        if k not in NOT_SETTINGS
+        and not is_place_key(k)
+        and not k.startswith("cpu_scale.")
+        and len({repr(f.get(k)) for f in flat.values()}) > 1
     ]
     return {p: ", ".join(f"{k}={f.get(k)}" for k in differ) for p, f in flat.items()}
 

@@ -16,6 +16,7 @@ import torch
 from gptlab.data.augment import TokenMasking, corrupt_inputs
 from gptlab.data.packing import unpack_batch
 from gptlab.model import GPT, GPTConfig
+from gptlab.training.loggers import log_metrics
 from gptlab.training.optimizers import build_optimizer
 from gptlab.training.scalars import ScalarSeries
 from gptlab.training.schedule import OptimConfig
@@ -164,8 +165,8 @@ class GPTModule(L.LightningModule):
             for name, split in (("train/loss", "train"), ("val/loss", "val"))
             if name in metrics
         }
-        if self.logger is not None and not self.trainer.sanity_checking:
-            self.logger.log_metrics({f"{k}/loss": v for k, v in self.last_eval.items()}, step=self.global_step)
+        if not self.trainer.sanity_checking:
+            log_metrics(self.trainer, {f"{k}/loss": v for k, v in self.last_eval.items()}, step=self.global_step)
 
     # ------------------------------------------------------------------ optimizer
 

@@ -45,7 +45,7 @@ SET_BY_GPTLAB = {
     "log_every_n_steps": "log_interval",
     "enable_progress_bar": "log_interval (a progress line every log_interval steps)",
     "enable_model_summary": "nothing: the run's first line gives the model's shape and parameters",
-    "logger": "nothing: gptlab logs to TensorBoard in the run folder",
+    "logger": "logger=<name> or logger=[a,b] (conf/logger/: tensorboard, csv, wandb, mlflow; docs/loggers.md)",
     "callbacks": "+callbacks.<name>._target_=<class> (docs/training.md, Your own callbacks)",
     "enable_checkpointing": "always_save_checkpoint (best.ckpt and last.ckpt are the run's checkpoints)",
     "default_root_dir": "out_dir",

@@ -24,7 +24,6 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.trainer.states import TrainerStatus
@@ -46,10 +45,10 @@ from gptlab.rundir import (
     EXPORT,
     LAST,
     METRICS,
-    PLACE_KEYS,
     TRAINING_LOG,
     RunLock,
     clear_run,
+    is_place_key,
     read_metrics,
     write_eval,
     write_failure,
@@ -77,6 +76,7 @@ from gptlab.training.checkpoint import (
     remove_partial_writes,
     resolve_checkpoint,
 )
+from gptlab.training.loggers import LoggerRuns, build_loggers, closing, log_config, log_results, saved_runs
 from gptlab.training.module import GPTModule
 from gptlab.training.resume import FINISHED, RngState, StopOnSignal, resume_changes, starting_point
 from gptlab.training.schedule import optim_config
@@ -98,6 +98,7 @@ class Run:
     tokens_per_step: int = 0
     resume_step: int = 0
     changes: dict = field(default_factory=dict)  # settings changed at a resume: {key: (old, new)}
+    logger_runs: dict = field(default_factory=dict)  # the W&B / MLflow runs a resumed run continues
 
     @property
     def on_gpu(self) -> bool:
@@ -157,9 +158,11 @@ def train(
         # a run continued from its checkpoint gets its weights there, not from init_from's source
         module = build_module(cfg, data, source if run.start is None else None)
         run.tokens_per_step = describe(run, data, module)
+        loggers = build_loggers(cfg, run_dir, run.resume_step if run.start else None, run.logger_runs)
         parts = build_callbacks(run, data, extra=callbacks)
-        trainer = build_trainer(run, parts.callbacks)
-        return fit(run, trainer, module, data, parts)
+        trainer = build_trainer(run, parts.callbacks, loggers)
+        with closing(loggers):
+            return fit(run, trainer, module, data, parts)
 
 
 # ---------------------------------------------------------------------------- steps
@@ -232,6 +235,7 @@ def check_checkpoint(run: Run, data: Data) -> None:
         saved = ckpt["gptlab"]["optim"]
         lr_find.use_learning_rate(run.cfg, saved["learning_rate"], saved["min_lr"], "the checkpoint's")
     run.resume_step = int(ckpt.get("global_step", 0))
+    run.logger_runs = saved_runs(ckpt)
     run.changes = resume_changes(ckpt["gptlab"].get("config", {}), plain(run.cfg))
     if run.changes:
         log.info(
@@ -332,6 +336,7 @@ def build_callbacks(run: Run, data: Data, extra: Sequence[L.Callback] = ()) -> P
         BestCheckpoint(run_dir, save_last=bool(cfg.always_save_checkpoint)),
         FinalEvaluation(int(cfg.max_iters), int(cfg.eval_interval)),
         RngState(),
+        LoggerRuns(),
         StopOnSignal(run_dir / LAST),
         *trainer_args.callbacks(cfg),  # trainer.max_time's timer
         *extra,
@@ -361,20 +366,11 @@ def build_callbacks(run: Run, data: Data, extra: Sequence[L.Callback] = ()) -> P
     return Parts(callbacks, training_log, progress, monitors, early_stop)
 
 
-def build_trainer(run: Run, callbacks: list) -> L.Trainer:
+def build_trainer(run: Run, callbacks: list, loggers: Sequence = ()) -> L.Trainer:
     """Lightning's Trainer: devices, precision, accumulation, clipping, the evaluation rhythm,
-    and TensorBoard in the run folder."""
+    and the loggers (training/loggers.py builds them)."""
     cfg, device, run_dir = run.cfg, run.device, run.run_dir
     accum = int(cfg.gradient_accumulation_steps)
-    # purge_step: TensorBoard hides what a killed run logged after the checkpoint it resumes from,
-    # so every curve continues from the checkpoint's step without a doubled stretch
-    logger = TensorBoardLogger(
-        save_dir=str(run_dir),
-        name="",
-        version="",
-        default_hp_metric=False,
-        purge_step=run.resume_step + 1 if run.start else None,
-    )
     return L.Trainer(
         accelerator=device.accelerator,
         devices=device.devices,
@@ -392,7 +388,7 @@ def build_trainer(run: Run, callbacks: list) -> L.Trainer:
         limit_val_batches=int(cfg.eval_iters),
         num_sanity_val_steps=0,
         log_every_n_steps=int(cfg.log_interval),
-        logger=logger,
+        logger=list(loggers) or False,
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO(), *cluster_plugins()],
         enable_progress_bar=False,  # ProgressLog prints every log_interval steps instead
@@ -414,7 +410,7 @@ def fit(run: Run, trainer: L.Trainer, module: GPTModule, data: Data, parts: Part
     t0, sigint = time.time(), signal.getsignal(signal.SIGINT)
     try:
         if run.start is None:
-            trainer.logger.log_hyperparams(hparams(cfg, run.hparam_keys))
+            log_config(trainer, hparams(cfg, run.hparam_keys), {k: v for k, v in plain(cfg).items() if k != "logger"})
             trainer.validate(module, datamodule=data.dm, verbose=False)  # the step-0 evaluation
         trainer.fit(module, datamodule=data.dm, ckpt_path=str(run.start) if run.start else None, weights_only=True)
     except SystemExit:
@@ -467,15 +463,16 @@ def results(run: Run, trainer: L.Trainer, module: GPTModule, data: Data, parts: 
     best = metrics.get("best_val_loss")
     if best is not None:
         # the HParams dashboard: one row per run of a sweep, with its best val loss
-        trainer.logger.log_hyperparams(
+        log_results(
+            trainer,
             hparams(cfg, run.hparam_keys),
-            metrics={
+            {
                 "hp/best_val_loss": best,
                 "hp/final_val_loss": metrics["final_val_loss"],
                 "hp/final_train_loss": metrics["final_train_loss"],
             },
+            step=metrics["iters"],
         )
-        trainer.logger.save()
         log.info(f"training stopped at step {metrics['iters']}: {metrics['stop_message']}")
         log.info(f"best val loss {best:.4f} at step {metrics['best_step']}; checkpoints in {run_dir}")
     if metrics.get("sample"):
@@ -645,7 +642,7 @@ HPARAMS = (
 
 
 def hparams(cfg: DictConfig, extra: Sequence[str] = ()) -> dict:
-    keys = list(HPARAMS) + sorted(k for k in set(extra) if k not in HPARAMS and k not in PLACE_KEYS)
+    keys = list(HPARAMS) + sorted(k for k in set(extra) if k not in HPARAMS and not is_place_key(k))
     out = {}
     for k in keys:
         v = OmegaConf.select(cfg, k, default=None)

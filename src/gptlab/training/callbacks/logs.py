@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from gptlab.analysis import bits, loss_units, perplexity
 from gptlab.errors import NonFiniteLossError
 from gptlab.rundir import BEST, LAST, eval_line, write_text_atomic
+from gptlab.training.loggers import log_by_tokens, log_metrics, log_text
 from gptlab.training.scalars import ScalarSeries
 
 log = logging.getLogger("gptlab")
@@ -71,11 +72,10 @@ class TrainingLog(L.Callback):
         with open(self.path, "a") as f:
             f.write(line + "\n")
         log.info(line)
-        if trainer.logger is not None:
-            ppl, b = perplexity(rec["val_loss"]), bits(rec["val_loss"], self.bytes_per_token)
-            units = {"val/ppl": ppl, f"val/{self.bits_unit}": b}
-            trainer.logger.log_metrics({k: v for k, v in units.items() if v is not None}, step=rec["step"])
-        if trainer.logger is not None and self.tokens_per_step:
+        ppl, b = perplexity(rec["val_loss"]), bits(rec["val_loss"], self.bytes_per_token)
+        units = {"val/ppl": ppl, f"val/{self.bits_unit}": b}
+        log_metrics(trainer, {k: v for k, v in units.items() if v is not None}, step=rec["step"])
+        if self.tokens_per_step:
             self._log_by_tokens(trainer, rec)
 
     def state_dict(self) -> dict:
@@ -99,19 +99,23 @@ class TrainingLog(L.Callback):
                     )
         if rank_zero_only.rank != 0:
             return
-        if self._replay and trainer.logger is not None and self.tokens_per_step:
+        if self._replay and self.tokens_per_step:
             # a resumed run's TensorBoard writer purges every event at or after its first step, in all
-            # tags -- by_tokens/ steps (tokens) are far larger than optimizer steps, so the whole curve
-            # would go; write the evaluations before the checkpoint again
+            # tags (the CSV logger drops those rows alike) -- by_tokens/ steps (tokens) are far larger
+            # than optimizer steps, so the whole curve would go; write the evaluations before the
+            # checkpoint again, to those loggers only
             for rec in self._replay:
-                self._log_by_tokens(trainer, rec)
+                self._log_by_tokens(trainer, rec, replay=True)
             self._replay = []
 
-    def _log_by_tokens(self, trainer, rec: dict) -> None:
+    def _log_by_tokens(self, trainer, rec: dict, replay: bool = False) -> None:
         # the same losses with tokens seen as the x axis: runs with different batch sizes compare fairly
-        trainer.logger.log_metrics(
+        log_by_tokens(
+            trainer,
             {"by_tokens/train_loss": rec["train_loss"], "by_tokens/val_loss": rec["val_loss"]},
-            step=rec["step"] * self.tokens_per_step,
+            step=rec["step"],
+            tokens=rec["step"] * self.tokens_per_step,
+            replay=replay,
         )
 
     def load_state_dict(self, state: dict) -> None:
@@ -224,8 +228,7 @@ class ProgressLog(L.Callback):
             metrics["perf/padding_efficiency"] = efficiency
         if self._flops:
             metrics["perf/mfu"] = tok_s * self._flops
-        if trainer.logger is not None:
-            trainer.logger.log_metrics(metrics, step=step)
+        log_metrics(trainer, metrics, step=step)
         if trainer.is_global_zero:
             log.info(self._line(trainer, step, loss, ms, tok_s, lr, efficiency, now))
 
@@ -385,8 +388,9 @@ def generate_sample(model, tokenizer, n_tokens: int, seed: int, suppress: list[i
 
 
 class EvalSamples(L.Callback):
-    """After evaluations during training: a short generated text in TensorBoard's TEXT tab
-    (samples/eval), so the dashboard shows what the model writes as its loss falls.
+    """After evaluations during training: a short generated text under samples/eval (TensorBoard's
+    TEXT tab, a W&B table, MLflow text artifacts), so the dashboard shows what the model writes as
+    its loss falls.
 
     Generating goes one token at a time (~5 ms a token for the CPU recipe's model on 2 cores), so
     the samples are kept to `budget` of the training time: an evaluation skips its sample when
@@ -435,7 +439,7 @@ class EvalSamples(L.Callback):
 
     @rank_zero_only
     def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking or trainer.logger is None or "val" not in pl_module.last_eval:
+        if trainer.sanity_checking or not trainer.loggers or "val" not in pl_module.last_eval:
             return
         if not self._due(trainer, pl_module):
             return
@@ -443,10 +447,5 @@ class EvalSamples(L.Callback):
         text = generate_sample(pl_module.model, self.tokenizer, self.n_tokens, self.seed, self.suppress)
         self._cost = time.perf_counter() - t
         self._spent += self._cost
-        # TensorBoard renders markdown: four spaces make a code block that keeps the line breaks
-        body = "\n".join("    " + line for line in text.splitlines())
-        trainer.logger.experiment.add_text(
-            "samples/eval",
-            f"step {trainer.global_step}, val loss {pl_module.last_eval['val']:.4f}:\n\n{body}",
-            trainer.global_step,
-        )
+        caption = f"step {trainer.global_step}, val loss {pl_module.last_eval['val']:.4f}"
+        log_text(trainer, "samples/eval", caption, text, trainer.global_step)

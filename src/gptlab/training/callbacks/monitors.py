@@ -9,9 +9,9 @@ import math
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 
 from gptlab.analysis import diagnose
+from gptlab.training.loggers import log_histogram, log_metrics, takes_histograms
 
 log = logging.getLogger("gptlab")
 
@@ -67,16 +67,16 @@ class GradientMonitor(L.Callback):
         self.latest = st
         self.total_steps += st["steps"]
         self.total_clipped += st["clipped"]
-        if trainer.logger is not None:
-            trainer.logger.log_metrics(
-                {
-                    "train/grad_norm": st["last"],
-                    "grad/norm_mean": st["mean"],
-                    "grad/norm_max": st["max"],
-                    "grad/clipped_frac": st["clipped_frac"],
-                },
-                step=trainer.global_step,
-            )
+        log_metrics(
+            trainer,
+            {
+                "train/grad_norm": st["last"],
+                "grad/norm_mean": st["mean"],
+                "grad/norm_max": st["max"],
+                "grad/clipped_frac": st["clipped_frac"],
+            },
+            step=trainer.global_step,
+        )
         if self.warn_above > 0 and st["max"] > self.warn_above and trainer.is_global_zero:
             self.warnings += 1
             if self.warnings == 1 or self.warnings % 50 == 0:  # say it, then only now and then
@@ -89,30 +89,6 @@ class GradientMonitor(L.Callback):
     @property
     def clipped_fraction(self) -> float | None:
         return self.total_clipped / self.total_steps if self.total_steps else None
-
-
-def add_histogram(exp, tag: str, values: torch.Tensor, step: int, bins: int = 64) -> None:
-    """A TensorBoard histogram counted where the values are (torch.histc) and written with
-    SummaryWriter.add_histogram_raw. SummaryWriter.add_histogram would copy every value to the host
-    as float64 and sort it: ~5 ms per layer group for the CPU recipe's model, 144 ms for its 30
-    histograms, and a copy of all the weights from a GPU."""
-    v = values.detach().float().flatten()
-    lo, hi, total, squares = torch.stack([v.min(), v.max(), v.sum(), v.pow(2).sum()]).tolist()
-    width = (hi - lo) or max(abs(lo), 1e-12)  # all values equal (a fresh LayerNorm's weights): one bucket around them
-    left = lo if hi > lo else lo - width / 2
-    counts = torch.histc(v, bins=bins, min=left, max=left + width).tolist()
-    limits = [left + width * (i + 1) / bins for i in range(bins)]  # right edge of each bucket
-    exp.add_histogram_raw(
-        tag,
-        min=lo,
-        max=hi,
-        num=v.numel(),
-        sum=total,
-        sum_squares=squares,
-        bucket_limits=limits,
-        bucket_counts=counts,
-        global_step=step,
-    )
 
 
 class LayerGradients(L.Callback):
@@ -141,15 +117,13 @@ class LayerGradients(L.Callback):
             )
             norms = dict(zip(sq, values.sqrt().tolist()))  # one host sync per interval
             self._before = {k: [p.detach().clone() for p in ps] for k, ps in groups.items()}
-        exp = _tensorboard(trainer)
-        if trainer.logger is not None:
-            trainer.logger.log_metrics({f"grad_layer/{k}": v for k, v in norms.items()}, step=step)
-        if exp is not None and self.histograms:
+        log_metrics(trainer, {f"grad_layer/{k}": v for k, v in norms.items()}, step=step)
+        if self.histograms and takes_histograms(trainer):
             for k, ps in groups.items():
                 grads = [p.grad.detach().flatten() for p in ps if p.grad is not None]
                 if grads:
-                    add_histogram(exp, f"grad_hist/{k}", torch.cat(grads), step)
-                add_histogram(exp, f"weight_hist/{k}", torch.cat([p.detach().flatten() for p in ps]), step)
+                    log_histogram(trainer, f"grad_hist/{k}", torch.cat(grads), step)
+                log_histogram(trainer, f"weight_hist/{k}", torch.cat([p.detach().flatten() for p in ps]), step)
         for verdict in diagnose(norms, self.ratio):
             if verdict not in self.flagged:
                 self.flagged[verdict] = step
@@ -167,8 +141,7 @@ class LayerGradients(L.Callback):
                 base = sum(b.float().pow(2).sum() for b in before)
                 ratios[k] = (delta.sqrt() / base.sqrt().clamp_min(1e-12)).item()
         self._before = None
-        if trainer.logger is not None:
-            trainer.logger.log_metrics({f"update_ratio/{k}": v for k, v in ratios.items()}, step=trainer.global_step)
+        log_metrics(trainer, {f"update_ratio/{k}": v for k, v in ratios.items()}, step=trainer.global_step)
 
     def state_dict(self) -> dict:
         return {"flagged": dict(self.flagged)}
@@ -192,8 +165,7 @@ class InitialLossCheck(L.Callback):
             return
         val = pl_module.last_eval["val"]
         self.result = {"initial_val_loss": val, "random_guess_loss": self.expected}
-        if trainer.logger is not None:
-            trainer.logger.log_metrics({"init/val_loss": val, "init/random_guess_loss": self.expected}, step=0)
+        log_metrics(trainer, {"init/val_loss": val, "init/random_guess_loss": self.expected}, step=0)
         if not trainer.is_global_zero:
             return
         diff = val - self.expected
@@ -274,10 +246,3 @@ class PlateauHint(L.Callback):
     def load_state_dict(self, state: dict) -> None:
         for k, v in state.items():
             setattr(self, k, v)
-
-
-def _tensorboard(trainer):
-    for lg in trainer.loggers:
-        if isinstance(lg, TensorBoardLogger):
-            return lg.experiment
-    return None
