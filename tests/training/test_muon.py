@@ -98,6 +98,7 @@ def test_resume_refuses_optimizer_changes_and_reads_old_checkpoints_as_adamw():
     now = {**saved, "optimizer": "adamw", "muon_lr": 0.02, "muon_momentum": 0.95}
     now.update(pos_emb="learned", rope_base=10000, norm="layernorm", qk_norm=False, mlp="gelu")
     now.update(tie_embeddings=True, zero_init_proj=False, logit_softcap=None)
+    now.update(peak_tflops=None, callbacks={})  # keys added later still, with their defaults
     assert resume_changes(saved, now) == {}
     assert resume_changes(saved, {**now, "mlp": "swiglu"}) == {"mlp": ("gelu", "swiglu")}
     for key, old, new in [("optimizer", "adamw", "muon"), ("muon_lr", 0.02, 0.05), ("muon_momentum", 0.95, 0.9)]:
