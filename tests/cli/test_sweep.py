@@ -11,9 +11,12 @@ import sys
 import time
 
 import pytest
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from gptlab.cli.sweep import clear_failure, job_count, job_line
+from gptlab.cli.sweep import SweepReport, clear_failure, job_count, job_line
+from gptlab.rundir import write_metrics
 from gptlab.training.resume import FINISHED, starting_point
 from gptlab.training.run import train
 
@@ -184,3 +187,19 @@ def test_job_line_gives_the_time_left_from_finished_jobs():
     assert job_line(0, 4, "0_a=1", []) == "job 1/4: 0_a=1"
     assert job_line(2, 4, "2_a=3", [60.0, 70.0]) == "job 3/4: 2_a=3 | 2 finished, 1m05s each: ETA 2m10s"
     assert job_line(5, None, "5_x", [10.0]) == "job 6: 5_x"  # a sweeper that does not say how many
+
+
+def test_resumed_sweeps_time_left_ignores_the_jobs_it_skips(tmp_path):
+    """resume=true passes over finished runs in no time; counting them would shrink the time left."""
+    report = SweepReport()
+    report.total, report.sequential = 2, True
+    for num, finished in ((0, True), (1, False)):
+        out = tmp_path / f"{num}_job"
+        out.mkdir()
+        if finished:
+            write_metrics(out, {"status": "ok", "best_val_loss": 2.0})
+        hydra = {"mode": RunMode.MULTIRUN, "job": {"num": num}, "runtime": {"output_dir": str(out)}}
+        cfg = OmegaConf.create({"resume": True, "hydra": hydra})
+        report.on_job_start(cfg)
+        report.on_job_end(cfg, JobReturn(status=JobStatus.COMPLETED))
+    assert len(report.durations) == 1  # only the job that trained

@@ -117,6 +117,7 @@ class SweepReport(Callback):
         self.sequential = False  # the basic launcher: jobs one after another, in this process
         self.durations: list[float] = []  # seconds of each finished job
         self._job_t0 = 0.0
+        self._skipping = False  # resume=true and this job's run had finished: it takes no time
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.crashed = {}
@@ -129,6 +130,8 @@ class SweepReport(Callback):
         if config.hydra.mode != RunMode.MULTIRUN or rank_zero_only.rank != 0:
             return
         self._job_t0 = time.time()
+        done = read_metrics(Path(config.hydra.runtime.output_dir)) if config.get("resume") else None
+        self._skipping = bool(done and done["status"] == "ok")
         log.info(
             job_line(
                 int(config.hydra.job.num),
@@ -141,7 +144,8 @@ class SweepReport(Callback):
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if config.hydra.mode != RunMode.MULTIRUN:
             return
-        self.durations.append(time.time() - self._job_t0)
+        if not self._skipping:  # a skipped job's ~0 s would make the time left look short
+            self.durations.append(time.time() - self._job_t0)
         if job_return.status == JobStatus.FAILED:
             e = job_return._return_value
             self.crashed[str(Path(config.hydra.runtime.output_dir).resolve())] = f"{type(e).__name__}: {e}"
