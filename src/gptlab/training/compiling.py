@@ -74,7 +74,6 @@ class CompileWatch(L.Callback):
     def setup(self, trainer, pl_module, stage: str) -> None:
         if self._t0 is None:  # the step-0 evaluation's setup comes first: it compiles the eval graph
             self._t0 = time.perf_counter()
-            self._start_step = int(trainer.global_step)
             self._graphs0 = _graphs()
             if self.compile:
                 dynamo_log = logging.getLogger(_DYNAMO_LOG)
@@ -85,6 +84,9 @@ class CompileWatch(L.Callback):
     def teardown(self, trainer, pl_module, stage: str) -> None:
         if stage == "fit":
             logging.getLogger(_DYNAMO_LOG).removeHandler(self._handler)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._start_step = int(trainer.global_step)  # after a resume: the checkpoint's step, restored by now
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if self.first_step_s is None and trainer.global_step > self._start_step:
