@@ -92,15 +92,18 @@ def test_document_mask_on_the_gpu_attention_path(data_root):
     model = GPT(GPTConfig(vocab_size=65, block_size=64, n_layer=2, n_head=2, n_embd=32, dropout=0.0)).cuda()
     second = doc == 1
     with torch.no_grad():
-        for dt, tol in ((torch.float32, 1e-4), (torch.bfloat16, 3e-2)):
-            with torch.autocast("cuda", dtype=dt, enabled=dt != torch.float32):
-                packed, _ = model(x, y, **kw)
-                alone, _ = model(x[:, second], x[:, second])
-                plain, _ = model(x, y)
-            # the second document of the row, computed inside the row, equals it computed alone
-            assert torch.allclose(packed[0, second].float(), alone[0].float(), atol=tol), dt
-            # without the mask and positions it sees the first document
-            assert not torch.allclose(plain[0, second].float(), alone[0].float(), atol=10 * tol), dt
+        packed, _ = model(x, y, **kw)
+        alone, _ = model(x[:, second], x[:, second])
+        plain, _ = model(x, y)
+        # float32: the second document of the row, computed inside the row, equals it computed alone
+        assert torch.allclose(packed[0, second], alone[0], atol=1e-4)
+        # (without the mask and positions it does see the first document)
+        assert not torch.allclose(plain[0, second], alone[0], atol=1e-3)
+        with torch.autocast("cuda", dtype=torch.bfloat16):  # the masked kernel in bf16, as training runs it
+            packed16, _ = model(x, y, **kw)
+            alone16, _ = model(x[:, second], x[:, second])
+        gap = (packed16[0, second].float() - alone16[0].float()).abs().max()
+        assert gap < 0.1 * (plain[0, second] - alone[0]).abs().max() + 1e-2  # bf16 rounding, not leakage
 
 
 def test_packed_batches_train_on_the_gpu(compose, tmp_path):
