@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install prepare train sample report test test-all lint tensorboard clean bench bench-gpu gpu-carry
+.PHONY: help install prepare train sample report test test-all test-gpu lint tensorboard clean bench bench-gpu gpu-carry
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -35,11 +35,14 @@ sample: install ## sample from a run: make sample ARGS="ckpt=outputs/<date>/<tim
 report: install ## a sweep's report.md and plots: make report ARGS=outputs/exp2_grad_accum (default: the newest sweep in outputs/)
 	$(BIN)/python -m gptlab.report $(ARGS)
 
-test: install ## run the tests, without the slow ones (what CI runs)
-	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+test: install ## run the tests, without the slow ones and the GPU ones (what CI runs)
+	$(BIN)/python -m pytest -q -m "not slow and not gpu" $(ARGS)
 
-test-all: install ## run every test, slow ones included
+test-all: install ## run every test, slow ones included (GPU ones skip without CUDA)
 	$(BIN)/python -m pytest -q $(ARGS)
+
+test-gpu: install ## the tests marked gpu (bf16/fp16, compile, packing, FSDP, resume, bench on CUDA; ~3 min on one H200)
+	$(BIN)/python -m pytest -q -rs -m gpu $(ARGS)
 
 lint: install ## ruff (lint + format check) and the import layers (lint-imports, contracts in pyproject.toml)
 	$(BIN)/ruff check src tests scripts

@@ -166,6 +166,7 @@ SCHEMA: dict[str, Rule] = {
     "device": Rule(lambda v: isinstance(v, str) and DEVICE.fullmatch(v) is not None, "auto, cpu, cuda, cuda:N or mps"),
     "dtype": one_of(*DTYPES),
     "compile": BOOL,
+    "compile_backend": one_of("inductor", "aot_eager", "eager"),
     "pad_vocab": BOOL,
     "peak_tflops": number(0, lo_open=True, null=True, says="> 0 (TFLOP/s of one device: H100 bf16 989) or null"),
     "seed": integer(0, 2**32 - 1),

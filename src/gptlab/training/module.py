@@ -16,6 +16,7 @@ import torch
 from gptlab.data.augment import TokenMasking, corrupt_inputs
 from gptlab.data.packing import unpack_batch
 from gptlab.model import GPT, GPTConfig
+from gptlab.training.compiling import compile_model
 from gptlab.training.loggers import log_metrics
 from gptlab.training.optimizers import build_optimizer
 from gptlab.training.scalars import ScalarSeries
@@ -35,11 +36,13 @@ class GPTModule(L.LightningModule):
         compile: bool = False,
         extra: dict | None = None,
         augment: TokenMasking | None = None,
+        compile_backend: str = "inductor",
     ):
         super().__init__()
         self.model = GPT(model_config)
         self.optim = optim
         self.compile_model = compile
+        self.compile_backend = compile_backend
         # plain values stored in every checkpoint (run settings, tokenizer) so tools need no config
         self.extra = dict(extra or {})
         self.augment = augment  # token masking of training inputs (gptlab.augment), or None
@@ -58,8 +61,9 @@ class GPTModule(L.LightningModule):
 
     def configure_model(self) -> None:
         if self.compile_model and "_compiled" not in self.__dict__:
-            # kept out of the module tree so state_dict keys stay free of '_orig_mod.'
-            self.__dict__["_compiled"] = torch.compile(self.model)
+            # kept out of the module tree so state_dict keys stay free of '_orig_mod.'; compile_model
+            # resets dynamo first, so a sweep's earlier jobs cannot use up this run's recompile limit
+            self.__dict__["_compiled"] = compile_model(self.model, self.compile_backend)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, **kw):
         fn = self.__dict__.get("_compiled", self.model)

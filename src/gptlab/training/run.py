@@ -76,6 +76,7 @@ from gptlab.training.checkpoint import (
     remove_partial_writes,
     resolve_checkpoint,
 )
+from gptlab.training.compiling import CompileWatch
 from gptlab.training.loggers import LoggerRuns, build_loggers, closing, log_config, log_results, saved_runs
 from gptlab.training.module import GPTModule
 from gptlab.training.resume import FINISHED, RngState, StopOnSignal, resume_changes, starting_point
@@ -124,6 +125,7 @@ class Parts:
     progress: ProgressLog
     monitors: list = field(default_factory=list)
     early_stop: EarlyStopping | None = None
+    compile_watch: CompileWatch | None = None
 
 
 def train(
@@ -260,6 +262,7 @@ def build_module(cfg: DictConfig, data: Data, source: pretrained.Source | None =
         data.mconf,
         optim_config(cfg),
         compile=bool(cfg.compile),
+        compile_backend=str(cfg.get("compile_backend", "inductor")),
         extra={"config": plain(cfg), "tokenizer": tokenizer_meta, "data_dir": str(data.spec.dir)},
         augment=data.masking,
     )
@@ -328,6 +331,7 @@ def build_callbacks(run: Run, data: Data, extra: Sequence[L.Callback] = ()) -> P
     if peak is not None or run.on_gpu:
         log.info(f"MFU against {peak_source}" if peak is not None else peak_source)
     progress = ProgressLog(int(cfg.log_interval), run.tokens_per_step, grad_monitor=grad_monitor, peak_flops=peak)
+    compile_watch = CompileWatch(bool(cfg.compile))  # first_step_s; a fallback to eager, said and recorded
     callbacks = [
         training_log,
         *monitors,  # before ProgressLog: it prints the gradient norm GradientMonitor reads
@@ -339,6 +343,7 @@ def build_callbacks(run: Run, data: Data, extra: Sequence[L.Callback] = ()) -> P
         LoggerRuns(),
         StopOnSignal(run_dir / LAST),
         *trainer_args.callbacks(cfg),  # trainer.max_time's timer
+        compile_watch,
         *extra,
     ]
     if int(cfg.eval_sample_tokens) > 0 and str(cfg.trainer.strategy) != "fsdp":
@@ -363,7 +368,7 @@ def build_callbacks(run: Run, data: Data, extra: Sequence[L.Callback] = ()) -> P
             check_on_train_epoch_end=False,
         )
         callbacks.append(early_stop)
-    return Parts(callbacks, training_log, progress, monitors, early_stop)
+    return Parts(callbacks, training_log, progress, monitors, early_stop, compile_watch)
 
 
 def build_trainer(run: Run, callbacks: list, loggers: Sequence = ()) -> L.Trainer:
@@ -684,6 +689,8 @@ def measurements(run: Run, trainer, module: GPTModule, parts: Parts, wall: float
         "params": module.model.num_params(),
         "vocab_size": module.model.config.vocab_size,
     }
+    if parts.compile_watch is not None:
+        m.update(parts.compile_watch.results())  # compiled, compile_fallback, compiled_graphs, first_step_s
     m.update(parts.training_log.val_units(m["final_val_loss"], m["best_val_loss"]))  # ppl, bpc / bpb
     if parts.training_log.resumes:
         m["resumes"] = parts.training_log.resumes  # settings changed at a resume: [{step, changed: {key: [old, new]}}]
