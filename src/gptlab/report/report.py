@@ -235,7 +235,8 @@ def load_runs(sweep_dir: Path) -> list[Run]:
 
 def swept_keys(runs: list[Run]) -> list[str]:
     """Keys set to different values in different runs: what the sweep varied."""
-    keys = sorted({k for r in runs for k in r.overrides})
+    # where a run was written (out_dir: a job added to the sweep's folder by hand) is not a setting
+    keys = sorted({k for r in runs for k in r.overrides if not is_place_key(k)})
     return [k for k in keys if len({r.overrides.get(k) for r in runs}) > 1]
 
 
