@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install prepare train sample report test test-all test-gpu lint tensorboard clean bench bench-gpu gpu-carry
+.PHONY: help install prepare train sample report test test-all test-gpu lint tensorboard clean bench bench-gpu gpu-experiments gpu-carry
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ bench: install ## gptlab vs a plain PyTorch loop, side by side (ARGS="--configs 
 
 bench-gpu: ## the GPU measurements (baby GPT 5000 steps, GPT-2 124M MFU): scripts/bench_gpu.sh
 	bash scripts/bench_gpu.sh $(ARGS)
+
+gpu-experiments: ## exp1-exp5 at the guide's numbers on one GPU, jobs side by side: scripts/gpu_experiments.sh
+	bash scripts/gpu_experiments.sh $(ARGS)
 
 gpu-carry: install ## fill .gpucarry/ with what an offline GPU machine lacks (hydra-core, omegaconf, data, BPE files)
 	$(BIN)/python scripts/gpu_carry.py

@@ -1,5 +1,6 @@
 """Gather what an offline GPU machine needs besides torch and lightning into .gpucarry/:
-hydra-core, omegaconf and antlr4 (pure Python, copied from this environment), Tiny Shakespeare,
+hydra-core, omegaconf and antlr4, Hydra's joblib launcher and joblib (pure Python, copied from
+this environment; the launcher runs scripts/gpu_experiments.sh's jobs side by side), Tiny Shakespeare,
 and GPT-2's BPE files. `make gpu-carry`; then scripts/bench_gpu.sh puts them on the path.
 
     python scripts/gpu_carry.py [DEST]   (default .gpucarry, ignored by git)
@@ -16,14 +17,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-PACKAGES = ("hydra", "omegaconf", "antlr4")  # hydra-core's Python needs; PyYAML is usually there already
+PACKAGES = ("hydra", "omegaconf", "antlr4", "hydra_plugins/hydra_joblib_launcher", "joblib")  # PyYAML is usually there
 
 
 def main() -> None:
     dest = Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / ".gpucarry")
     site = dest / "site"
     for name in PACKAGES:
-        src = Path(importlib.import_module(name).__file__).parent
+        # __path__, not __file__: hydra_plugins is a namespace package (no __init__.py)
+        src = Path(next(iter(importlib.import_module(name.replace("/", ".")).__path__)))
         shutil.copytree(src, site / name, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
     from gptlab.data.dataset import fetch_corpus

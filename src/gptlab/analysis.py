@@ -27,8 +27,11 @@ EARLY_FRACTION = 0.1
 # overfitting flag
 OVERFIT_GAP = 0.1  # final val loss - final train loss above this
 OVERFIT_VAL_RISE = 0.05  # or val loss this far above its best while the train loss kept falling
-# grad_accum: two eval curves within this of each other at every evaluation are "the same"
+# grad_accum: two eval curves within this of each other at every evaluation are "the same" (float32)
 SAME_CURVES_TOL = 0.01
+# precisions whose rounding alone moves a curve by more than that tolerance can: in them the
+# floor is measured (one layout again in float32), not assumed
+LOW_PRECISION = ("bfloat16", "float16")
 
 # the experiments whose own question a report answers (report.analysis in an experiment's config)
 ANALYSES = ("hparams", "grad_accum", "regularization", "lr_schedule", "scaling", "modern")
@@ -202,6 +205,44 @@ def curve_difference(a: list[Point], b: list[Point]) -> CurveDiff | None:
     return CurveDiff(worst[0], worst[1], len(diffs))
 
 
+@dataclass(frozen=True)
+class SameOrNot:
+    same: bool
+    text: str  # the verdict in words, with the figures it rests on
+
+
+def same_curves(diff: float, dtype: str | None, floor: float | None) -> SameOrNot:
+    """Are two curves that differ by at most `diff` the same? In float32 (or an unknown dtype):
+    within SAME_CURVES_TOL. In bfloat16 / float16: within `floor`, the measured distance between
+    one layout's low-precision run and its float32 run (None: not measured, the tolerance decides
+    and the text says the floor is missing)."""
+    if dtype not in LOW_PRECISION:
+        same = diff <= SAME_CURVES_TOL
+        return SameOrNot(
+            same,
+            f"**{'the same' if same else 'not the same'}** -- the eval curves differ by at most "
+            f"{fmt_delta(diff)} ({'≤' if same else '>'} the tolerance {SAME_CURVES_TOL:g})",
+        )
+    short = {"bfloat16": "bf16", "float16": "fp16"}[dtype]
+    if floor is None:
+        same = diff <= SAME_CURVES_TOL
+        return SameOrNot(
+            same,
+            f"**{'the same' if same else 'not the same'}** within the float tolerance {SAME_CURVES_TOL:g} "
+            f"(largest difference {fmt_delta(diff)}), but the runs are {dtype} and the sweep has no float32 run "
+            f"of either layout: {short} rounding's floor is not measured, so this verdict cannot tell rounding "
+            "from a real difference (conf/experiment/exp2_grad_accum.yaml's large_batch_float32 measures it)",
+        )
+    if diff <= floor:
+        return SameOrNot(True, f"**the same within {short} rounding** ({fmt_delta(diff)} ≤ floor {fmt_delta(floor)})")
+    return SameOrNot(False, f"**different** ({fmt_delta(diff)} > floor {fmt_delta(floor)})")
+
+
+def fmt_delta(v: float) -> str:
+    """A loss difference: 4 decimals, or its size when float rounding (1e-6) would print 0.0000."""
+    return f"{v:.4f}" if v == 0 or v >= 1e-3 else f"{v:.1e}"
+
+
 def guide_params(n_layer: int, n_embd: int, vocab_size: int) -> int:
     """The guide's estimate: n_layer * (4 + 12) * n_embd^2 (attention + MLP) + vocab_size * n_embd."""
     return n_layer * 16 * n_embd**2 + vocab_size * n_embd
@@ -284,6 +325,10 @@ def rules() -> list[str]:
         f"- **converged**: otherwise, when the last {CONVERGED_WINDOW:.0%} of the steps changed the train loss by less "
         f"than {CONVERGED_CHANGE:.0%}; **still improving**: it fell by {CONVERGED_CHANGE:.0%} or more. The verdicts "
         "read the train loss at the evaluations (eval mode, clean batches).",
+        f"- **same curves** (grad_accum): in float32, the eval curves (train and val) differ by at most "
+        f"{SAME_CURVES_TOL:g} at every common evaluation. In {' or '.join(LOW_PRECISION)}, by at most the *floor*: "
+        "the largest difference between one layout's run in that precision and the same layout's run in float32 "
+        "(TF32 matmuls on a GPU), measured in the sweep itself.",
         f"- **overfitting**: the final gap (val - train) is above {OVERFIT_GAP:g}, or the val loss ended "
         f"{OVERFIT_VAL_RISE:g} or more above its best while the train loss kept falling.",
     ]

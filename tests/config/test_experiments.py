@@ -62,9 +62,20 @@ def test_exp1_five_named_variants():
 
 
 def test_exp2_same_batch_two_layouts():
-    runs = jobs("exp2_grad_accum")
+    a, b, ref = (job_config(r, cpu=False) for r in jobs("exp2_grad_accum"))
+    # the guide's scale (bf16 on a GPU) adds large_batch in float32: the report's rounding floor
+    assert (ref.variant, ref.batch_size, ref.gradient_accumulation_steps, ref.dtype) == (
+        "large_batch_float32",
+        64,
+        1,
+        "float32",
+    )
+    assert a.dtype == b.dtype == "auto"
+    with initialize_config_dir(config_dir=str(cli.CONF_DIR), version_base="1.3"):
+        cpu = hydra_compose("train", ["experiment=exp2_grad_accum", "profile=cpu"], return_hydra_config=True)
+    assert cpu.hydra.sweeper.params.variant == "large_batch,grad_accum"  # float32 on CPU: no reference to add
     for cpu in (False, True):
-        a, b = (job_config(r, cpu) for r in runs)
+        a, b = (job_config(r, cpu) for r in jobs("exp2_grad_accum")[:2])
         assert (a.variant, a.batch_size, a.gradient_accumulation_steps) == ("large_batch", 64, 1)
         assert (b.variant, b.batch_size, b.gradient_accumulation_steps) == ("grad_accum", 16, 4)
         assert a.dropout == b.dropout == 0.0 and a.eval_batch_size == b.eval_batch_size == 64

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -338,6 +339,94 @@ def test_grad_accum_same_curves_or_not(tmp_path):
         else:
             assert "**not the same** -- the eval curves differ by at most 0.0500 (> the tolerance 0.01)" in line
             assert "training-batch loss (train_curve, per log interval): 0.0500 at step " in text
+
+
+def exp2_sweep(sweep, shifts: dict, dtypes: dict):
+    """exp2's runs as fixtures: variant -> its curve's shift from large_batch's, and its dtype."""
+    f = decay(1.8)
+    layouts = {"large_batch": (64, 1), "grad_accum": (16, 4), "large_batch_float32": (64, 1)}
+    for job, (name, shift) in enumerate(shifts.items()):
+        write_run(
+            sweep,
+            f"{job}_{name}",
+            lambda s, shift=shift: f(s) + shift,
+            variant=name,
+            analysis="grad_accum",
+            settings={"batch_size": layouts[name][0], "gradient_accumulation_steps": layouts[name][1]},
+            metrics={"dtype": dtypes[name]},
+        )
+    return verdict_line(report.report(sweep)), (sweep / "report.md").read_text()
+
+
+def test_grad_accum_in_bf16_is_judged_against_the_measured_floor(tmp_path):
+    dtypes = {"large_batch": "bfloat16", "grad_accum": "bfloat16", "large_batch_float32": "float32"}
+    # H200's figure: the layouts 0.0135 apart in bf16, beyond the float tolerance
+    line, text = exp2_sweep(
+        tmp_path / "within", {"large_batch": 0, "grad_accum": 0.0135, "large_batch_float32": 0.02}, dtypes
+    )
+    assert "Precision: bfloat16:" in text
+    assert "- rounding floor, large_batch_float32 (float32) vs large_batch (bfloat16): 0.0200 at step " in text
+    assert "large_batch vs grad_accum: **the same within bf16 rounding** (0.0135 ≤ floor 0.0200)" in line
+    assert "large_batch_float32" not in line  # the reference is not one of the compared layouts
+    line, _ = exp2_sweep(
+        tmp_path / "beyond", {"large_batch": 0, "grad_accum": 0.03, "large_batch_float32": 0.005}, dtypes
+    )
+    assert "large_batch vs grad_accum: **different** (0.0300 > floor 0.0050)" in line
+
+
+def test_grad_accum_in_bf16_without_a_float32_run_says_the_floor_is_missing(tmp_path):
+    line, _ = exp2_sweep(
+        tmp_path, {"large_batch": 0, "grad_accum": 0.0135}, {"large_batch": "bfloat16", "grad_accum": "bfloat16"}
+    )
+    assert "**not the same** within the float tolerance 0.01 (largest difference 0.0135)" in line
+    assert "bf16 rounding's floor is not measured" in line and "large_batch_float32 measures it" in line
+
+
+def test_grad_accum_in_float32_repeats_are_no_floor(tmp_path):
+    """All float32 (dtype=float32 on a GPU): the reference repeats large_batch; the tolerance decides."""
+    dtypes = dict.fromkeys(["large_batch", "grad_accum", "large_batch_float32"], "float32")
+    line, text = exp2_sweep(tmp_path, {"large_batch": 0, "grad_accum": 0, "large_batch_float32": 0}, dtypes)
+    assert (
+        "large_batch_float32 (float32) vs large_batch (float32) repeats a layout: they differ by at most 0.0000" in text
+    )
+    assert line == (
+        "**Verdict:** large_batch vs grad_accum: **the same** -- the eval curves differ by at most 0.0000 "
+        "(≤ the tolerance 0.01); wall-time ratio 1.00×"
+    )
+
+
+@pytest.mark.slow  # four tiny trainings: ~30 s on 2 shared cores
+def test_grad_accum_floor_from_real_bf16_and_float32_runs(compose, tmp_path):
+    """exp2 shrunk, trained on CPU in bfloat16 autocast with the float32 reference, and in float32:
+    the report measures a non-zero bf16 floor, and agreement to float rounding in float32."""
+
+    def run(sweep, job, variant, *extra):
+        overrides = ["experiment=exp2_grad_accum", f"variant={variant}", "max_iters=8", "eval_interval=4"]
+        overrides += ["eval_iters=2", "eval_batch_size=16", "batch_size=16", "log_interval=1", *extra]
+        cfg = compose(*overrides)
+        if variant == "grad_accum":
+            cfg.batch_size = 4  # 4 x 4 against 16 x 1: one layout of the same 16 sequences
+        train(cfg, sweep / f"{job}_{variant}")
+
+    low, full = tmp_path / "bf16", tmp_path / "fp32"
+    run(low, 0, "large_batch", "dtype=bfloat16")
+    run(low, 1, "grad_accum", "dtype=bfloat16")
+    run(low, 2, "large_batch_float32")
+    shutil.copytree(low / "2_large_batch_float32", full / "0_large_batch_float32")  # 16 x 1 in float32
+    run(full, 1, "grad_accum", "dtype=float32")
+    line, text = verdict_line(report.report(low)), (low / "report.md").read_text()
+    assert json.loads((low / "0_large_batch" / "metrics.json").read_text())["dtype"] == "bfloat16"
+    floor = float(
+        re.search(r"rounding floor, large_batch_float32 \(float32\) vs large_batch \(bfloat16\): (\S+)", text)[1]
+    )
+    assert floor > 1e-5  # bf16 rounding moves the curves (float32 on CPU repeats itself exactly)
+    assert re.search(
+        r"large_batch vs grad_accum: \*\*(the same within bf16 rounding|different)\*\* \(\S+ [≤>] floor ", line
+    )
+    line = verdict_line(report.report(full))
+    assert "Precision: float32." in (full / "report.md").read_text()
+    assert "large_batch_float32 vs grad_accum: **the same** -- the eval curves differ by at most " in line
+    assert "(≤ the tolerance 0.01)" in line
 
 
 def test_regularization_names_the_gap_it_closed(tmp_path):

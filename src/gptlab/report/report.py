@@ -235,7 +235,8 @@ def load_runs(sweep_dir: Path) -> list[Run]:
 
 def swept_keys(runs: list[Run]) -> list[str]:
     """Keys set to different values in different runs: what the sweep varied."""
-    keys = sorted({k for r in runs for k in r.overrides})
+    # where a run was written (out_dir: a job added to the sweep's folder by hand) is not a setting
+    keys = sorted({k for r in runs for k in r.overrides if not is_place_key(k)})
     return [k for k in keys if len({r.overrides.get(k) for r in runs}) > 1]
 
 
@@ -520,9 +521,59 @@ def hparams(runs: list[Run], keys: list[str], found: dict[Path, Assessment], swe
     ]
 
 
+def _dtype(r: Run) -> str | None:
+    """The precision a run trained in: metrics.json's (resolved), else config.yaml's unless auto."""
+    d = r.metrics.get("dtype") or r.setting("dtype")
+    return None if d in (None, "auto") else str(d)
+
+
+def _layout(r: Run) -> tuple:
+    return r.setting("batch_size"), r.setting("gradient_accumulation_steps")
+
+
+def _eval_diff(a: Run, b: Run) -> an.CurveDiff | None:
+    """The larger of the two eval curves' (train, val) largest differences."""
+    found = [x for x in (an.curve_difference(a.curve(s), b.curve(s)) for s in ("train", "val")) if x]
+    return max(found, key=lambda x: x.max_abs, default=None)
+
+
+def _split_by_precision(ok: list[Run]) -> tuple[str | None, list[Run], list[Run]]:
+    """(the sweep's dtype, the runs compared -- one per layout, in it --, the others: float32
+    references of a low-precision sweep, repeats of a layout)."""
+    dtypes = [_dtype(r) for r in ok]
+    main = next((d for d in dtypes if d in an.LOW_PRECISION), dtypes[0] if dtypes else None)
+    compared, layouts = [], set()
+    for r in ok:
+        if _dtype(r) == main and _layout(r) not in layouts:
+            compared.append(r)
+            layouts.add(_layout(r))
+    return main, compared, [r for r in ok if r not in compared]
+
+
+def _floor(main: str | None, compared: list[Run], others: list[Run], keys: list[str]) -> tuple[float | None, list[str]]:
+    """The rounding floor of a low-precision sweep: how far a layout's curves move between its
+    float32 run and its run in the sweep's dtype (the largest such distance); lines saying so,
+    and what the other runs (repeats) differ by."""
+    floor, lines = None, []
+    for o in others:
+        twin = next((r for r in compared if _layout(r) == _layout(o)), None)
+        d = _eval_diff(twin, o) if twin else None
+        if twin is None or d is None:
+            continue
+        what = f"{label(o, keys)} ({_dtype(o) or 'dtype unknown'}) vs {label(twin, keys)} ({_dtype(twin)})"
+        if main in an.LOW_PRECISION and _dtype(o) == "float32":
+            floor = max(floor or 0.0, d.max_abs)
+            lines.append(f"- rounding floor, {what}: {_delta(d.max_abs)} at step {d.step} (the same layout)")
+        else:
+            lines.append(f"- {what} repeats a layout: they differ by at most {_delta(d.max_abs)}")
+    return floor, lines
+
+
 def grad_accum(runs: list[Run], keys: list[str], found: dict[Path, Assessment], sweep: Path) -> list[str]:
-    """Experiment 2: is batch_size x gradient_accumulation_steps the same as one big batch?"""
-    ok = _ok(runs)
+    """Experiment 2: is batch_size x gradient_accumulation_steps the same as one big batch? In
+    bfloat16 / float16 the answer is against the rounding floor the sweep measured (a float32 run
+    of one layout), in float32 against the float tolerance."""
+    main, ok, others = _split_by_precision(_ok(runs))
     if len(ok) < 2:
         return [f"**Verdict:** cannot compare: needs two finished runs, the sweep has {len(ok)} ({_names(ok, keys)})."]
     a = ok[0]
@@ -540,6 +591,11 @@ def grad_accum(runs: list[Run], keys: list[str], found: dict[Path, Assessment], 
         )
         + "."
     ]
+    floor, floor_lines = _floor(main, ok, others, keys)
+    out.append(
+        f"Precision: {main or 'unknown (runs from before metrics.json recorded it)'}"
+        + ("." if not floor_lines else ":\n" + "\n".join(floor_lines))
+    )
     verdicts = []
     for b in ok[1:]:
         d = {split: an.curve_difference(a.curve(split), b.curve(split)) for split in ("train", "val")}
@@ -567,18 +623,11 @@ def grad_accum(runs: list[Run], keys: list[str], found: dict[Path, Assessment], 
         if worst is None:
             verdicts.append(f"{pair}: no common evaluations to compare")
         else:
-            same = worst <= an.SAME_CURVES_TOL
-            verdicts.append(
-                f"{pair}: **{'the same' if same else 'not the same'}** -- the eval curves differ by at most "
-                f"{_delta(worst)} ({'≤' if same else '>'} the tolerance {an.SAME_CURVES_TOL:g})"
-                f"; wall-time ratio {ratio}"
-            )
+            verdicts.append(f"{pair}: {an.same_curves(worst, main, floor).text}; wall-time ratio {ratio}")
     return [*out, "**Verdict:** " + "; ".join(verdicts)]
 
 
-def _delta(v: float) -> str:
-    # differences of float rounding (1e-6) would print as 0.0000: show their size
-    return f"{v:.4f}" if v == 0 or v >= 1e-3 else f"{v:.1e}"
+_delta = an.fmt_delta
 
 
 def _is_zero(v) -> bool:

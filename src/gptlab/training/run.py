@@ -683,6 +683,7 @@ def measurements(run: Run, trainer, module: GPTModule, parts: Parts, wall: float
         "mfu": parts.progress.mfu,  # null without a peak (CPUs; GPUs not in training/flops.py's table)
         "padding_efficiency": parts.progress.padding_efficiency,
         "wall_time_s": round(wall, 2),
+        "dtype": run.device.dtype,  # resolved (auto: bfloat16 or float32): the report's rounding floor reads it
         "peak_memory_bytes": peak,  # this run's peak: GPU allocator (cuda) or resident set size (rss)
         "peak_memory_kind": kind,
         "memory_at_start_bytes": run.memory_at_start,  # before data and model: imported code, earlier jobs' leftovers
