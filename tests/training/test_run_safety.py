@@ -12,6 +12,7 @@ import pytest
 
 from gptlab.errors import ConfigError
 from gptlab.rundir import RunLock, clear_run
+from gptlab.training.module import GPTModule
 from gptlab.training.run import train
 
 
@@ -107,3 +108,17 @@ def test_ckpt_path_alone_continues_the_run(finished, compose, tmp_path):
     m = train(compose("max_iters=30", "eval_interval=10", f"ckpt_path={finished / 'last.ckpt'}"), run)
     assert m["iters"] == 30 and [e["step"] for e in m["evals"]][-2:] == [20, 30]
     assert 0 not in [e["step"] for e in m["evals"]][2:]  # continued, not started from scratch
+
+
+def test_ctrl_c_in_the_learning_rate_search_gives_sigint_back(compose, tmp_path, monkeypatch):
+    """Lightning ignores SIGINT after a KeyboardInterrupt inside its Tuner (learning_rate=auto runs
+    one before training); a sweep's next job, or a notebook, must still stop on Ctrl-C."""
+
+    def interrupted(self, batch, batch_idx):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(GPTModule, "training_step", interrupted)
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises((SystemExit, KeyboardInterrupt)):
+        train(compose("learning_rate=auto", "lr_find.num_steps=20"), tmp_path / "run")
+    assert signal.getsignal(signal.SIGINT) is before

@@ -145,7 +145,7 @@ def train(
     device = settings(cfg)  # before the lock: refused settings leave no trace, not even the folder
     source = pretrained.open_source(cfg)
     cfg = pretrained.adopt_shape(cfg, source)  # init_from=<weights>: their shape (a copy of cfg)
-    with RunLock(run_dir) if rank_zero_only.rank == 0 else contextlib.nullcontext():
+    with sigint_given_back(), RunLock(run_dir) if rank_zero_only.rank == 0 else contextlib.nullcontext():
         run = Run(cfg, run_dir, device, source=source, hparam_keys=tuple(hparam_keys))
         if cfg.eval_only:
             return evaluate_only(cfg, run_dir, run.device, source)
@@ -558,7 +558,7 @@ def find_learning_rate(cfg: DictConfig, run_dir: str | Path) -> dict:
     writes lr_find.png and lr_find.json to run_dir and returns the latter's dict."""
     run_dir = Path(run_dir)
     device = settings(cfg)
-    with RunLock(run_dir) if rank_zero_only.rank == 0 else contextlib.nullcontext():
+    with sigint_given_back(), RunLock(run_dir) if rank_zero_only.rank == 0 else contextlib.nullcontext():
         if cfg.init_from != "scratch" or cfg.eval_only or cfg.ckpt_path:
             raise ConfigError("lr_find trains a fresh model: drop init_from=resume / ckpt_path / eval_only")
         data = build_data(cfg)
@@ -566,6 +566,19 @@ def find_learning_rate(cfg: DictConfig, run_dir: str | Path) -> dict:
 
 
 # ---------------------------------------------------------------------------- helpers
+
+
+@contextlib.contextmanager
+def sigint_given_back():
+    """Lightning answers a KeyboardInterrupt inside fit, validate or the Tuner by ignoring SIGINT
+    from then on; the caller -- a sweep's next job, a notebook -- gets its own handler back however
+    the run ended."""
+    sigint = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError, TypeError):  # not the main thread; a handler set outside Python
+            signal.signal(signal.SIGINT, sigint)
 
 
 def _quiet_lightning() -> None:
