@@ -25,15 +25,8 @@ PY=${PYTHON:-python3}
 EXTRA=${EXTRA:-}  # overrides added to every run, e.g. for a quick check of this script on a CPU
 WORK=${WORK:-/tmp/gptlab_bench_gpu}  # run folders (checkpoints): not copied back
 mkdir -p "$RESULT" "$WORK"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-if [ -d .gpucarry ]; then
-  export PYTHONPATH="$PWD/.gpucarry/site:$PYTHONPATH"
-  export GPTLAB_DATA_MIRROR="$PWD/.gpucarry/data" TIKTOKEN_CACHE_DIR="$PWD/.gpucarry/tiktoken_cache"
-fi
-if ! $PY -c "import torch, lightning, hydra, omegaconf, tiktoken, tensorboard" 2>/dev/null; then
-  echo "error: a package is missing ($PY): run 'make gpu-carry' where hydra-core and omegaconf are installed, and carry .gpucarry" >&2
-  exit 2
-fi
+source scripts/gpu_env.sh
+gpu_env_check "torch, lightning, hydra, omegaconf, tiktoken, tensorboard" "run 'make gpu-carry' where hydra-core and omegaconf are installed, and carry .gpucarry"
 LOG="$RESULT/bench_gpu.log"
 : >"$LOG"
 say() { echo "$*" | tee -a "$LOG"; }

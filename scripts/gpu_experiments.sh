@@ -36,15 +36,8 @@ EXP4_ARGS=${EXP4_ARGS-max_iters=1000}
 EXP5_ARGS=${EXP5_ARGS-max_iters=1000}
 WORK=${WORK:-/tmp/gptlab_gpu_experiments}  # run folders (checkpoints): not copied back
 mkdir -p "$RESULT" "$WORK"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-if [ -d .gpucarry ]; then
-  export PYTHONPATH="$PWD/.gpucarry/site:$PYTHONPATH"
-  export GPTLAB_DATA_MIRROR="$PWD/.gpucarry/data" TIKTOKEN_CACHE_DIR="$PWD/.gpucarry/tiktoken_cache"
-fi
-if ! $PY -c "import torch, lightning, hydra, omegaconf, tiktoken, tensorboard, hydra_plugins.hydra_joblib_launcher" 2>/dev/null; then
-  echo "error: a package is missing ($PY): pip install 'gptlab[sweep]', or run 'make gpu-carry' where they are installed and carry .gpucarry" >&2
-  exit 2
-fi
+source scripts/gpu_env.sh
+gpu_env_check "torch, lightning, hydra, omegaconf, tiktoken, tensorboard, hydra_plugins.hydra_joblib_launcher" "pip install 'gptlab[sweep]', or run 'make gpu-carry' where they are installed and carry .gpucarry"
 LOG="$RESULT/gpu_experiments.log"
 SPEEDS="$RESULT/speeds.md"
 : >"$LOG"

@@ -74,18 +74,17 @@ def _figures(study, sweep_dir: Path) -> list[str]:
     finite = [t for t in study.get_trials(deepcopy=False) if t.value is not None and math.isfinite(t.value)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", opt.exceptions.ExperimentalWarning)  # the matplotlib backend is "experimental"
-        ax = opt.visualization.matplotlib.plot_optimization_history(study)
-        ax.figure.set_size_inches(9, 5)
-        ax.figure.tight_layout()
-        ax.figure.savefig(sweep_dir / HISTORY, dpi=110)
-        plt.close(ax.figure)
+
+        def save(ax, name: str, height: float) -> None:
+            ax.figure.set_size_inches(9, height)
+            ax.figure.tight_layout()
+            ax.figure.savefig(sweep_dir / name, dpi=110)
+            plt.close(ax.figure)
+
+        save(opt.visualization.matplotlib.plot_optimization_history(study), HISTORY, 5)
         lines.append(f"![optimization history]({HISTORY})")
         if len(finite) >= 2:  # fANOVA needs two finite values to compare
-            ax = opt.visualization.matplotlib.plot_param_importances(study)
-            ax.figure.set_size_inches(9, 4)
-            ax.figure.tight_layout()
-            ax.figure.savefig(sweep_dir / IMPORTANCES, dpi=110)
-            plt.close(ax.figure)
+            save(opt.visualization.matplotlib.plot_param_importances(study), IMPORTANCES, 4)
             lines.append(f"![parameter importances]({IMPORTANCES})")
         else:
             lines.append("Parameter importances need two trials with a finite val loss.")
