@@ -31,8 +31,7 @@ LOG="$RESULT/bench_gpu.log"
 : >"$LOG"
 say() { echo "$*" | tee -a "$LOG"; }
 say "bench_gpu $(date -u +%Y-%m-%dT%H:%MZ) stages: $STAGES"
-say "$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo 'no nvidia-smi')"
-say "$($PY -c 'import torch, lightning; print("torch", torch.__version__, "lightning", lightning.__version__, "cuda", torch.version.cuda)')"
+gpu_env_describe | tee -a "$LOG"
 $PY -m gptlab.prepare data=shakespeare_char data.root="$WORK/data" >>"$LOG"
 $PY -m gptlab.prepare data=shakespeare data.root="$WORK/data" >>"$LOG"
 

@@ -44,8 +44,7 @@ SPEEDS="$RESULT/speeds.md"
 : >"$SPEEDS"
 say() { echo "$*" | tee -a "$LOG"; }
 say "gpu_experiments $(date -u +%Y-%m-%dT%H:%MZ) stages: $STAGES; EXTRA: ${EXTRA:-none}"
-say "$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo 'no nvidia-smi')"
-say "$($PY -c 'import torch, lightning; print("torch", torch.__version__, "lightning", lightning.__version__, "cuda", torch.version.cuda)')"
+gpu_env_describe | tee -a "$LOG"
 $PY -m gptlab.prepare data=shakespeare_char data.root="$WORK/data" >>"$LOG"
 $PY -m gptlab.prepare data=shakespeare_char_10pct data.root="$WORK/data" >>"$LOG" 2>&1 || true  # exp3's CPU data
 
