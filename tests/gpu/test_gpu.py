@@ -80,6 +80,18 @@ def test_compiled_sweep_on_the_gpu(tiny, tmp_path):
     print("first_step_s:", [m["first_step_s"] for m in metrics])
 
 
+@pytest.mark.parametrize("mode", ["reduce-overhead", "max-autotune-no-cudagraphs"])
+def test_compile_modes_train_like_the_default(mode, compose, tmp_path):
+    # CUDA graphs replay into the same memory each step: the losses kept between steps must be copies
+    common = (*CUDA, "compile=true", "max_iters=20", "eval_interval=10", "eval_iters=2", "dropout=0")
+    base = train(compose(*common), tmp_path / "default")
+    m = train(compose(*common, f"compile_mode={mode}"), tmp_path / mode)
+    assert (m["compiled"], m["compile_fallback"]) == (True, None)
+    for a, b in zip(base["evals"], m["evals"]):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=2e-3)
+    assert m["final_train_loss"] == pytest.approx(base["final_train_loss"], abs=2e-3)
+
+
 def test_document_mask_on_the_gpu_attention_path(data_root):
     spec = DataSpec(name="shakespeare_char", root=str(data_root), source="tinyshakespeare", tokenizer="char")
     ensure_prepared(spec, log=lambda m: None, documents=True)

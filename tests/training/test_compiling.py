@@ -10,6 +10,9 @@ import sys
 import pytest
 import torch
 
+from gptlab.config.checks import validate
+from gptlab.errors import ConfigError
+from gptlab.training import compiling
 from gptlab.training import run as run_mod
 
 # 9 jobs, each a different model width and block length: each is a new set of shapes for dynamo
@@ -83,3 +86,17 @@ def test_an_eager_run_records_no_compile(compose, tmp_path):
     m = run_mod.train(compose("max_iters=2", "eval_interval=2", "eval_iters=1"), tmp_path / "run")
     assert (m["compiled"], m["compile_fallback"], m["compiled_graphs"]) == (False, None, 0)
     assert m["first_step_s"] > 0
+
+
+def test_compile_mode_reaches_torch_compile(monkeypatch):
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: seen.append(kw) or model)
+    model = torch.nn.Linear(2, 2)
+    compiling.compile_model(model, "inductor", "reduce-overhead")
+    compiling.compile_model(model, "eager", "default")  # torch.compile takes no mode beside a trace-only backend
+    assert seen == [{"backend": "inductor", "mode": "reduce-overhead"}, {"backend": "eager"}]
+
+
+def test_compile_mode_needs_inductor(compose):
+    with pytest.raises(ConfigError, match="compile_mode=max-autotune needs compile_backend=inductor"):
+        validate(compose("compile=true", "compile_backend=eager", "compile_mode=max-autotune"))

@@ -22,6 +22,8 @@ from gptlab.errors import ConfigError
 from gptlab.model import SWITCHES, GPTConfig
 
 OPTIMIZERS = ("adamw", "muon")  # training.optimizers builds them
+# torch.compile's modes: reduce-overhead adds CUDA graphs, max-autotune also searches kernel configs
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 LR_FIND_RULES = ("steepest", "minimum")  # how the LR finder reads a rate off its curve (training.lr_find)
 REPORT_METRICS = ("final_train_loss", "final_val_loss", "gap", "best_val_loss")  # report.report's COLUMNS
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
@@ -167,6 +169,7 @@ SCHEMA: dict[str, Rule] = {
     "dtype": one_of(*DTYPES),
     "compile": BOOL,
     "compile_backend": one_of("inductor", "aot_eager", "eager"),
+    "compile_mode": one_of(*COMPILE_MODES),
     "pad_vocab": BOOL,
     "peak_tflops": number(0, lo_open=True, null=True, says="> 0 (TFLOP/s of one device: H100 bf16 989) or null"),
     "seed": integer(0, 2**32 - 1),
@@ -296,6 +299,7 @@ def validate(cfg: DictConfig) -> None:
     if cfg.data.path is None and cfg.data.source is None:
         raise ConfigError("this data config needs a text file: data.path=FILE (for example data=text data.path=my.txt)")
     _validate_modern(cfg)
+    _validate_compile(cfg)
     logger_specs(cfg)  # each logger's class, package and arguments
 
 
@@ -340,6 +344,13 @@ def _validate_auto_lr(cfg: DictConfig) -> None:
 
 # ---------------------------------------------------------------- beyond the GPT-2 recipe (docs/modern.md)
 # The keys' own ranges are SCHEMA rows; these are the checks across keys.
+
+
+def _validate_compile(cfg: DictConfig) -> None:
+    mode, backend = cfg.get("compile_mode", "default"), cfg.get("compile_backend", "inductor")
+    if mode != "default" and backend != "inductor":
+        # torch.compile's modes are inductor's settings; the trace-only backends have none
+        raise ConfigError(f"compile_mode={mode} needs compile_backend=inductor (got {backend}); or drop compile_mode")
 
 
 def _validate_modern(cfg: DictConfig) -> None:

@@ -29,10 +29,12 @@ def fresh_start() -> None:
     torch._dynamo.reset()
 
 
-def compile_model(model: torch.nn.Module, backend: str = "inductor") -> torch.nn.Module:
-    """model wrapped by torch.compile after a fresh start of dynamo: the run's own recompile budget."""
+def compile_model(model: torch.nn.Module, backend: str = "inductor", mode: str = "default") -> torch.nn.Module:
+    """model wrapped by torch.compile after a fresh start of dynamo: the run's own recompile budget.
+    mode: inductor's (default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs)."""
     fresh_start()
-    return torch.compile(model, backend=backend)
+    # torch.compile refuses a mode next to a backend other than inductor, even mode="default"
+    return torch.compile(model, backend=backend, **({"mode": mode} if backend == "inductor" else {}))
 
 
 class _FallbackHandler(logging.Handler):

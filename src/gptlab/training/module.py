@@ -37,12 +37,14 @@ class GPTModule(L.LightningModule):
         extra: dict | None = None,
         augment: TokenMasking | None = None,
         compile_backend: str = "inductor",
+        compile_mode: str = "default",
     ):
         super().__init__()
         self.model = GPT(model_config)
         self.optim = optim
         self.compile_model = compile
         self.compile_backend = compile_backend
+        self.compile_mode = compile_mode
         # plain values stored in every checkpoint (run settings, tokenizer) so tools need no config
         self.extra = dict(extra or {})
         self.augment = augment  # token masking of training inputs (gptlab.augment), or None
@@ -63,7 +65,7 @@ class GPTModule(L.LightningModule):
         if self.compile_model and "_compiled" not in self.__dict__:
             # kept out of the module tree so state_dict keys stay free of '_orig_mod.'; compile_model
             # resets dynamo first, so a sweep's earlier jobs cannot use up this run's recompile limit
-            self.__dict__["_compiled"] = compile_model(self.model, self.compile_backend)
+            self.__dict__["_compiled"] = compile_model(self.model, self.compile_backend, self.compile_mode)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, **kw):
         fn = self.__dict__.get("_compiled", self.model)
@@ -75,7 +77,9 @@ class GPTModule(L.LightningModule):
         x, y, kw = unpack_batch(batch)
         _, loss = self(x, y, **kw)
         d = loss.detach()
-        self._train_loss_sum = d if self._train_loss_sum is None else self._train_loss_sum + d
+        # a copy, not the loss itself: under CUDA graphs (compile_mode=reduce-overhead) the next step
+        # writes its loss into the same memory
+        self._train_loss_sum = d.clone() if self._train_loss_sum is None else self._train_loss_sum + d
         self._train_loss_count += 1
         return loss  # Lightning divides it by gradient_accumulation_steps before backward
 

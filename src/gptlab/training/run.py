@@ -263,6 +263,7 @@ def build_module(cfg: DictConfig, data: Data, source: pretrained.Source | None =
         optim_config(cfg),
         compile=bool(cfg.compile),
         compile_backend=str(cfg.get("compile_backend", "inductor")),
+        compile_mode=str(cfg.get("compile_mode", "default")),
         extra={"config": plain(cfg), "tokenizer": tokenizer_meta, "data_dir": str(data.spec.dir)},
         augment=data.masking,
     )
