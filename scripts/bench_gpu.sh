@@ -8,6 +8,11 @@
 #   modern the baby GPT with every switch of docs/modern.md on (variant=modern_all) against the GPT-2
 #          recipe, 1500 steps each, and modern_all at 1000: seconds of training (evaluations
 #          included) until val loss <= 1.47 (docs/modern.md's GPU target: within 30 s). About 4 minutes.
+#   profile the baby GPT's step through gptlab and through the plain loop under torch.profiler
+#          (scripts/profile_step.py): wall vs GPU-busy ms per step, host syncs per step, top kernels.
+#          About 2 minutes.
+#   modes  compile_mode: the baby GPT's step with reduce-overhead (CUDA graphs) and with
+#          max-autotune-no-cudagraphs against the default mode, turn about. About 4 minutes.
 # STAGES picks (default "baby gpt2", about 6 minutes on an H200 with a warm machine; all four about 10).
 #
 #   bash scripts/bench_gpu.sh [RESULT_DIR]      (RESULT_DIR default: $OUT, else outputs/bench_gpu)
@@ -67,7 +72,18 @@ for stage in $STAGES; do
         say "modern $1 $2 steps: $($PY scripts/time_to_loss.py "$RESULT/modern_$1_$2.json" 1.47)"
       done
       ;;
-    *) say "unknown stage '$stage' (baby, gpt2, costs, fsdp, modern)"; exit 2 ;;
+    profile)
+      for side in gptlab plain; do
+        $PY scripts/profile_step.py --side $side --out "$RESULT" --warmup 30 --steps 20 compile=true data.root="$WORK/data" $EXTRA 2>&1 | tail -n 40 | tee -a "$LOG"
+      done
+      ;;
+    modes)
+      for mode in reduce-overhead max-autotune-no-cudagraphs; do
+        $PY -m gptlab.bench --configs baby --rounds 1 --steps 30,300 --chunk 30 --intervals none --no-data \
+          --sides "gptlab" "gptlab compile_mode=$mode" --json "$RESULT/modes_$mode.json" compile=true data.root="$WORK/data" $EXTRA 2>&1 | tail -n 8 | tee -a "$LOG"
+      done
+      ;;
+    *) say "unknown stage '$stage' (baby, gpt2, costs, fsdp, modern, profile, modes)"; exit 2 ;;
   esac
   say "== stage $stage: $(( $(date +%s) - t0 )) s"
 done
