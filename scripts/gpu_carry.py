@@ -1,7 +1,9 @@
 """Gather what an offline GPU machine needs besides torch and lightning into .gpucarry/:
 hydra-core, omegaconf and antlr4, Hydra's joblib launcher and joblib (pure Python, copied from
 this environment; the launcher runs scripts/gpu_experiments.sh's jobs side by side), Tiny Shakespeare,
-and GPT-2's BPE files. `make gpu-carry`; then scripts/bench_gpu.sh puts them on the path.
+and GPT-2's BPE files; and nanoGPT's code where a copy is found (GPTLAB_NANOGPT_DIR, or
+../shared/anchors/nanoGPT next to the repository), run as a side of the bench, never imported.
+`make gpu-carry`; then scripts/bench_gpu.sh puts them on the path.
 
     python scripts/gpu_carry.py [DEST]   (default .gpucarry, ignored by git)
 """
@@ -41,8 +43,13 @@ def main() -> None:
         shutil.copytree(os.environ["TIKTOKEN_CACHE_DIR"], cache, dirs_exist_ok=True)
     os.environ["TIKTOKEN_CACHE_DIR"] = str(cache)
     TiktokenTokenizer("gpt2")
+    nanogpt = Path(os.environ.get("GPTLAB_NANOGPT_DIR", ROOT.parent / "shared" / "anchors" / "nanoGPT"))
+    if (nanogpt / "train.py").is_file():
+        # its code and configs, not its data folder: the bench runs it as it is
+        shutil.copytree(nanogpt, dest / "nanoGPT", dirs_exist_ok=True, ignore=shutil.ignore_patterns("data", "*.pyc"))
     size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
-    print(f"{dest}: {', '.join(PACKAGES)}, Tiny Shakespeare, GPT-2 BPE files ({size / 1e6:.1f} MB)")
+    extra = ", nanoGPT" if (dest / "nanoGPT").is_dir() else ""
+    print(f"{dest}: {', '.join(PACKAGES)}, Tiny Shakespeare, GPT-2 BPE files{extra} ({size / 1e6:.1f} MB)")
 
 
 if __name__ == "__main__":

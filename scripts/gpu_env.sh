@@ -6,6 +6,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 if [ -d .gpucarry ]; then
   export PYTHONPATH="$PWD/.gpucarry/site:$PYTHONPATH"
   export GPTLAB_DATA_MIRROR="$PWD/.gpucarry/data" TIKTOKEN_CACHE_DIR="$PWD/.gpucarry/tiktoken_cache"
+  if [ -d .gpucarry/nanoGPT ]; then export GPTLAB_NANOGPT_DIR="$PWD/.gpucarry/nanoGPT"; fi
 fi
 gpu_env_check() {
   if ! $PY -c "import $1" 2>/dev/null; then
