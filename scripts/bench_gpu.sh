@@ -13,6 +13,9 @@
 #          About 2 minutes.
 #   modes  compile_mode: the baby GPT's step with reduce-overhead (CUDA graphs) and with
 #          max-autotune-no-cudagraphs against the default mode, turn about. About 4 minutes.
+#   gpt2mfu GPT-2 124M's levers toward 50% MFU, each against the preset turn about: micro-batch
+#          32 x 2 accumulation instead of 16 x 4 (same tokens per step), and
+#          compile_mode=max-autotune-no-cudagraphs. About 6 minutes.
 # STAGES picks (default "baby gpt2", about 6 minutes on an H200 with a warm machine; all four about 10).
 #
 #   bash scripts/bench_gpu.sh [RESULT_DIR]      (RESULT_DIR default: $OUT, else outputs/bench_gpu)
@@ -83,7 +86,14 @@ for stage in $STAGES; do
           --sides "gptlab" "gptlab compile_mode=$mode" --json "$RESULT/modes_$mode.json" compile=true data.root="$WORK/data" $EXTRA 2>&1 | tail -n 8 | tee -a "$LOG"
       done
       ;;
-    *) say "unknown stage '$stage' (baby, gpt2, costs, fsdp, modern, profile, modes)"; exit 2 ;;
+    gpt2mfu)
+      for other in "batch_size=32 gradient_accumulation_steps=2" "compile_mode=max-autotune-no-cudagraphs"; do
+        tag=$(echo "$other" | tr ' =' '_-')
+        $PY -m gptlab.bench --configs gpt2 --rounds 1 --chunk 10 --intervals none --no-data \
+          --sides "gptlab" "gptlab $other" --json "$RESULT/gpt2mfu_$tag.json" data.root="$WORK/data" $EXTRA 2>&1 | tail -n 8 | tee -a "$LOG"
+      done
+      ;;
+    *) say "unknown stage '$stage' (baby, gpt2, costs, fsdp, modern, profile, modes, gpt2mfu)"; exit 2 ;;
   esac
   say "== stage $stage: $(( $(date +%s) - t0 )) s"
 done
