@@ -31,6 +31,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from gptlab import startup
 from gptlab.config import data_spec, model_config, plain, resolve_device, token_masking, validate
 from gptlab.config.device import DeviceChoice
 from gptlab.data.datamodule import GPTDataModule
@@ -38,7 +39,6 @@ from gptlab.data.dataset import DataSpec, ensure_prepared, val_bytes_per_token
 from gptlab.data.tokenizer import undecodable_ids
 from gptlab.errors import ConfigError, RunInterrupted
 from gptlab.model import Block, GPTConfig
-from gptlab import startup
 from gptlab.rundir import (
     BEST,
     CONFIG,
@@ -59,10 +59,10 @@ from gptlab.training import flops, lr_find, memory, pretrained
 from gptlab.training import passthrough as trainer_args
 from gptlab.training.callbacks.logs import (
     EvalSamples,
-    StartupLine,
     FinalEvaluation,
     NonFiniteGuard,
     ProgressLog,
+    StartupLine,
     TrainingLog,
     generate_sample,
 )
