@@ -13,6 +13,8 @@ above them; cli/ and the `python -m gptlab.<command>` modules on top (docs/archi
 
 import importlib
 
+from gptlab import startup  # noqa: F401 -- first: where /proc cannot be read, its clock starts at this import
+
 __version__ = "0.1.0"
 __all__ = ["compose", "train", "__version__"]
 

@@ -8,12 +8,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gptlab.cli.train import instantiate_callbacks, main
-from gptlab.training import run
 
 
 def train(cfg, run_dir: str | Path, callbacks: Sequence = (), hparam_keys: Sequence[str] = ()) -> dict:
     """One run of cfg in run_dir (gptlab.training.run.train); returns metrics.json's dict. The
     config's callbacks run before the ones given here."""
+    from gptlab.training import run  # only here: `python -m gptlab.train --help` and refusals skip Lightning
+
     return run.train(cfg, run_dir, callbacks=[*instantiate_callbacks(cfg), *callbacks], hparam_keys=hparam_keys)
 
 

@@ -24,21 +24,27 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from gptlab.rundir import EVAL, METRICS, read_metrics, run_status, write_failure, write_text_atomic
-from gptlab.training.callbacks.logs import duration
 
 log = logging.getLogger("gptlab")
 
 SUMMARY = "sweep.json"  # in the sweep folder: every run, its status and best val loss or error
 
 
+def _rank() -> int:
+    """This process's rank as Lightning reads it from the launcher's environment (0 without DDP)."""
+    # only here: importing Lightning at the top would load it (~1 s) for every refused `gptlab train`
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return rank_zero_only.rank
+
+
 def record_failure(run_dir: Path, error: BaseException) -> None:
     """A sweep job that failed: keep the metrics.json train wrote if it got that far (a failure
     after a completed run keeps its measurements, with the status changed)."""
-    if rank_zero_only.rank != 0:
+    if _rank() != 0:
         return  # under DDP (or SLURM tasks) rank 0 writes the run's files
     status = run_status(run_dir)
     if status is None:
@@ -49,7 +55,7 @@ def record_failure(run_dir: Path, error: BaseException) -> None:
 
 def clear_failure(run_dir: Path) -> None:
     """Before a job starts again: a failed attempt's metrics.json goes (a finished one stays)."""
-    if rank_zero_only.rank == 0 and run_status(run_dir) in ("failed", "diverged"):
+    if _rank() == 0 and run_status(run_dir) in ("failed", "diverged"):
         (Path(run_dir) / METRICS).unlink(missing_ok=True)
 
 
@@ -127,7 +133,7 @@ class SweepReport(Callback):
         self.durations = []
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if config.hydra.mode != RunMode.MULTIRUN or rank_zero_only.rank != 0:
+        if config.hydra.mode != RunMode.MULTIRUN or _rank() != 0:
             return
         self._job_t0 = time.time()
         done = read_metrics(Path(config.hydra.runtime.output_dir)) if config.get("resume") else None
@@ -175,6 +181,8 @@ def job_line(num: int, total: int | None, name: str, durations: list[float]) -> 
     line = f"job {num + 1}/{total}: {name}" if total else f"job {num + 1}: {name}"
     if not durations or not total:
         return line
+    from gptlab.training.callbacks.logs import duration  # only here: that module loads Lightning
+
     mean = sum(durations) / len(durations)
     left = max(total - num, 1)  # this job and the ones after it
     return line + f" | {len(durations)} finished, {duration(mean)} each: ETA {duration(mean * left)}"
@@ -204,7 +212,7 @@ def write_summary(
 def write_stopped_summary(sweep_dir: Path) -> None:
     """A sweep stopped by a signal (Hydra's on_multirun_end never runs): sweep.json with the runs
     so far -- finished, failed, and the interrupted one as stopped; the ones not started are absent."""
-    if rank_zero_only.rank != 0:
+    if _rank() != 0:
         return
     # Hydra's sweeper writes multirun.yaml as the sweep starts: older job folders are an earlier sweep's
     started = Path(sweep_dir) / "multirun.yaml"

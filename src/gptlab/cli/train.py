@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import hydra
-import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.plugins import Plugins
@@ -23,15 +22,15 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from gptlab import study
+from gptlab import startup, study
 from gptlab.cli import common
 from gptlab.cli.sweep import clear_failure, record_failure, write_stopped_summary
 from gptlab.config import validate
 from gptlab.errors import ConfigError, GptlabError, RunInterrupted
-from gptlab.training import passthrough
-from gptlab.training.callbacks.pruning import TrialPruning
-from gptlab.training.run import train
 from hydra_plugins.gptlab_optuna.sweeper import PRUNED_AT, GptlabOptunaSweeper
+
+# Lightning and gptlab.training (~1-3 s, docs/performance.md "Start-up") load inside the functions
+# that build a run: --help and a refused argument or config end before them
 
 log = logging.getLogger("gptlab")
 
@@ -39,13 +38,18 @@ _ARGS: list[str] = []  # the command line as given (set by main), for the resume
 DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 
-def instantiate_callbacks(cfg: DictConfig) -> list[L.Callback]:
+def instantiate_callbacks(cfg: DictConfig) -> list:
     """The `callbacks` node's entries, built by Hydra's instantiate: each a Lightning Callback,
     given to the run after its own. Here, not in the library, because only cli/ knows Hydra."""
+    nodes = {name: node for name, node in (cfg.get("callbacks") or {}).items() if node is not None}
+    if not nodes:  # callbacks.<name>=null switches off one that a config file adds
+        return []
+    import lightning as L  # only here: Lightning loads when a config names callbacks
+
+    from gptlab.training import passthrough
+
     built = []
-    for name, node in (cfg.get("callbacks") or {}).items():
-        if node is None:
-            continue  # callbacks.<name>=null switches off one that a config file adds
+    for name, node in nodes.items():
         if not OmegaConf.is_dict(node) or not isinstance(node.get("_target_"), str):
             raise ConfigError(
                 f"callbacks.{name} has no _target_: give +callbacks.{name}._target_=<module.Class> "
@@ -114,6 +118,8 @@ def _search_callbacks(hc, multirun: bool) -> list:
     sw = hc.sweeper
     if not multirun or sw.get("_target_") != SWEEPER or sw.get("pruner", "none") == "none":
         return []
+    from gptlab.training.callbacks.pruning import TrialPruning  # only here: it loads Lightning
+
     pruner = study.make_pruner(sw.pruner, int(sw.pruner_startup_trials), int(sw.pruner_warmup_steps))
     return [TrialPruning(study.trial(hc.sweep.dir, int(hc.job.num), pruner), PRUNED_AT)]
 
@@ -123,6 +129,9 @@ SWEEPER = f"{GptlabOptunaSweeper.__module__}.{GptlabOptunaSweeper.__name__}"
 
 @hydra.main(version_base="1.3", config_path=str(common.CONF_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
+    from gptlab.training.run import train  # only here: the run's build steps load Lightning
+
+    startup.mark("hydra")  # Hydra's job: the config again, the run folder, logging; gptlab.training's import
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
@@ -169,16 +178,24 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 @common.report_errors
 def main(argv: list[str] | None = None) -> None:
+    startup.mark("imports")  # Python's start and this module's imports (Hydra, torch, gptlab's config)
     args = common.translate_argv(sys.argv[1:] if argv is None else argv)
     common.check_override_keys(args)
-    passthrough.check_names(o.key_or_group.split(".", 1)[1] for o in common.parse_overrides(args) if _trainer_key(o))
+    trainer_args = [o.key_or_group.split(".", 1)[1] for o in common.parse_overrides(args) if _trainer_key(o)]
+    if trainer_args:
+        from gptlab.training import passthrough  # only here: checks against L.Trainer, which loads Lightning
+
+        passthrough.check_names(trainer_args)
     common.check_resume_args(args)
     _ARGS[:] = args
     if not any(a.startswith("-") for a in args):  # one run (not -m, --cfg, --help): no run folder for a mistake
         cfg = common.compose("train", args)
         validate(cfg)
+        from gptlab.training import passthrough  # only here: a config refused above never loads Lightning
+
         passthrough.check(cfg)
         instantiate_callbacks(cfg)
+        startup.mark("config")  # composing and checking it; the logger check imports Lightning
     sys.argv = [sys.argv[0], *common.resolve_profile(args), *common.sweep_folder_names(args)]
     # Hydra finds sweepers by walking the hydra_plugins package, which an editable install
     # (pip install -e .) hides from that walk: registered here, hparams_search works either way

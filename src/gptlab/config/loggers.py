@@ -11,7 +11,6 @@ import importlib.util
 import inspect
 from dataclasses import dataclass
 
-from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
 from gptlab.errors import ConfigError
@@ -69,6 +68,8 @@ def _spec(name: str, node, why: str | None = None) -> LoggerSpec:
     if special:
         raise ConfigError(f"{where}: {', '.join(special)} is not supported; give _target_ and the class's arguments")
     cls = locate(str(target), where)
+    from lightning.pytorch.loggers import Logger  # only here: a config refused earlier never loads Lightning
+
     if not (isinstance(cls, type) and issubclass(cls, Logger)):
         raise ConfigError(f"{where}._target_: '{target}' is not a Lightning logger (lightning.pytorch.loggers.Logger)")
     _check_installed(cls, why or f"logger={name}")
@@ -108,6 +109,8 @@ def _check_arguments(cls: type, kwargs: dict, where: str) -> None:
     """Every argument given is one the class takes, or the library it hands **kwargs to: a typo
     is refused now, not once the logger is first used, mid-run."""
     known, open_ = _arguments(cls.__init__)
+    if all(k in known for k in kwargs):
+        return  # the library it forwards to (TensorBoard's writer: its package's import) is not needed
     if open_ and cls.__name__ in FORWARDS:
         more, open_ = _arguments(locate(FORWARDS[cls.__name__], where))
         known += [k for k in more if k not in known]

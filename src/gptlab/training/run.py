@@ -31,6 +31,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from gptlab import startup
 from gptlab.config import data_spec, model_config, plain, resolve_device, token_masking, validate
 from gptlab.config.device import DeviceChoice
 from gptlab.data.datamodule import GPTDataModule
@@ -61,6 +62,7 @@ from gptlab.training.callbacks.logs import (
     FinalEvaluation,
     NonFiniteGuard,
     ProgressLog,
+    StartupLine,
     TrainingLog,
     generate_sample,
 )
@@ -137,6 +139,10 @@ def train(
     hparam_keys: more keys for TensorBoard's HPARAMS tab (a sweep's swept keys). The config's own
     `callbacks` node is built by the entry points (gptlab.train, the command line), which know Hydra."""
     run_dir = Path(run_dir)
+    if startup.CLOCK.total is not None:  # an earlier run in this process (a sweep's job) reached step 0
+        startup.restart()
+    elif not startup.CLOCK.phases:  # called from Python, not through the command line's marks
+        startup.mark("before train()")
     if not callbacks and any(v is not None for v in (cfg.get("callbacks") or {}).values()):
         raise ConfigError(
             "the config names callbacks (callbacks.*), which this function does not build: call gptlab.train(cfg, "
@@ -154,11 +160,14 @@ def train(
             return read_metrics(run_dir)
         memory.reset_peak(cuda=run.on_gpu)  # this run's own peak, even as job 4 of a sweep
         run.memory_at_start = memory.current(cuda=run.on_gpu)
+        startup.mark("settings")  # checks, the device, init_from's weights opened, the run lock
         data = build_data(cfg)
+        startup.mark("data")
         check_checkpoint(run, data)
         choose_learning_rate(run, data)
         # a run continued from its checkpoint gets its weights there, not from init_from's source
         module = build_module(cfg, data, source if run.start is None else None)
+        startup.mark("model")
         run.tokens_per_step = describe(run, data, module)
         loggers = build_loggers(cfg, run_dir, run.resume_step if run.start else None, run.logger_runs)
         parts = build_callbacks(run, data, extra=callbacks)
@@ -334,6 +343,7 @@ def build_callbacks(run: Run, data: Data, extra: Sequence[L.Callback] = ()) -> P
     progress = ProgressLog(int(cfg.log_interval), run.tokens_per_step, grad_monitor=grad_monitor, peak_flops=peak)
     compile_watch = CompileWatch(bool(cfg.compile))  # first_step_s; a fallback to eager, said and recorded
     callbacks = [
+        StartupLine(),
         training_log,
         *monitors,  # before ProgressLog: it prints the gradient norm GradientMonitor reads
         progress,
@@ -704,6 +714,7 @@ def measurements(run: Run, trainer, module: GPTModule, parts: Parts, wall: float
         "params": module.model.num_params(),
         "vocab_size": module.model.config.vocab_size,
     }
+    m.update(startup.CLOCK.results())  # startup_s (null if the run stopped before step 0) and its phases
     if parts.compile_watch is not None:
         m.update(parts.compile_watch.results())  # compiled, compile_fallback, compiled_graphs, first_step_s
     m.update(parts.training_log.val_units(m["final_val_loss"], m["best_val_loss"]))  # ppl, bpc / bpb

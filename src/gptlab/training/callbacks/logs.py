@@ -13,6 +13,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
+from gptlab import startup
 from gptlab.analysis import bits, loss_units, perplexity
 from gptlab.errors import NonFiniteLossError
 from gptlab.rundir import BEST, LAST, eval_line, write_text_atomic
@@ -278,6 +279,26 @@ def duration(seconds: float) -> str:
     if s < 3600:
         return f"{s // 60}m{s % 60:02d}s"
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+class StartupLine(L.Callback):
+    """`ready in 3.1 s (command to step 0: imports 2.2 s, ...)` when the first training step of
+    this process begins; gptlab.startup keeps the phases, metrics.json records them."""
+
+    def __init__(self):
+        self._evaluated = False
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if startup.CLOCK.total is None and not self._evaluated:  # the step-0 evaluation (fresh runs)
+            startup.mark("trainer")
+            self._evaluated = True
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if startup.CLOCK.total is not None:
+            return
+        startup.CLOCK.ready("step-0 eval" if self._evaluated else "trainer")
+        if trainer.is_global_zero:
+            log.info(startup.CLOCK.line())
 
 
 class FinalEvaluation(L.Callback):
