@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gptlab.config import data_spec, model_config, plain, resolve_device, token_masking, validate
 from gptlab.config.device import DeviceChoice
-from gptlab.data.datamodule import GPTDataModule
+from gptlab.data.datamodule import GPTDataModule, auto_eval_merge
 from gptlab.data.dataset import DataSpec, ensure_prepared, val_bytes_per_token
 from gptlab.data.tokenizer import undecodable_ids
 from gptlab.errors import ConfigError, RunInterrupted
@@ -218,10 +218,18 @@ def build_data(cfg: DictConfig) -> Data:
         bucket_batches=int(cfg.data.get("bucket_batches", 16)),
         accumulation=int(cfg.gradient_accumulation_steps),
         eval_batch_size=cfg.get("eval_batch_size"),
+        eval_iters=int(cfg.eval_iters),
     )
     dm.check_block_size()
     masking = token_masking(cfg, dm.vocab_size)
-    return Data(spec, dm, masking, model_config(cfg, dm.vocab_size + (masking is not None)))
+    mconf = model_config(cfg, dm.vocab_size + (masking is not None))
+    merge = cfg.get("eval_merge", 1)
+    dm.eval_merge = (
+        auto_eval_merge(dm.eval_iters, dm.eval_batch_size, dm.block_size, mconf.padded_vocab_size)
+        if merge == "auto"
+        else min(int(merge), dm.eval_iters)
+    )
+    return Data(spec, dm, masking, mconf)
 
 
 def check_checkpoint(run: Run, data: Data) -> None:
