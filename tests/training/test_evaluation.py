@@ -1,12 +1,18 @@
-"""Evaluation batches merged into one forward pass (eval_merge) give the numbers that one batch at a
-time gives: the same windows, and each batch's mean over its own counted targets."""
+"""Evaluation: batches merged into one forward pass (eval_merge) give the numbers that one batch at a
+time gives (the same windows, each batch's mean over its own counted targets); the time evaluations
+take (eval_s, eval_share) and the time to the best val loss (best_val_time_s)."""
+
+import json
 
 import lightning as L
 import pytest
 import torch
 
+from gptlab.config import validate
 from gptlab.data.datamodule import MergedBatches, auto_eval_merge
 from gptlab.data.packing import IGNORE, merge_batches
+from gptlab.errors import ConfigError
+from gptlab.report.report import load_runs, table
 from gptlab.training import run as run_mod
 
 
@@ -90,9 +96,33 @@ def test_auto_merge_divides_eval_iters_within_the_token_budget():
 
 
 def test_eval_merge_is_checked(compose):
-    from gptlab.config import validate
-    from gptlab.errors import ConfigError
-
     with pytest.raises(ConfigError, match="eval_merge must be an integer >= 1"):
         validate(compose("eval_merge=0"))
     validate(compose("eval_merge=auto"))
+
+
+def test_eval_time_share_and_time_to_best_val_in_metrics_and_report(compose, tmp_path, caplog):
+    run = tmp_path / "run"
+    with caplog.at_level("INFO", logger="gptlab"):
+        m = run_mod.train(compose("max_iters=6", "eval_interval=2", "logger=[]"), run)
+    assert 0 < m["eval_s"] < m["wall_time_s"]
+    assert 0 < m["eval_share"] < 1
+    best = min(m["evals"], key=lambda e: e["val_loss"])
+    assert (m["best_step"], m["best_val_time_s"]) == (best["step"], best["wall_time_s"])
+    assert 0 < m["best_val_time_s"] <= m["wall_time_s"]
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("best val loss")]
+    assert len(said) == 1 and "evaluation" in said[0] and " of the run, " in said[0]
+    written = json.loads((run / "metrics.json").read_text())
+    assert {k: written[k] for k in ("eval_s", "eval_share", "best_val_time_s")} == {
+        k: m[k] for k in ("eval_s", "eval_share", "best_val_time_s")
+    }
+    # the report's table of runs shows both
+    (r,) = load_runs(tmp_path)
+    text = table([r], [])
+    assert "| best at | eval share |" in text and f"| {m['eval_share']:.0%} |" in text
+
+    # continued to step 10: the clock and the evaluation seconds count on from the checkpoint
+    m2 = run_mod.train(compose("max_iters=10", "eval_interval=2", "logger=[]", "init_from=resume"), run)
+    assert m2["eval_s"] > m["eval_s"] and 0 < m2["eval_share"] < 1
+    assert m2["evals"][-1]["wall_time_s"] > m["evals"][-1]["wall_time_s"]
+    assert m2["best_val_time_s"] <= m2["evals"][-1]["wall_time_s"]
