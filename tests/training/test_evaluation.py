@@ -3,6 +3,7 @@ time gives (the same windows, each batch's mean over its own counted targets); t
 take (eval_s, eval_share) and the time to the best val loss (best_val_time_s)."""
 
 import json
+import logging
 
 import lightning as L
 import pytest
@@ -126,3 +127,19 @@ def test_eval_time_share_and_time_to_best_val_in_metrics_and_report(compose, tmp
     assert m2["eval_s"] > m["eval_s"] and 0 < m2["eval_share"] < 1
     assert m2["evals"][-1]["wall_time_s"] > m["evals"][-1]["wall_time_s"]
     assert m2["best_val_time_s"] <= m2["evals"][-1]["wall_time_s"]
+
+
+def test_compiled_merged_evaluation_keeps_the_graphs_static(compose, tmp_path, caplog):
+    # merged evaluation batches (4 x 8 rows) and training's (8 rows) each get a graph with a fixed
+    # batch size: dynamo would otherwise make the training graph's batch size symbolic; no recompile
+    # beyond the eager run's three graphs (training, evaluation, and the step-0 one under inference mode)
+    torch._logging.set_logs(dynamic=logging.INFO)
+    try:
+        with caplog.at_level(logging.INFO, logger="torch.fx.experimental.symbolic_shapes"):
+            cfg = compose("compile=true", "compile_backend=eager", "max_iters=6", "eval_interval=2", "logger=[]")
+            m = run_mod.train(cfg, tmp_path / "run")
+    finally:
+        torch._logging.set_logs()
+    assert (m["compiled"], m["compiled_graphs"]) == (True, 3)
+    symbols = [r.getMessage() for r in caplog.records if "create_symbol" in r.getMessage()]
+    assert symbols == []

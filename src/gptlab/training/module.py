@@ -66,7 +66,14 @@ class GPTModule(L.LightningModule):
             self.__dict__["_compiled"] = compile_model(self.model, self.compile_backend)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, **kw):
-        fn = self.__dict__.get("_compiled", self.model)
+        fn = self.__dict__.get("_compiled")
+        if fn is None:
+            return self.model(idx, targets, **kw)
+        # merged evaluation batches (eval_merge) are larger than training's: each keeps its batch size as a
+        # constant of its own graph, rather than dynamo making the training graph's batch size symbolic
+        for t in (idx, targets):
+            if t is not None:
+                torch._dynamo.mark_static(t, 0)
         return fn(idx, targets, **kw)
 
     # ------------------------------------------------------------------ training
