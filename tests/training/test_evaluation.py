@@ -94,6 +94,8 @@ def test_auto_merge_divides_eval_iters_within_the_token_budget():
     # GPT-2's vocabulary at block 1024, batch 12: the logits of one batch are over budget already
     assert auto_eval_merge(200, 12, 1024, 50304) == 1
     assert auto_eval_merge(7, 12, 64, 65) == 7 and auto_eval_merge(13, 64, 256, 65) == 1
+    # on a CPU the forward is the cost, and larger ones are slower there: one batch at a time
+    assert auto_eval_merge(20, 12, 64, 65, on_gpu=False) == 1
 
 
 def test_eval_merge_is_checked(compose):
@@ -136,7 +138,9 @@ def test_compiled_merged_evaluation_keeps_the_graphs_static(compose, tmp_path, c
     torch._logging.set_logs(dynamic=logging.INFO)
     try:
         with caplog.at_level(logging.INFO, logger="torch.fx.experimental.symbolic_shapes"):
-            cfg = compose("compile=true", "compile_backend=eager", "max_iters=6", "eval_interval=2", "logger=[]")
+            cfg = compose(
+                "compile=true", "compile_backend=eager", "eval_merge=4", "max_iters=6", "eval_interval=2", "logger=[]"
+            )
             m = run_mod.train(cfg, tmp_path / "run")
     finally:
         torch._logging.set_logs()

@@ -20,7 +20,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from gptlab.cli import common as cli
 from gptlab.config import data_spec
-from gptlab.data.datamodule import RandomWindows
+from gptlab.data.datamodule import RandomWindows, auto_eval_merge
 from gptlab.data.dataset import ensure_prepared, load_meta
 from gptlab.model import GPT, GPTConfig
 
@@ -167,18 +167,22 @@ def row_eval(w: Workload, n, rounds, cuda):
     return out
 
 
-def _validator(cfg, merge: int | str):
+def _validator(cfg, merge: int | None):
     """A function that runs one evaluation through Lightning's validation loop, as training does
-    (eval_merge=merge), and returns its (train, val) losses."""
+    (eval_merge=merge; None: what auto gives on a GPU), and returns its (train, val) losses."""
     # only here: Lightning's Trainer, which the other rows do without
     import lightning as L
 
     from gptlab.training import run as run_mod
 
     cfg = cfg.copy()
-    cfg.eval_merge = merge
+    cfg.eval_merge = merge or 1
     device = run_mod.settings(cfg)
     data = run_mod.build_data(cfg)
+    dm = data.dm
+    if merge is None:
+        # what eval_merge=auto gives on a GPU, on whatever device this is
+        dm.eval_merge = auto_eval_merge(dm.eval_iters, dm.eval_batch_size, dm.block_size, data.mconf.padded_vocab_size)
     module = run_mod.build_module(cfg, data)
     trainer = L.Trainer(
         accelerator=device.accelerator,
@@ -199,11 +203,12 @@ def _validator(cfg, merge: int | str):
 
 
 def row_evaluation(cfg, rounds: int, cuda: bool) -> dict:
-    """One evaluation (eval_iters batches of each split) one batch per forward, against eval_merge=auto.
+    """One evaluation (eval_iters batches of each split) one batch per forward, against as many per
+    forward as eval_merge=auto takes on a GPU (on a CPU auto stays at 1; this row shows why).
     Both sides start from the same seed and evaluate once per round, so round i of each sees the
     same windows; the note gives the largest difference of their losses."""
     old, _ = _validator(cfg, 1)
-    new, k = _validator(cfg, "auto")
+    new, k = _validator(cfg, None)
     losses = {"old": [], "new": []}
     out = ab(lambda: losses["old"].append(old()), lambda: losses["new"].append(new()), 1, rounds, cuda)
     diff = max(abs(a - b) for pa, pb in zip(losses["old"], losses["new"]) for a, b in zip(pa, pb))
@@ -295,7 +300,7 @@ def main(overrides: list[str], rounds: int = 3, json_path: str | None = None, on
         (
             "evaluation",
             "a forward per batch",
-            "eval_merge=auto",
+            "eval_merge=auto (GPU)",
             lambda: row_evaluation(recipe, max(rounds, 7), cuda),
         )
     )

@@ -68,10 +68,14 @@ EVAL_MERGE_TOKENS = 2**17
 EVAL_MERGE_LOGITS = 2**27
 
 
-def auto_eval_merge(eval_iters: int, rows: int, block_size: int, vocab_size: int) -> int:
-    """eval_merge=auto: the largest divisor k of eval_iters whose k batches of rows x block_size
+def auto_eval_merge(eval_iters: int, rows: int, block_size: int, vocab_size: int, on_gpu: bool = True) -> int:
+    """eval_merge=auto: on a GPU the largest divisor k of eval_iters whose k batches of rows x block_size
     tokens stay within the budgets above. A divisor, so that every forward has the same shape
-    (a compiled model then needs one evaluation graph)."""
+    (a compiled model then needs one evaluation graph). On a CPU 1: the forward itself is most of
+    an evaluation there, and a larger one runs slower once its activations leave the caches
+    (docs/performance.md, Evaluation)."""
+    if not on_gpu:
+        return 1
     tokens = rows * block_size
     most = max(1, min(EVAL_MERGE_TOKENS // tokens, EVAL_MERGE_LOGITS // (tokens * vocab_size)))
     return max(k for k in range(1, min(most, eval_iters) + 1) if eval_iters % k == 0)

@@ -228,7 +228,13 @@ def build_data(cfg: DictConfig) -> Data:
     mconf = model_config(cfg, dm.vocab_size + (masking is not None))
     merge = cfg.get("eval_merge", 1)
     dm.eval_merge = (
-        auto_eval_merge(dm.eval_iters, dm.eval_batch_size, dm.block_size, mconf.padded_vocab_size)
+        auto_eval_merge(
+            dm.eval_iters,
+            dm.eval_batch_size,
+            dm.block_size,
+            mconf.padded_vocab_size,
+            on_gpu=resolve_device(cfg).accelerator == "gpu",
+        )
         if merge == "auto"
         else min(int(merge), dm.eval_iters)
     )
