@@ -258,13 +258,16 @@ class GPT(nn.Module):
         pos: torch.Tensor | None = None,
         attn_mask: torch.Tensor | None = None,
         ignore_index: int = -100,
+        reduction: str = "mean",
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx: (B, T) token ids. targets: (B, T) next-token ids, or None.
 
         Returns (logits, loss). With targets the logits cover every position; without them only
         the last position is projected (all that generation needs, and T times cheaper).
         pos and attn_mask are for batches of several documents: per-token positions (B, T) and a
-        boolean (B, 1, T, T) mask that is True where attention is allowed.
+        boolean (B, 1, T, T) mask that is True where attention is allowed. reduction="none" gives
+        the loss per target (B * T,), 0 where ignored: evaluation averages several batches' worth
+        per batch from one forward.
         """
         B, T = idx.shape
         if T > self.config.block_size:
@@ -286,7 +289,9 @@ class GPT(nn.Module):
         logits = self.softcap(self.lm_head(x))
         # the loss sees the padded columns too (no copy of the logits); no target points at them,
         # so training only pushes them down
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=ignore_index)
+        loss = F.cross_entropy(
+            logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=ignore_index, reduction=reduction
+        )
         return logits[..., :V], loss
 
     def softcap(self, logits: torch.Tensor) -> torch.Tensor:

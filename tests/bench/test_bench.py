@@ -132,5 +132,16 @@ def test_costs_table_runs(tmp_path, data_root, capsys):
 
     rows = main([f"data.root={data_root}", "device=cpu"], rounds=1, json_path=str(tmp_path / "costs.json"))
     names = {r["what"] for r in rows}
-    assert {"batch sampling", "AdamW step", "compile", "pad_vocab (GPT-2 BPE)"} <= names
+    assert {"batch sampling", "AdamW step", "compile", "pad_vocab (GPT-2 BPE)", "evaluation"} <= names
     assert "needs a GPU" in capsys.readouterr().out
+
+
+def test_costs_evaluation_row_compares_the_same_windows(data_root):
+    from gptlab.bench.costs import main
+
+    tiny = ["n_layer=1", "n_head=2", "n_embd=32", "block_size=32", "batch_size=8", "eval_iters=4"]
+    rows = main([f"data.root={data_root}", "device=cpu", *tiny], rounds=1, only="evaluation")
+    row = next(r for r in rows if r["what"] == "evaluation")
+    # 7 evaluations a side, alternating; round i of both sides evaluates the same windows
+    assert row["eval_merge"] == 4 and row["max_loss_diff"] < 1e-5
+    assert row["before_ms"] > 0 and row["after_ms"] > 0 and len(row["speedup"]) == 3

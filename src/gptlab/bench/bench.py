@@ -501,7 +501,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.costs:
         from gptlab.bench.costs import main as costs_main  # only here: costs loads Lightning (datamodule)
 
-        return costs_main(args.overrides, rounds=args.rounds, json_path=args.json)
+        return costs_main(args.overrides, rounds=args.rounds, json_path=args.json, only=args.only)
 
     cli.check_override_keys(args.overrides)
     sides = [parse_side(s) for s in args.sides]
@@ -586,6 +586,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--costs", action="store_true", help="measure each single optimisation instead (see gptlab.bench.costs)"
     )
+    p.add_argument("--only", help="with --costs: only the rows whose name contains this (e.g. evaluation)")
     p.add_argument("--json", help="also write every figure to this file")
     return p
 

@@ -20,7 +20,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from gptlab.cli import common as cli
 from gptlab.config import data_spec
-from gptlab.data.datamodule import RandomWindows
+from gptlab.data.datamodule import RandomWindows, auto_eval_merge
 from gptlab.data.dataset import ensure_prepared, load_meta
 from gptlab.model import GPT, GPTConfig
 
@@ -167,6 +167,55 @@ def row_eval(w: Workload, n, rounds, cuda):
     return out
 
 
+def _validator(cfg, merge: int | None):
+    """A function that runs one evaluation through Lightning's validation loop, as training does
+    (eval_merge=merge; None: what auto gives on a GPU), and returns its (train, val) losses."""
+    # only here: Lightning's Trainer, which the other rows do without
+    import lightning as L
+
+    from gptlab.training import run as run_mod
+
+    cfg = cfg.copy()
+    cfg.eval_merge = merge or 1
+    device = run_mod.settings(cfg)
+    data = run_mod.build_data(cfg)
+    dm = data.dm
+    if merge is None:
+        # what eval_merge=auto gives on a GPU, on whatever device this is
+        dm.eval_merge = auto_eval_merge(dm.eval_iters, dm.eval_batch_size, dm.block_size, data.mconf.padded_vocab_size)
+    module = run_mod.build_module(cfg, data)
+    trainer = L.Trainer(
+        accelerator=device.accelerator,
+        devices=1,
+        precision=device.precision,
+        limit_val_batches=int(cfg.eval_iters),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+
+    def evaluate() -> tuple[float, float]:
+        trainer.validate(module, datamodule=data.dm, verbose=False)
+        return module.last_eval["train"], module.last_eval["val"]
+
+    return evaluate, data.dm.eval_merge
+
+
+def row_evaluation(cfg, rounds: int, cuda: bool) -> dict:
+    """One evaluation (eval_iters batches of each split) one batch per forward, against as many per
+    forward as eval_merge=auto takes on a GPU (on a CPU auto stays at 1; this row shows why).
+    Both sides start from the same seed and evaluate once per round, so round i of each sees the
+    same windows; the note gives the largest difference of their losses."""
+    old, _ = _validator(cfg, 1)
+    new, k = _validator(cfg, None)
+    losses = {"old": [], "new": []}
+    out = ab(lambda: losses["old"].append(old()), lambda: losses["new"].append(new()), 1, rounds, cuda)
+    diff = max(abs(a - b) for pa, pb in zip(losses["old"], losses["new"]) for a, b in zip(pa, pb))
+    out["note"] = f"{cfg.eval_iters} batches x 2 splits; {k} batches per forward; losses differ by <= {diff:.1e}"
+    return {**out, "eval_merge": k, "max_loss_diff": diff}
+
+
 def row_optimizer(make, n, rounds, cuda):
     before, after = make("foreach" if cuda else "loop"), make("fused" if cuda else "foreach")
     for w in (before, after):
@@ -229,7 +278,7 @@ CPU_SHAPE = {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "batch_
 GPU_SHAPE = {"n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 256, "batch_size": 64}  # the baby GPT
 
 
-def main(overrides: list[str], rounds: int = 3, json_path: str | None = None) -> list[dict]:
+def main(overrides: list[str], rounds: int = 3, json_path: str | None = None, only: str | None = None) -> list[dict]:
     cli.check_override_keys(overrides)
     base = cli.compose("train", ["profile=none", *overrides])
     cuda = torch.cuda.is_available() and str(base.device) != "cpu"
@@ -244,6 +293,18 @@ def main(overrides: list[str], rounds: int = 3, json_path: str | None = None) ->
     if cuda:
         torch.set_float32_matmul_precision("high")
     rows = cost_rows(char_dir, bpe_dir, shape, device, amp_dtype, n, rounds, cuda)
+    # the evaluation of a training run as the recipe of this machine runs it: the CPU recipe (20 batches
+    # of 12 x 64), or the baby GPT (200 batches of 64 x 256) in bfloat16; more rounds: one call is one evaluation
+    recipe = cli.compose("train", ["profile=gpu" if cuda else "profile=cpu", "logger=[]", *overrides])
+    rows.append(
+        (
+            "evaluation",
+            "a forward per batch",
+            "eval_merge=auto (GPU)",
+            lambda: row_evaluation(recipe, max(rounds, 7), cuda),
+        )
+    )
+    rows = [r for r in rows if only is None or only in r[0]]
     where = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
     print(
         f"\n== single costs on {where}, model {shape['n_layer']}/{shape['n_head']}/{shape['n_embd']} "

@@ -136,6 +136,10 @@ SCHEMA: dict[str, Rule] = {
     "gradient_accumulation_steps": integer(1),
     "batch_size": integer(1),
     "eval_batch_size": integer(1, null=True, says="an integer >= 1, or null (the same as batch_size)"),
+    "eval_merge": Rule(
+        lambda v: v == "auto" or (_is_int(v) and v >= 1),
+        "an integer >= 1 (evaluation batches per forward pass; 1: one at a time), or auto",
+    ),
     "block_size": integer(1),
     # model
     "n_layer": integer(1),

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from gptlab.data.dataset import DataError, load_meta, open_documents, open_tokens
-from gptlab.data.packing import BATCHING, PackedRows, PaddedBatches
+from gptlab.data.packing import BATCHING, PackedRows, PaddedBatches, merge_batches
 from gptlab.data.tokenizer import tokenizer_from_meta
 
 
@@ -61,6 +61,45 @@ class RandomWindows(IterableDataset):
         self._starts = []
 
 
+# eval_merge=auto: a merged evaluation forward holds at most this many tokens, and logits (tokens x
+# vocabulary): about 0.5 GB of float32 logits and a few hundred MB of activations (no gradients are kept),
+# well within what training the same model needs; GPT-2's vocabulary at block 1024 gets no merging
+EVAL_MERGE_TOKENS = 2**17
+EVAL_MERGE_LOGITS = 2**27
+
+
+def auto_eval_merge(eval_iters: int, rows: int, block_size: int, vocab_size: int, on_gpu: bool = True) -> int:
+    """eval_merge=auto: on a GPU the largest divisor k of eval_iters whose k batches of rows x block_size
+    tokens stay within the budgets above. A divisor, so that every forward has the same shape
+    (a compiled model then needs one evaluation graph). On a CPU 1: the forward itself is most of
+    an evaluation there, and a larger one runs slower once its activations leave the caches
+    (docs/performance.md, Evaluation)."""
+    if not on_gpu:
+        return 1
+    tokens = rows * block_size
+    most = max(1, min(EVAL_MERGE_TOKENS // tokens, EVAL_MERGE_LOGITS // (tokens * vocab_size)))
+    return max(k for k in range(1, min(most, eval_iters) + 1) if eval_iters % k == 0)
+
+
+class MergedBatches(IterableDataset):
+    """One evaluation's `total` batches of a sampler, served `merge` at a time as one batch
+    (packing.merge_batches): the sampler draws exactly the batches it draws unmerged, in the same
+    order, so the windows are the same; the iterator ends after `total` batches, which is what
+    ends the evaluation. merge=1 serves the sampler's own batches."""
+
+    def __init__(self, sampler, total: int, merge: int):
+        super().__init__()
+        self.sampler, self.total, self.merge = sampler, int(total), max(1, int(merge))
+
+    def __iter__(self):
+        for start in range(0, self.total, self.merge):
+            n = min(self.merge, self.total - start)
+            if self.merge == 1:
+                yield self.sampler.sample()
+            else:
+                yield merge_batches([self.sampler.sample() for _ in range(n)])
+
+
 class GPTDataModule(L.LightningDataModule):
     """Train batches from train.bin; for evaluation, eval_iters batches from each of train.bin and
     val.bin (validation dataloader 0 is the train split, 1 the val split). Evaluation batches
@@ -78,6 +117,8 @@ class GPTDataModule(L.LightningDataModule):
         bucket_batches: int = 16,
         accumulation: int = 1,
         eval_batch_size: int | None = None,
+        eval_iters: int | None = None,
+        eval_merge: int = 1,
     ):
         super().__init__()
         if batching not in BATCHING:
@@ -87,6 +128,9 @@ class GPTDataModule(L.LightningDataModule):
         self.batching, self.bucket_batches = batching, bucket_batches
         self.accumulation = accumulation  # micro-batches per optimizer step: random windows are drawn per step
         self.eval_batch_size = eval_batch_size or batch_size
+        # batches per split and evaluation, and how many of them one forward pass takes (MergedBatches);
+        # without eval_iters the evaluation loaders are endless and unmerged (the Trainer's limit ends them)
+        self.eval_iters, self.eval_merge = eval_iters, max(1, int(eval_merge))
         self.meta = load_meta(self.data_dir)
         self.tokenizer = tokenizer_from_meta(self.meta)
         self.pin_memory = False
@@ -147,7 +191,9 @@ class GPTDataModule(L.LightningDataModule):
         return self._loader(self._train)
 
     def val_dataloader(self) -> list[DataLoader]:
-        return [self._loader(ds) for ds in self._eval]
+        if self.eval_iters is None:
+            return [self._loader(ds) for ds in self._eval]
+        return [self._loader(MergedBatches(ds, self.eval_iters, self.eval_merge)) for ds in self._eval]
 
     def state_dict(self) -> dict:
         # every rank's samplers' RNG positions, so that a resumed run draws on each rank the batches

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import IterableDataset
 
 from gptlab.data.dataset import DataError
@@ -45,10 +46,32 @@ def unpack_batch(batch) -> tuple[torch.Tensor, torch.Tensor, dict]:
     if not isinstance(batch, dict):
         x, y = batch
         return x, y, {}
-    kw = {"pos": batch["pos"]}
+    kw = {"pos": batch["pos"]} if "pos" in batch else {}  # merged random windows (merge_batches) have none
     if "doc" in batch:  # packed rows: attention stays inside each document
         kw["attn_mask"] = document_mask(batch["doc"])
     return batch["x"], batch["y"], kw
+
+
+def merge_batches(batches: list) -> dict:
+    """Several batches as one dict batch for a single forward pass; "batches" says how many, so the
+    loss can still be averaged per original batch. Rows keep their order. Padded batches of different
+    lengths are padded on the right to the longest (inputs 0, targets IGNORE, positions 0): the causal
+    mask hides that padding from every real token, as it hides a batch's own."""
+    if not isinstance(batches[0], dict):
+        x, y = zip(*batches)
+        return {"x": torch.cat(x), "y": torch.cat(y), "batches": len(batches)}
+    T = max(b["x"].size(1) for b in batches)
+    fill = {"x": 0, "y": IGNORE, "pos": 0}
+    out = {}
+    for key in batches[0]:
+        if key == "real":
+            out[key] = sum(b[key] for b in batches)
+        elif key == "doc" and any(b[key].size(1) != T for b in batches):
+            raise ValueError("packed rows all have block_size tokens; rows of different lengths cannot be merged")
+        else:
+            out[key] = torch.cat([F.pad(b[key], (0, T - b[key].size(1)), value=fill.get(key, 0)) for b in batches])
+    out["batches"] = len(batches)
+    return out
 
 
 class _DocumentBatches(IterableDataset):

@@ -281,6 +281,22 @@ def _time(m: dict) -> str:
     return f"{m['wall_time_s']:.0f} s" if isinstance(m.get("wall_time_s"), (int, float)) else "-"
 
 
+def _seconds(v) -> str:
+    return f"{v:.0f} s" if isinstance(v, (int, float)) else "-"
+
+
+def _share(v) -> str:
+    return f"{v:.0%}" if isinstance(v, (int, float)) else "-"
+
+
+def _eval_text(m: dict) -> str:
+    """', best val after 151 s, evaluation 12% of the wall time (18 s)': runs from before these keys have none."""
+    out = f", best val after {_seconds(m['best_val_time_s'])}" if m.get("best_val_time_s") is not None else ""
+    if isinstance(m.get("eval_share"), (int, float)):
+        out += f", evaluation {_share(m['eval_share'])} of the wall time ({_seconds(m.get('eval_s'))})"
+    return out
+
+
 def _memory(m: dict) -> str:
     b = m.get("peak_memory_bytes")
     if not isinstance(b, (int, float)):
@@ -324,6 +340,8 @@ def table(runs: list[Run], keys: list[str]) -> str:
         "stopped",
         "status",
         "time",
+        "best at",
+        "eval share",
     ]
     rows = []
     for r in runs:
@@ -341,6 +359,8 @@ def table(runs: list[Run], keys: list[str]) -> str:
                 m.get("stop_reason", "-"),
                 r.status,
                 _time(m),
+                _seconds(m.get("best_val_time_s")),
+                _share(m.get("eval_share")),
             ]
         )
     return _md_table(head, rows)
@@ -468,7 +488,7 @@ def run_block(r: Run, a: Assessment, keys: list[str]) -> str:
         + f" ({a.overfit.why})"
     )
     lines.append(f"- final val {_units_text(r, 'final')}; best val {_units_text(r, 'best')}")
-    lines.append(f"- wall time {_time(m)}, {_speed(m)}, peak memory {_memory(m)}")
+    lines.append(f"- wall time {_time(m)}{_eval_text(m)}, {_speed(m)}, peak memory {_memory(m)}")
     if m.get("sample"):
         lines.append("- sample:" + "\n".join(_sample_block(m["sample"])))
     return "\n".join(lines)

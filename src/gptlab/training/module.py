@@ -14,7 +14,7 @@ import lightning as L
 import torch
 
 from gptlab.data.augment import TokenMasking, corrupt_inputs
-from gptlab.data.packing import unpack_batch
+from gptlab.data.packing import IGNORE, unpack_batch
 from gptlab.model import GPT, GPTConfig
 from gptlab.training.compiling import compile_model
 from gptlab.training.loggers import log_metrics
@@ -68,7 +68,14 @@ class GPTModule(L.LightningModule):
             self.__dict__["_compiled"] = compile_model(self.model, self.compile_backend, self.compile_mode)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, **kw):
-        fn = self.__dict__.get("_compiled", self.model)
+        fn = self.__dict__.get("_compiled")
+        if fn is None:
+            return self.model(idx, targets, **kw)
+        # merged evaluation batches (eval_merge) are larger than training's: each keeps its batch size as a
+        # constant of its own graph, rather than dynamo making the training graph's batch size symbolic
+        for t in (idx, targets):
+            if t is not None:
+                torch._dynamo.mark_static(t, 0)
         return fn(idx, targets, **kw)
 
     # ------------------------------------------------------------------ training
@@ -154,10 +161,21 @@ class GPTModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         x, y, kw = unpack_batch(batch)
-        _, loss = self(x, y, **kw)
-        s = self._eval_sums.setdefault(dataloader_idx, [torch.zeros((), device=loss.device), 0])
-        s[0] += loss.detach().float()
-        s[1] += 1
+        merged = batch.get("batches", 1) if isinstance(batch, dict) else 1
+        if merged == 1:
+            _, loss = self(x, y, **kw)
+            total = loss.detach().float()
+        else:
+            # k batches in one forward (MergedBatches): each batch's mean over its own counted
+            # targets, as its forward alone would give, so ignored (padding) targets weigh as before
+            _, per_target = self(x, y, reduction="none", **kw)
+            sums = per_target.detach().float().view(merged, -1).sum(1)
+            counts = (y != IGNORE).view(merged, -1).sum(1)
+            total = (sums / counts).sum()
+        # kept on the device: the only host read is the mean at the evaluation's end
+        s = self._eval_sums.setdefault(dataloader_idx, [torch.zeros((), device=x.device), 0])
+        s[0] += total
+        s[1] += merged
 
     def on_validation_epoch_end(self) -> None:
         # dataloader 0 samples the train split, 1 the val split (see GPTDataModule)

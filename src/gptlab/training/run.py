@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from gptlab import startup
 from gptlab.config import data_spec, model_config, plain, resolve_device, token_masking, validate
 from gptlab.config.device import DeviceChoice
-from gptlab.data.datamodule import GPTDataModule
+from gptlab.data.datamodule import GPTDataModule, auto_eval_merge
 from gptlab.data.dataset import DataSpec, ensure_prepared, val_bytes_per_token
 from gptlab.data.tokenizer import undecodable_ids
 from gptlab.errors import ConfigError, RunInterrupted
@@ -58,12 +58,14 @@ from gptlab.rundir import (
 from gptlab.training import flops, lr_find, memory, pretrained
 from gptlab.training import passthrough as trainer_args
 from gptlab.training.callbacks.logs import (
+    EvalClock,
     EvalSamples,
     FinalEvaluation,
     NonFiniteGuard,
     ProgressLog,
     StartupLine,
     TrainingLog,
+    duration,
     generate_sample,
 )
 from gptlab.training.callbacks.monitors import GradientMonitor, InitialLossCheck, LayerGradients, PlateauHint
@@ -128,6 +130,7 @@ class Parts:
     monitors: list = field(default_factory=list)
     early_stop: EarlyStopping | None = None
     compile_watch: CompileWatch | None = None
+    eval_clock: EvalClock | None = None
 
 
 def train(
@@ -227,10 +230,24 @@ def build_data(cfg: DictConfig) -> Data:
         bucket_batches=int(cfg.data.get("bucket_batches", 16)),
         accumulation=int(cfg.gradient_accumulation_steps),
         eval_batch_size=cfg.get("eval_batch_size"),
+        eval_iters=int(cfg.eval_iters),
     )
     dm.check_block_size()
     masking = token_masking(cfg, dm.vocab_size)
-    return Data(spec, dm, masking, model_config(cfg, dm.vocab_size + (masking is not None)))
+    mconf = model_config(cfg, dm.vocab_size + (masking is not None))
+    merge = cfg.get("eval_merge", 1)
+    dm.eval_merge = (
+        auto_eval_merge(
+            dm.eval_iters,
+            dm.eval_batch_size,
+            dm.block_size,
+            mconf.padded_vocab_size,
+            on_gpu=resolve_device(cfg).accelerator == "gpu",
+        )
+        if merge == "auto"
+        else min(int(merge), dm.eval_iters)
+    )
+    return Data(spec, dm, masking, mconf)
 
 
 def check_checkpoint(run: Run, data: Data) -> None:
@@ -368,6 +385,8 @@ def build_callbacks(run: Run, data: Data, extra: Sequence[L.Callback] = ()) -> P
                 budget=float(cfg.eval_sample_budget),
             )
         )
+    eval_clock = EvalClock()  # after EvalSamples: a sample is part of the evaluation it follows
+    callbacks.append(eval_clock)
     early_stop = None
     if cfg.early_stopping.patience:
         # counts the evaluations during fit (not the step-0 one) without val loss < best - min_delta
@@ -379,7 +398,7 @@ def build_callbacks(run: Run, data: Data, extra: Sequence[L.Callback] = ()) -> P
             check_on_train_epoch_end=False,
         )
         callbacks.append(early_stop)
-    return Parts(callbacks, training_log, progress, monitors, early_stop, compile_watch)
+    return Parts(callbacks, training_log, progress, monitors, early_stop, compile_watch, eval_clock)
 
 
 def build_trainer(run: Run, callbacks: list, loggers: Sequence = ()) -> L.Trainer:
@@ -490,7 +509,7 @@ def results(run: Run, trainer: L.Trainer, module: GPTModule, data: Data, parts: 
             step=metrics["iters"],
         )
         log.info(f"training stopped at step {metrics['iters']}: {metrics['stop_message']}")
-        log.info(f"best val loss {best:.4f} at step {metrics['best_step']}; checkpoints in {run_dir}")
+        log.info(f"best val loss {best:.4f} at step {metrics['best_step']}{_when(metrics)}; checkpoints in {run_dir}")
     if metrics.get("sample"):
         log.info("sample:\n" + metrics["sample"])
     return metrics
@@ -609,6 +628,16 @@ def _quiet_lightning() -> None:
     logging.getLogger("lightning.pytorch.trainer.connectors.checkpoint_connector").setLevel(logging.WARNING)
 
 
+def _when(metrics: dict) -> str:
+    """' (after 2m31s; evaluation 12% of the run, 18.2 s)': time to the best val loss, eval share."""
+    parts = []
+    if metrics.get("best_val_time_s") is not None:
+        parts.append(f"after {duration(metrics['best_val_time_s'])}")
+    if metrics.get("eval_share") is not None:
+        parts.append(f"evaluation {metrics['eval_share']:.0%} of the run, {metrics['eval_s']:.1f} s")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 def disk_report(run_dir: Path, export: bool) -> dict[str, int]:
     """Write the weights-only export if asked, and report what the run's checkpoints take."""
     if export:
@@ -699,6 +728,8 @@ def measurements(run: Run, trainer, module: GPTModule, parts: Parts, wall: float
         "best_val_loss": best["val_loss"] if best else None,
         "best_train_loss": min(finite_train) if finite_train else None,
         "best_step": best["step"] if best else None,
+        # wall time from the run's start to the end of the evaluation that gave the best val loss
+        "best_val_time_s": best.get("wall_time_s") if best else None,
         "evals": history,
         "train_curve": parts.progress.curve,  # [step, mean training loss over the log_interval before it]
         "tokens_per_step": tokens_per_step,  # slots: packed/padded batches hold fewer real tokens
@@ -715,6 +746,8 @@ def measurements(run: Run, trainer, module: GPTModule, parts: Parts, wall: float
         "vocab_size": module.model.config.vocab_size,
     }
     m.update(startup.CLOCK.results())  # startup_s (null if the run stopped before step 0) and its phases
+    if parts.eval_clock is not None:
+        m.update(parts.eval_clock.results())  # eval_s, eval_share
     if parts.compile_watch is not None:
         m.update(parts.compile_watch.results())  # compiled, compile_fallback, compiled_graphs, first_step_s
     m.update(parts.training_log.val_units(m["final_val_loss"], m["best_val_loss"]))  # ppl, bpc / bpb

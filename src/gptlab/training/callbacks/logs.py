@@ -271,6 +271,50 @@ class ProgressLog(L.Callback):
         return self.real_tokens / self.slots if self.slots else None
 
 
+class EvalClock(L.Callback):
+    """Seconds spent in evaluations (eval_s) and the run's wall time they are a share of: from each
+    evaluation's start (after NonFiniteGuard's read, which waits for the training steps queued on a
+    GPU) to the end of the callbacks after it, samples (EvalSamples) included; the checkpoint written
+    on a new best val loss is not (Lightning runs checkpoint callbacks after all others). The run's
+    clock starts where TrainingLog's does; a resumed run counts on from its checkpoint's figures."""
+
+    def __init__(self):
+        self.eval_s = 0.0
+        self._t0: float | None = None
+        self._run_before = 0.0  # the run's seconds before this process (a resume)
+        self._eval_t0: float | None = None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if self._t0 is None:
+            self._t0 = time.perf_counter()  # the step-0 evaluation's setup, or a resumed fit's
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._eval_t0 = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self.eval_s += self._in_progress()
+        self._eval_t0 = None
+
+    def _in_progress(self) -> float:
+        return 0.0 if self._eval_t0 is None else time.perf_counter() - self._eval_t0
+
+    def run_s(self) -> float:
+        return self._run_before + (0.0 if self._t0 is None else time.perf_counter() - self._t0)
+
+    def state_dict(self) -> dict:
+        # a checkpoint written during an evaluation (best.ckpt) counts it up to now
+        return {"eval_s": self.eval_s + self._in_progress(), "run_s": self.run_s()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.eval_s, self._run_before = float(state.get("eval_s", 0.0)), float(state.get("run_s", 0.0))
+
+    def results(self) -> dict:
+        """metrics.json's eval_s and eval_share (of the run's wall time, evaluations included)."""
+        run_s = self.run_s()
+        return {"eval_s": round(self.eval_s, 3), "eval_share": round(self.eval_s / run_s, 4) if run_s > 0 else None}
+
+
 def duration(seconds: float) -> str:
     """45s, 3m12s, 2h05m: a time to read at a glance."""
     s = int(round(seconds))
