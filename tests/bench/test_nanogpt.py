@@ -79,6 +79,9 @@ def test_nanogpt_arguments_have_its_types_and_its_data_layout(compose, tmp_path)
     for key, kind in NANOGPT_TYPES.items():
         assert type(ast.literal_eval(args[key])) is kind, key  # what its configurator asserts
     assert args["device"] == "cpu" and args["dtype"] == "float32" and args["dataset"] == "shakespeare_char"
+    # its cosine divides by lr_decay_iters - warmup_iters: never zero
+    short = dict(a[2:].split("=", 1) for a in nanogpt.flags(compose("max_iters=4", "warmup_iters=4")))
+    assert (short["warmup_iters"], short["lr_decay_iters"]) == ("4", "5")
     home = tmp_path / "nano"
     home.mkdir()
     (home / "configurator.py").write_text("")

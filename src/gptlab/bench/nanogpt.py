@@ -109,6 +109,9 @@ def flags(cfg, **changes) -> list[str]:
     if device == "gpu":
         device = "cuda"
     values = {k: cfg[k] for k in FLAGS} | changes
+    # its cosine divides by lr_decay_iters - warmup_iters, zero when a short run's warm-up fills it: one more
+    # step of decay changes the rate of one step at most
+    values["lr_decay_iters"] = max(int(values["lr_decay_iters"]), int(values["warmup_iters"]) + 1)
     args = [f"--{k}={_literal(values[k], FLAGS[k])}" for k in FLAGS]
     fixed = {
         "dataset": data_spec(cfg).name,
@@ -202,6 +205,7 @@ class NanoRun:
         self.cfg, self.d, self.home = cfg, d, home
         self.log = d / "console.log"
         self.p: subprocess.Popen | None = None
+        self.out = None  # its console.log: every line it printed
         self.chunk_s: list[float] = []
         self.turns: list[tuple[float, float]] = []
         self.cpu_s: float | None = 0.0
@@ -282,6 +286,7 @@ class NanoRun:
             _reap(self.p)
         if self.p is not None:
             self.p.stdout.close()
+        if self.out is not None:
             self.out.close()
 
     def result(self) -> dict:
@@ -334,6 +339,17 @@ def _last_val_loss(log: Path) -> float | None:
     return found[-1] if found else None
 
 
+def _pair_line(g: dict, n: dict) -> str:
+    def loss(x):
+        return "none" if x is None else f"{x:.4f}"
+
+    return (
+        f"gptlab {g['wall_s']:.1f} s, nanoGPT {n['wall_s']:.1f} s, ratio {g['wall_s'] / n['wall_s']:.3f}; "
+        f"final val loss gptlab {loss(g['final_val_loss'])}, nanoGPT {loss(n['final_val_loss'])}; "
+        f"peak RSS {g['peak_rss_mb']:.0f} / {n['peak_rss_mb']:.0f} MB"
+    )
+
+
 def whole(home: Path, overrides: list[str], rounds: int, work: Path, threads: int | None = None) -> dict:
     """`python -m gptlab.train profile=cpu [overrides]` against nanoGPT's train.py with the same
     settings, each command start to finish, pairs alternating which goes first."""
@@ -367,13 +383,7 @@ def whole(home: Path, overrides: list[str], rounds: int, work: Path, threads: in
         res["nanoGPT"]["final_val_loss"] = _last_val_loss(work_n["log"])
         res["first"] = "gptlab" if r % 2 == 0 else "nanoGPT"
         pairs.append(res)
-        g, n = res["gptlab"], res["nanoGPT"]
-        print(
-            f"   pair {r + 1} ({res['first']} first): gptlab {g['wall_s']:.1f} s, nanoGPT {n['wall_s']:.1f} s, "
-            f"ratio {g['wall_s'] / n['wall_s']:.3f}; final val loss gptlab {g['final_val_loss']:.4f}, "
-            f"nanoGPT {n['final_val_loss']:.4f}; peak RSS {g['peak_rss_mb']:.0f} / {n['peak_rss_mb']:.0f} MB",
-            flush=True,
-        )
+        print(f"   pair {r + 1} ({res['first']} first): {_pair_line(res['gptlab'], res['nanoGPT'])}", flush=True)
     ratios = [p["gptlab"]["wall_s"] / p["nanoGPT"]["wall_s"] for p in pairs]
     print(
         f"   wall-time ratio gptlab / nanoGPT: min {min(ratios):.3f} median {statistics.median(ratios):.3f} "
