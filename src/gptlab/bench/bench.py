@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from gptlab.bench import nanogpt
+from gptlab.bench.nanogpt import NanoRun
 from gptlab.bench.plain_loop import train_plain
 from gptlab.cli import common as cli
 from gptlab.config import data_spec, model_config, resolve_device
@@ -202,11 +204,13 @@ def child(
         cuda_peak_mb=torch.cuda.max_memory_allocated() / 2**20 if on_cuda else None,
     )
     if res["flops_per_token"] is None:
-        with torch.device("meta"):  # counts parameters without allocating them
-            res["flops_per_token"] = GPT(
-                model_config(cfg, int(load_meta(data_spec(cfg).dir)["vocab_size"]))
-            ).flops_per_token()
+        res["flops_per_token"] = _flops_per_token(cfg)
     out_path.write_text(json.dumps(res))
+
+
+def _flops_per_token(cfg) -> float:
+    with torch.device("meta"):  # counts parameters without allocating them
+        return GPT(model_config(cfg, int(load_meta(data_spec(cfg).dir)["vocab_size"]))).flops_per_token()
 
 
 # --------------------------------------------------------------------------- orchestration
@@ -214,12 +218,13 @@ def child(
 
 @dataclass
 class Side:
-    name: str  # gptlab | plain
+    name: str  # gptlab | plain | nanogpt
     overrides: list[str] = field(default_factory=list)
+    nanogpt: Path | None = None  # nanogpt: the checkout whose train.py runs
 
     @property
     def label(self) -> str:
-        return " ".join([self.name, *self.overrides])
+        return "nanoGPT" if self.nanogpt else " ".join([self.name, *self.overrides])
 
 
 def parse_side(spec: str) -> Side:
@@ -285,6 +290,62 @@ def _failed(side: Side, p: subprocess.Popen, d: Path) -> SystemExit:
     return SystemExit(f"error: the {side.label} run failed (exit {p.returncode}); the end of its output:\n{tail}")
 
 
+class PipeRun:
+    """A gptlab or plain side in a `--child` process of its own; with chunk > 0 it hands turns
+    over two pipes (the waiting one is blocked on a read, its CPU idle). nanogpt.NanoRun has the
+    same methods: start (start-up and warm-up alone; chunk 0: the whole run), turn, finish."""
+
+    def __init__(self, side: Side, cfg, d: Path, warmup: int, steps: int, chunk: int, threads: int | None):
+        self.side, self.cfg, self.d, self.chunk = side, cfg, d, chunk
+        self.args = (warmup, steps, chunk, threads)
+        self.p: subprocess.Popen | None = None
+        self.go = self.done = -1
+
+    def start(self) -> None:
+        warmup, steps, chunk, threads = self.args
+        if not chunk:
+            self.p = _start(self.side, self.cfg, self.d, warmup, steps, 0, threads, None)
+            return
+        g_r, self.go = os.pipe()  # bench -> child: "your turn"
+        self.done, d_w = os.pipe()  # child -> bench: "my turn is over"
+        self.p = _start(self.side, self.cfg, self.d, warmup, steps, chunk, threads, (g_r, d_w))
+        os.close(g_r), os.close(d_w)  # the child's ends: a child that dies closes its pipe
+        self._await()  # it waits at the first mark
+
+    def turn(self) -> None:
+        os.write(self.go, b".")
+        self._await()
+
+    def finish(self) -> None:
+        if self.chunk:
+            os.write(self.go, b".")  # the final evaluation and saving
+        self.p.wait()
+
+    def _await(self) -> None:
+        if not os.read(self.done, 1):  # end of file: the child exited
+            self.p.wait()
+            raise _failed(self.side, self.p, self.d)
+
+    def close(self) -> None:
+        for fd in (self.go, self.done):
+            if fd >= 0:
+                os.close(fd)
+        self.go = self.done = -1
+        if self.p is not None and self.p.poll() is None:
+            self.p.kill()
+
+    def result(self) -> dict:
+        if self.p.returncode != 0 or not (self.d / "result.json").is_file():
+            raise _failed(self.side, self.p, self.d)
+        return json.loads((self.d / "result.json").read_text())
+
+
+def _run_of(side: Side, cfg, d: Path, warmup: int, steps: int, chunk: int, threads: int | None):
+    if side.nanogpt is not None:
+        return NanoRun(side.nanogpt, cfg, d, warmup, steps, chunk, threads)
+    return PipeRun(side, cfg, d, warmup, steps, chunk, threads)
+
+
 def run_round(
     sides: list[Side],
     cfgs: list,
@@ -297,51 +358,28 @@ def run_round(
     first: int = 0,
 ) -> list[dict]:
     """One run per side, each in a process of its own, side `first` starting first. chunk > 0:
-    each starts and warms up alone, then the two take turns of `chunk` timed optimizer steps
-    (A B, B A, A B, ...; the one waiting is blocked on a pipe, its CPU idle) and finish one after
-    the other. chunk 0: one whole run after the other."""
-    dirs = [work / f"{tag}_{i}" for i in range(len(sides))]
+    each starts and warms up alone, then they take turns of `chunk` timed optimizer steps in
+    order and back (A B C, C B A, A B C, ...) and finish one after the other. chunk 0: one whole
+    run after the other."""
     seq = [*range(first, len(sides)), *range(first)]
-    procs: list = [None] * len(sides)
-    if not chunk:
+    runs = [
+        _run_of(s, c, work / f"{tag}_{i}", warmup, steps, chunk, threads) for i, (s, c) in enumerate(zip(sides, cfgs))
+    ]
+    try:
         for i in seq:
-            procs[i] = _start(sides[i], cfgs[i], dirs[i], warmup, steps, 0, threads, None)
-            procs[i].wait()
-    else:
-        go, done = [-1] * len(sides), [-1] * len(sides)
-
-        def await_done(i: int) -> None:
-            if not os.read(done[i], 1):  # end of file: the child exited
-                procs[i].wait()
-                raise _failed(sides[i], procs[i], dirs[i])
-
-        try:
-            for i in seq:
-                g_r, go[i] = os.pipe()  # bench -> child: "your turn"
-                done[i], d_w = os.pipe()  # child -> bench: "my turn is over"
-                procs[i] = _start(sides[i], cfgs[i], dirs[i], warmup, steps, chunk, threads, (g_r, d_w))
-                os.close(g_r), os.close(d_w)  # the child's ends: a child that dies closes its pipe
-                await_done(i)  # start-up and warm-up alone; then it waits at the first mark
+            runs[i].start()
+            if not chunk:
+                runs[i].finish()
+        if chunk:
             for k in range(-(-steps // chunk)):
                 for i in seq if k % 2 == 0 else seq[::-1]:
-                    os.write(go[i], b".")
-                    await_done(i)
+                    runs[i].turn()
             for i in seq:  # the final evaluation and saving, one run at a time
-                os.write(go[i], b".")
-                procs[i].wait()
-        finally:
-            for fd in go + done:
-                if fd >= 0:
-                    os.close(fd)
-            for p in procs:
-                if p is not None and p.poll() is None:
-                    p.kill()
-    results = []
-    for side, p, d in zip(sides, procs, dirs):
-        if p.returncode != 0 or not (d / "result.json").is_file():
-            raise _failed(side, p, d)
-        results.append(json.loads((d / "result.json").read_text()))
-    return results
+                runs[i].finish()
+    finally:
+        for r in runs:
+            r.close()
+    return [r.result() for r in runs]
 
 
 def _spread(xs: list[float]) -> str:
@@ -363,20 +401,20 @@ def bench_preset(
     preset = PRESETS[name]
     warmup, timed = steps
     cfgs = [compose_run(preset, s, extra, warmup, timed, intervals) for s in sides]
+    for side, cfg in zip(sides, cfgs):
+        if side.nanogpt:
+            nanogpt.check_expressible(cfg)
     ensure_prepared(data_spec(cfgs[0]), log=print)
     _print_header(name, preset, cfgs[0], sides, steps, rounds, intervals, chunk)
     results: list[list[dict]] = [[] for _ in sides]
     for r in range(rounds):
-        for i, res in enumerate(
-            run_round(sides, cfgs, work, warmup, timed, chunk, f"{name}_{intervals}_r{r}", threads, first=r % 2)
-        ):
+        tag = f"{name}_{intervals}_r{r}"
+        # the side that starts first rotates, so each starts first equally often over len(sides) rounds
+        for i, res in enumerate(run_round(sides, cfgs, work, warmup, timed, chunk, tag, threads, first=r % len(sides))):
+            if res["flops_per_token"] is None:
+                res["flops_per_token"] = _flops_per_token(cfgs[i])  # nanoGPT's: the same model, counted here
             results[i].append(res)
-            print(
-                f"   round {r + 1} {sides[i].label:<28} {res['ms_per_step']:8.1f} ms/step "
-                f"({res['cpu_ms_per_step']:.1f} CPU) {res['tokens_per_s']:10,.0f} tok/s "
-                f"peak RSS {res['peak_rss_mb']:6.0f} MB  loss {res['loss_at_end']:.4f}",
-                flush=True,
-            )
+            print(f"   round {r + 1} {_round_line(sides[i], res)}", flush=True)
     if peak[1].startswith("CPU"):
         # a matmul rate measured once can catch a busy moment on a shared machine: keep the best seen
         again = measured_matmul_peak("cpu", torch.float32, 1024)
@@ -394,6 +432,15 @@ def bench_preset(
     }
 
 
+def _round_line(side: Side, res: dict) -> str:
+    cpu = "-" if res["cpu_ms_per_step"] is None else f"{res['cpu_ms_per_step']:.1f}"
+    own = f"; its own median {res['own_ms_per_step']:.1f} ms/step" if "own_ms_per_step" in res else ""
+    return (
+        f"{side.label:<28} {res['ms_per_step']:8.1f} ms/step ({cpu} CPU) {res['tokens_per_s']:10,.0f} tok/s "
+        f"peak RSS {res['peak_rss_mb']:6.0f} MB  loss {res['loss_at_end']:.4f}{own}"
+    )
+
+
 def _print_header(name, preset, c, sides, steps, rounds, intervals, chunk) -> None:
     warmup, timed = steps
     what = (
@@ -406,7 +453,7 @@ def _print_header(name, preset, c, sides, steps, rounds, intervals, chunk) -> No
         f"x {c.gradient_accumulation_steps} accum, dtype {c.dtype}, compile {c.compile})"
     )
     how = f"taking turns of {chunk} steps" if chunk else "one whole run after the other"
-    how += "; the side that starts first alternates between rounds"
+    how += "; the side that starts first " + ("alternates between rounds" if len(sides) == 2 else "rotates")
     print(
         f"   {warmup} warm-up + {timed} timed optimizer steps, "
         f"{rounds} rounds of {' / '.join(s.label for s in sides)} ({how}); {what}"
@@ -439,18 +486,38 @@ def _summary(sides: list[Side], results: list[list[dict]], peak_flops: float) ->
                 "peak_rss_mb": rss,
             }
         )
-    tok_ratio = [a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(results[0], results[1])]
-    cpu_ratio = [b["cpu_ms_per_step"] / a["cpu_ms_per_step"] for a, b in zip(results[0], results[1])]
-    mem_ratio = [a["peak_rss_mb"] / b["peak_rss_mb"] for a, b in zip(results[0], results[1])]
-    a, b = sides[0].label, sides[1].label
-    print(f"   tokens/s ratio {a} / {b}: {_spread(tok_ratio)}")
-    print(f"   CPU time per step, {b} / {a}: {_spread(cpu_ratio)}  (a speed ratio counted in CPU time)")
-    print(f"   peak RSS ratio {a} / {b}: {_spread(mem_ratio)}")
+    against = [_ratios(sides[0], sides[j], results[0], results[j]) for j in range(1, len(sides))]
     print(
-        f"   loss at the last timed step: {a} {results[0][0]['loss_at_end']:.4f}"
-        f", {b} {results[1][0]['loss_at_end']:.4f}"
+        "   loss at the last timed step: "
+        + ", ".join(f"{s.label} {r[0]['loss_at_end']:.4f}" for s, r in zip(sides, results))
     )
-    return {"sides": rows, "tokens_per_s_ratio": tok_ratio, "cpu_time_ratio": cpu_ratio, "peak_rss_ratio": mem_ratio}
+    for side, res in zip(sides, results):
+        if "own_ms_per_step" in res[0]:
+            print(_own_times_line(side, res))
+    # the first pair's ratios keep their keys at the top (A / B); every pair's are in `against`
+    return {"sides": rows, **{k: v for k, v in against[0].items() if k != "side"}, "against": against}
+
+
+def _own_times_line(side: Side, res: list[dict]) -> str:
+    """nanoGPT's own per-iteration times next to the turns' timing, and its last evaluation."""
+    own = ", ".join(f"{r['own_ms_per_step']:.1f}" for r in res)
+    turns = ", ".join(f"{r['ms_per_step']:.1f}" for r in res)
+    last = res[0]["final_val_loss"]
+    val = "none" if last is None else f"step {res[0]['final_eval_step']}, val loss {last:.4f}"
+    return f"   {side.label}'s own printed ms/iteration (median per round): {own}; its turns: {turns}; last eval: {val}"
+
+
+def _ratios(a: Side, b: Side, ra: list[dict], rb: list[dict]) -> dict:
+    """The per-round ratios of side a against side b, printed and returned."""
+    tok = [x["tokens_per_s"] / y["tokens_per_s"] for x, y in zip(ra, rb)]
+    mem = [x["peak_rss_mb"] / y["peak_rss_mb"] for x, y in zip(ra, rb)]
+    known = all(r["cpu_ms_per_step"] is not None for r in ra + rb)
+    cpu = [y["cpu_ms_per_step"] / x["cpu_ms_per_step"] for x, y in zip(ra, rb)] if known else None
+    print(f"   tokens/s ratio {a.label} / {b.label}: {_spread(tok)}")
+    if cpu:
+        print(f"   CPU time per step, {b.label} / {a.label}: {_spread(cpu)}  (a speed ratio counted in CPU time)")
+    print(f"   peak RSS ratio {a.label} / {b.label}: {_spread(mem)}")
+    return {"side": b.label, "tokens_per_s_ratio": tok, "cpu_time_ratio": cpu, "peak_rss_ratio": mem}
 
 
 # --------------------------------------------------------------------------- data preparation speed
@@ -495,6 +562,11 @@ def main(argv: list[str] | None = None) -> None:
     p = _parser()
     args = p.parse_args(argv)
     user_steps = _checked_steps(p, args)  # checked before any work starts
+    if args.whole and (not args.nanogpt or args.steps or args.configs):
+        p.error(
+            "--whole times the CPU recipe's whole command against nanoGPT's: give --nanogpt DIR"
+            ", and shorten it with max_iters=N (not --steps or --configs)"
+        )
     cli.setup_console_logging()
     if args.threads:
         torch.set_num_threads(args.threads)  # this process's work: the CPU peak, --costs
@@ -504,10 +576,17 @@ def main(argv: list[str] | None = None) -> None:
         return costs_main(args.overrides, rounds=args.rounds, json_path=args.json, only=args.only)
 
     cli.check_override_keys(args.overrides)
+    if args.whole:
+        return _whole(args)
     sides = [parse_side(s) for s in args.sides]
+    if args.nanogpt:
+        sides.append(Side("nanogpt", nanogpt=nanogpt.check_dir(args.nanogpt)))
     probe = cli.compose("train", ["profile=none", *args.overrides])
     on_cuda = resolve_device(probe).accelerator == "gpu"
     names = _preset_names(args.configs, on_cuda)
+    for n in names if args.nanogpt else ():
+        steps, chunk = _steps_and_chunk(n, args, user_steps, on_cuda)
+        nanogpt.check_turns(steps[1], chunk)
     dtype = "bfloat16" if on_cuda and torch.cuda.is_bf16_supported() else "float32"
     peak = peak_flops(on_cuda, dtype)
     load = os.getloadavg()
@@ -534,8 +613,7 @@ def main(argv: list[str] | None = None) -> None:
 def _bench_both_intervals(n: str, sides, args, user_steps, on_cuda: bool, peak, work: Path) -> list[dict]:
     """One preset with each of --intervals (default, none), skipping none where it would repeat default."""
     preset = PRESETS[n]
-    steps = user_steps or (preset.gpu_steps if on_cuda else preset.cpu_steps)
-    chunk = max(1, steps[1] // 50) if args.chunk is None else args.chunk
+    steps, chunk = _steps_and_chunk(n, args, user_steps, on_cuda)
     out = []
     for intervals in args.intervals.split(","):
         if intervals == "none" and "default" in args.intervals and not _marks_in_window(preset, args.overrides, *steps):
@@ -548,6 +626,30 @@ def _bench_both_intervals(n: str, sides, args, user_steps, on_cuda: bool, peak, 
             bench_preset(n, sides, args.overrides, args.rounds, steps, intervals, peak, work, args.threads, chunk)
         )
     return out
+
+
+def _steps_and_chunk(n: str, args, user_steps, on_cuda: bool) -> tuple[tuple[int, int], int]:
+    preset = PRESETS[n]
+    steps = user_steps or (preset.gpu_steps if on_cuda else preset.cpu_steps)
+    if args.chunk is not None:
+        return steps, args.chunk
+    chunk = max(1, steps[1] // 50)
+    if args.nanogpt:  # nanoGPT's turns end at its progress lines: a chunk that divides the timed steps
+        chunk = next(c for c in range(chunk, 0, -1) if steps[1] % c == 0)
+    return steps, chunk
+
+
+def _whole(args) -> None:
+    """--whole: the CPU recipe's training command against nanoGPT's train.py, start to finish."""
+    home = nanogpt.check_dir(args.nanogpt)
+    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, load average {os.getloadavg()[0]:.2f} at start")
+    with tempfile.TemporaryDirectory(prefix="gptlab-bench-") as work:
+        report = nanogpt.whole(home, args.overrides, args.rounds, Path(work), args.threads)
+    print(f"load average {os.getloadavg()[0]:.2f} at the end (other processes on this machine share its cores)")
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "argv": sys.argv, **report}, indent=1)
+        )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -568,6 +670,17 @@ def _parser() -> argparse.ArgumentParser:
         ", e.g. 'gptlab compile=true'",
     )
     p.add_argument("--rounds", type=int, default=3, help="A, B pairs per configuration")
+    p.add_argument(
+        "--nanogpt",
+        metavar="DIR",
+        help="also run nanoGPT's train.py from this checkout as a third side, C, taking turns with A and B",
+    )
+    p.add_argument(
+        "--whole",
+        action="store_true",
+        help="with --nanogpt: time `python -m gptlab.train profile=cpu [overrides]` and nanoGPT's train.py with the "
+        "same settings, each whole command start to finish, --rounds pairs",
+    )
     p.add_argument("--steps", help="WARMUP,TIMED optimizer steps (default: per preset)")
     p.add_argument(
         "--intervals",
