@@ -16,6 +16,10 @@
 #   gpt2mfu GPT-2 124M's levers toward 50% MFU, each against the preset turn about: micro-batch
 #          32 x 2 accumulation instead of 16 x 4 (same tokens per step), and
 #          compile_mode=max-autotune-no-cudagraphs. About 6 minutes.
+#   nanogpt the baby GPT's step, gptlab / plain loop / nanoGPT's train.py taking turns of 50 steps
+#          (needs nanoGPT's code: GPTLAB_NANOGPT_DIR, which make gpu-carry sets up). About 4 minutes.
+#   whole  the default run (baby GPT, 5000 steps, 21 evaluations), gptlab's command against
+#          nanoGPT's start to finish, one pair. About 6 minutes.
 # STAGES picks (default "baby gpt2", about 6 minutes on an H200 with a warm machine; all four about 10).
 #
 #   bash scripts/bench_gpu.sh [RESULT_DIR]      (RESULT_DIR default: $OUT, else outputs/bench_gpu)
@@ -93,7 +97,16 @@ for stage in $STAGES; do
           --sides "gptlab" "gptlab $other" --json "$RESULT/gpt2mfu_$tag.json" data.root="$WORK/data" $EXTRA 2>&1 | tail -n 8 | tee -a "$LOG"
       done
       ;;
-    *) say "unknown stage '$stage' (baby, gpt2, costs, fsdp, modern, profile, modes, gpt2mfu)"; exit 2 ;;
+    nanogpt)
+      $PY -m gptlab.bench --configs baby --rounds 1 --steps 50,250 --chunk 50 --intervals none --no-data \
+        --nanogpt "${GPTLAB_NANOGPT_DIR:?run make gpu-carry next to a nanoGPT copy}" --json "$RESULT/nanogpt.json" \
+        compile=true data.root="$WORK/data" $EXTRA 2>&1 | tail -n 14 | tee -a "$LOG"
+      ;;
+    whole)
+      $PY -m gptlab.bench --whole --rounds 1 --nanogpt "${GPTLAB_NANOGPT_DIR:?run make gpu-carry next to a nanoGPT copy}" \
+        --json "$RESULT/whole.json" profile=none compile=true data.root="$WORK/data" $EXTRA 2>&1 | tail -n 10 | tee -a "$LOG"
+      ;;
+    *) say "unknown stage '$stage' (baby, gpt2, costs, fsdp, modern, profile, modes, gpt2mfu, nanogpt, whole)"; exit 2 ;;
   esac
   say "== stage $stage: $(( $(date +%s) - t0 )) s"
 done

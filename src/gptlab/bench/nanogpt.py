@@ -352,20 +352,23 @@ def _pair_line(g: dict, n: dict) -> str:
 
 def whole(home: Path, overrides: list[str], rounds: int, work: Path, threads: int | None = None) -> dict:
     """`python -m gptlab.train profile=cpu [overrides]` against nanoGPT's train.py with the same
-    settings, each command start to finish, pairs alternating which goes first."""
-    cfg = cli.compose("train", ["profile=cpu", *overrides])
+    settings, each command start to finish, pairs alternating which goes first. A profile=... among
+    the overrides replaces the CPU recipe (profile=none: the default run, the baby GPT on a GPU)."""
+    if not any(o.startswith("profile=") for o in overrides):
+        overrides = ["profile=cpu", *overrides]
+    cfg = cli.compose("train", overrides)
     check_expressible(cfg)
     ensure_prepared(data_spec(cfg), log=print)
     nano_flags = flags(cfg)
     print(
-        f"\n== whole commands, the CPU recipe ({cfg.n_layer}/{cfg.n_head}/{cfg.n_embd}, block {cfg.block_size}, "
+        f"\n== whole commands ({' '.join(overrides)}: {cfg.n_layer}/{cfg.n_head}/{cfg.n_embd}, block {cfg.block_size}, "
         f"batch {cfg.batch_size}, {cfg.max_iters} steps, eval every {cfg.eval_interval} x {cfg.eval_iters}), "
         f"{rounds} pairs, the first alternating\n   nanoGPT: train.py {' '.join(nano_flags)}"
     )
     pairs = []
     for r in range(rounds):
         g_dir, n_dir = work / f"whole_gptlab_{r}", work / f"whole_nanogpt_{r}"
-        g_cmd = [sys.executable, "-m", "gptlab.train", "profile=cpu", *overrides, f"out_dir={g_dir}"]
+        g_cmd = [sys.executable, "-m", "gptlab.train", *overrides, f"out_dir={g_dir}"]
         n_cmd = [sys.executable, str(home / "train.py"), *nano_flags]
         workdir(cfg, n_dir, home)
         work_g = {"cmd": g_cmd, "cwd": Path.cwd(), "log": work / f"whole_gptlab_{r}.log"}
