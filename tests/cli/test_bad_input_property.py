@@ -20,6 +20,7 @@ from gptlab.cli import common as cli
 from gptlab.cli import lr_find, prepare, sample
 from gptlab.cli import train as train_cli
 from gptlab.config import SAMPLE, SCHEMA
+from gptlab.training import run as run_mod
 
 PATHS = {"out_dir", "ckpt_path", "data.root", "data.path", "data.name"}  # fixed by the test: where things go
 KEYS = sorted(set(SCHEMA) - PATHS)
@@ -72,7 +73,8 @@ def place(data_root, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path / "cwd")
     monkeypatch.setattr(sys, "argv", list(sys.argv))
-    monkeypatch.setattr(train_cli, "train", lambda cfg, run_dir, **k: {"best_val_loss": 1.0})
+    # cli.train imports train from gptlab.training.run when a run starts: replace it there
+    monkeypatch.setattr(run_mod, "train", lambda cfg, run_dir, **k: {"best_val_loss": 1.0})
     monkeypatch.setattr(lr_find, "find_learning_rate", lambda cfg, run_dir: {"suggestion": 1e-3, "rule": "steepest"})
     monkeypatch.setattr(prepare, "prepare_dataset", lambda spec: None)
     monkeypatch.setattr(sample, "generate", lambda *a, **k: ["text"])
