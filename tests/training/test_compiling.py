@@ -68,11 +68,11 @@ def test_every_job_of_an_inductor_sweep_runs_compiled(tiny, tmp_path):
     _check_all_compiled(jobs, log)
 
 
-def test_a_fallback_to_eager_is_said_and_recorded(compose, tmp_path, monkeypatch, caplog):
+def test_a_fallback_to_eager_is_said_and_recorded(compose, tmp_path, caplog):
     # a limit of 1: the evaluation graph (no grad) after the training graph is one recompile too many
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    # config.patch, not monkeypatch: undoing a monkeypatch deletes the key from dynamo's config module
     cfg = compose("compile=true", "compile_backend=eager", "max_iters=2", "eval_interval=1", "eval_iters=1")
-    with caplog.at_level("WARNING", logger="gptlab"):
+    with caplog.at_level("WARNING", logger="gptlab"), torch._dynamo.config.patch(recompile_limit=1):
         m = run_mod.train(cfg, tmp_path / "run")
     assert m["compiled"] is False
     assert m["compile_fallback"].startswith("torch._dynamo hit config.recompile_limit (1); function: 'forward'")
