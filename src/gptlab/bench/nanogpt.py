@@ -26,6 +26,7 @@ from gptlab.cli import common as cli
 from gptlab.config import data_spec, resolve_device
 from gptlab.data.dataset import ensure_prepared, load_meta
 from gptlab.errors import ConfigError
+from gptlab.model import SWITCH_DEFAULTS
 from gptlab.rundir import read_metrics
 
 REQUIRED = ("train.py", "model.py", "configurator.py")
@@ -62,13 +63,8 @@ FLAGS = {
 GPT2_ONLY = {
     "init_from": "scratch",
     "optimizer": "adamw",
-    "pos_emb": "learned",
-    "norm": "layernorm",
-    "qk_norm": False,
-    "mlp": "gelu",
-    "tie_embeddings": True,
-    "zero_init_proj": False,
-    "logit_softcap": None,
+    # the model's switches at their GPT-2 defaults (rope_base only matters with pos_emb=rope)
+    **{k: v for k, v in SWITCH_DEFAULTS.items() if k != "rope_base"},
     "eval_batch_size": None,
     "data.batching": "random",
     "augment.mask_prob": 0.0,
